@@ -1,0 +1,29 @@
+"""What every `hakuriver.*` entry point shares: the --config flag and one-line fatal errors."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import NoReturn
+
+from hakuriver.config import Config, ConfigError, load_config
+
+EXIT_USAGE = 2
+
+
+def add_config_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", metavar="FILE", help="TOML file whose keys override the packaged defaults"
+    )
+
+
+def fail(prog: str, message: str, code: int = 1) -> NoReturn:
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def config_or_exit(prog: str, path: str | None) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        fail(prog, str(exc), EXIT_USAGE)

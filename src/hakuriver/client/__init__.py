@@ -1,0 +1,1 @@
+"""The user's command line: submit, wait, status, kill, list nodes."""

@@ -1,0 +1,37 @@
+"""Talking to the host: one typed method per endpoint. Never prints, exits or parses argv."""
+
+from __future__ import annotations
+
+from hakuriver import protocol as p
+from hakuriver.transport import ApiError, HostConnection, HostUnreachable
+
+__all__ = ["HostClient", "ApiError", "HostUnreachable"]
+
+
+class HostClient:
+    def __init__(self, url: str, timeout: float = 30.0) -> None:
+        self.conn = HostConnection(url, timeout)
+
+    @property
+    def url(self) -> str:
+        return self.conn.url
+
+    def submit(self, specs: list[p.TaskSpec]) -> p.SubmitReply:
+        return self.conn.call("POST", p.TASKS, p.SubmitRequest(tasks=specs), p.SubmitReply)
+
+    def task(self, task_id: str) -> p.TaskView:
+        return self.conn.call("GET", p.TASK.format(task_id=task_id), reply=p.TaskView)
+
+    def batch(self, batch_id: str) -> list[p.TaskView]:
+        return self.conn.call("GET", p.BATCH.format(task_id=batch_id), reply=list[p.TaskView])
+
+    def wait(self, task_id: str, timeout: float) -> p.TaskView:
+        """The task once final, or as it is after `timeout` seconds (long-poll: no busy polling)."""
+        path = p.TASK_WAIT.format(task_id=task_id) + f"?timeout={timeout:g}"
+        return self.conn.call("GET", path, reply=p.TaskView, timeout=timeout + 15)
+
+    def kill(self, task_id: str) -> p.KillReply:
+        return self.conn.call("POST", p.TASK_KILL.format(task_id=task_id), reply=p.KillReply)
+
+    def nodes(self) -> list[p.NodeView]:
+        return self.conn.call("GET", p.NODES, reply=list[p.NodeView])

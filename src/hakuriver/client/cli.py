@@ -1,0 +1,160 @@
+"""`hakuriver.client`: the seed's flags, one action per run, one-line errors, srun-like exit codes.
+
+Exit codes: 0 success; with --wait, the task's own exit code (128+N for a signal, 143 when
+killed, 1 when it failed without one or was lost); 1 for an error from or reaching the host;
+2 for bad flags or config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import NoReturn
+
+from hakuriver import protocol as p
+from hakuriver.cli_common import EXIT_USAGE, add_config_flag, config_or_exit, fail
+from hakuriver.client import render
+from hakuriver.client.api import ApiError, HostClient, HostUnreachable
+
+PROG = "hakuriver.client"
+WAIT_SLICE = 30.0  # seconds per long-poll request while waiting
+EXIT_KILLED = 143
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, not usage + error
+        fail(PROG, f"{message} (see {PROG} --help)", EXIT_USAGE)
+
+
+def _cores(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--cores must be a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--cores must be a whole number >= 1, got {value}")
+    return value
+
+
+def _env(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"--env expects NAME=VALUE, got {text!r}")
+    if not p.ENV_NAME.match(name):
+        raise argparse.ArgumentTypeError(f"--env: invalid variable name {name!r} (letters, digits, _; not starting with a digit)")
+    return name, value
+
+
+def _task_id(text: str) -> str:
+    if not p.is_task_id(text):
+        raise argparse.ArgumentTypeError(f"malformed task ID {text!r}: expected a UUID like 123e4567-e89b-12d3-a456-426614174000")
+    return text.lower()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description="Submit commands to a HakuRiver cluster, wait for them, check, kill, list nodes.",
+        usage=f"{PROG} [--config FILE] (--list-nodes | --status ID | --kill ID | [options] -- COMMAND [ARGS...])",
+    )
+    add_config_flag(parser)
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument("--list-nodes", action="store_true", help="show every node: state, cores, free cores, tasks")
+    action.add_argument("--status", metavar="ID", type=_task_id, help="show every field of a task's record")
+    action.add_argument("--kill", metavar="ID", type=_task_id, help="kill a task (its whole process tree)")
+    parser.add_argument("--cores", type=_cores, default=1, metavar="N", help="cores the task needs (default 1)")
+    parser.add_argument("--env", type=_env, action="append", default=[], metavar="NAME=VALUE",
+                        help="set a variable in the task's environment (repeatable)")
+    parser.add_argument("--node", metavar="NAME", default="", help="run only on this node (default: best fit)")
+    parser.add_argument("--wait", action="store_true", help="wait for the task to end; exit with its exit code")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments, after --")
+    return parser
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """Everything after the first `--` is the command, verbatim (argparse never sees it)."""
+    if "--" in argv:
+        cut = argv.index("--")
+        args = build_parser().parse_args(argv[:cut])
+        args.command = argv[cut + 1:]
+    else:
+        args = build_parser().parse_args(argv)
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    config = config_or_exit(PROG, args.config)
+    client = HostClient(config.network.host_url)
+    try:
+        code = _dispatch(args, client)
+    except (HostUnreachable, ApiError) as exc:
+        fail(PROG, str(exc), 1)
+    except KeyboardInterrupt:
+        fail(PROG, "interrupted (the task, if submitted, keeps running; see --status)", 130)
+    sys.exit(code)
+
+
+def _dispatch(args: argparse.Namespace, client: HostClient) -> int:
+    if args.list_nodes:
+        print(render.node_table(client.nodes(), time.time()))
+        return 0
+    if args.status:
+        print(render.task_record(client.task(args.status)))
+        return 0
+    if args.kill:
+        reply = client.kill(args.kill)
+        print(reply.message)
+        return 0
+    return cmd_submit(args, client)
+
+
+def cmd_submit(args: argparse.Namespace, client: HostClient) -> int:
+    if not args.command:
+        fail(PROG, "no command given: put it after '--', e.g. hakuriver.client --cores 1 -- python -V", EXIT_USAGE)
+    spec = p.TaskSpec(command=args.command[0], args=args.command[1:], env=dict(args.env), cores=args.cores,
+                      cwd=_cwd(), node=args.node)
+    problem = p.spec_problem(spec)
+    if problem:
+        fail(PROG, problem, EXIT_USAGE)
+    task_id = client.submit([spec]).task_ids[0]
+    print(task_id, flush=True)
+    if not args.wait:
+        return 0
+    task = _wait(client, task_id)
+    print(render.final_line(task))
+    if task.stdout_path:
+        print(f"stdout: {task.stdout_path}\nstderr: {task.stderr_path}")
+    return exit_code_of(task)
+
+
+def _wait(client: HostClient, task_id: str) -> p.TaskView:
+    while True:
+        task = client.wait(task_id, WAIT_SLICE)
+        if task.state in ("completed", "failed", "killed", "lost"):
+            return task
+
+
+def exit_code_of(task: p.TaskView) -> int:
+    if task.state == "completed":
+        return 0
+    if task.state == "killed":
+        return EXIT_KILLED
+    if task.exit_code is not None and task.exit_code != 0:
+        return task.exit_code & 0xFF or 1
+    if task.signal is not None:
+        return 128 + task.signal
+    return 1
+
+
+def _cwd() -> str:
+    try:
+        return os.getcwd()
+    except OSError:
+        return ""
+
+
+if __name__ == "__main__":
+    main()

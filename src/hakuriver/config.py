@@ -1,0 +1,167 @@
+"""Configuration: typed sections, the packaged defaults, and merging a user's TOML over them.
+
+The packaged `utils/default_config.toml` is the single source of default values; the dataclasses
+below only say which keys exist and of what type. Loading never touches the file system beyond
+reading the TOML files, and never knows whether the host, a runner or the client is asking.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, fields
+from importlib import resources
+from typing import Any
+
+DEFAULT_CONFIG_NAME = "utils/default_config.toml"
+
+
+class ConfigError(Exception):
+    """A config file is missing, unreadable, malformed, or has a wrong key or value."""
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    host_bind_ip: str
+    host_port: int
+    host_reachable_address: str
+    runner_port: int
+
+    @property
+    def host_url(self) -> str:
+        return f"http://{self.host_reachable_address}:{self.host_port}"
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    shared_dir: str
+    local_temp_dir: str
+    numactl_path: str
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    db_file: str
+
+
+@dataclass(frozen=True)
+class TimingConfig:
+    heartbeat_interval: float
+    heartbeat_timeout_factor: float
+    cleanup_check_interval: float
+    kill_grace: float
+
+    @property
+    def heartbeat_timeout(self) -> float:
+        return self.heartbeat_interval * self.heartbeat_timeout_factor
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    node_name: str
+    cores: int
+
+
+@dataclass(frozen=True)
+class Config:
+    network: NetworkConfig
+    paths: PathsConfig
+    database: DatabaseConfig
+    timing: TimingConfig
+    runner: RunnerConfig
+
+
+_SECTION_TYPES = {
+    "network": NetworkConfig,
+    "paths": PathsConfig,
+    "database": DatabaseConfig,
+    "timing": TimingConfig,
+    "runner": RunnerConfig,
+}
+# Keys whose values are paths: "~" is expanded so that the defaults work for any user.
+_PATH_KEYS = {("paths", "shared_dir"), ("paths", "local_temp_dir"), ("database", "db_file")}
+# Range checks, applied after types: (section, key) -> (predicate, what it must be).
+_RULES: dict[tuple[str, str], tuple[Any, str]] = {
+    ("network", "host_port"): (lambda v: 1 <= v <= 65535, "a port between 1 and 65535"),
+    ("network", "runner_port"): (lambda v: 1 <= v <= 65535, "a port between 1 and 65535"),
+    ("network", "host_reachable_address"): (lambda v: v.strip() != "", "a non-empty host name or IP"),
+    ("timing", "heartbeat_interval"): (lambda v: v > 0, "a number of seconds > 0"),
+    ("timing", "heartbeat_timeout_factor"): (lambda v: v >= 1, "a number >= 1"),
+    ("timing", "cleanup_check_interval"): (lambda v: v > 0, "a number of seconds > 0"),
+    ("timing", "kill_grace"): (lambda v: v >= 0, "a number of seconds >= 0"),
+    ("runner", "cores"): (lambda v: v >= 0, "a whole number >= 0 (0 = all cores)"),
+    ("database", "db_file"): (lambda v: v.strip() != "", "a file path"),
+}
+
+
+def default_toml_text() -> str:
+    return resources.files("hakuriver").joinpath(DEFAULT_CONFIG_NAME).read_text(encoding="utf-8")
+
+
+def load_config(path: str | None = None) -> Config:
+    """The packaged defaults, with the keys named in `path` (if given) laid over them."""
+    merged = tomllib.loads(default_toml_text())
+    if path is not None:
+        user = _read_user_file(path)
+        _merge(merged, user, path)
+    return _build(merged, path or "default config")
+
+
+def _read_user_file(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory, not a TOML file") from None
+    except PermissionError:
+        raise ConfigError(f"config file {path} is not readable (permission denied)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not valid TOML: not UTF-8 text") from None
+
+
+def _merge(base: dict[str, Any], user: dict[str, Any], path: str) -> None:
+    for section, values in user.items():
+        if section not in base:
+            known = ", ".join(f"[{s}]" for s in base)
+            raise ConfigError(f"{path}: unknown section [{section}] (known: {known})")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: [{section}] must be a table of keys")
+        for key, value in values.items():
+            if key not in base[section]:
+                known = ", ".join(base[section])
+                raise ConfigError(f"{path}: unknown key {section}.{key} (known in [{section}]: {known})")
+            base[section][key] = value
+
+
+def _build(data: dict[str, Any], source: str) -> Config:
+    built: dict[str, Any] = {}
+    for section, cls in _SECTION_TYPES.items():
+        values = {}
+        for f in fields(cls):
+            values[f.name] = _check_value(section, f.name, f.type, data[section][f.name], source)
+        built[section] = cls(**values)
+    return Config(**built)
+
+
+def _check_value(section: str, key: str, type_name: Any, value: Any, source: str) -> Any:
+    name = f"{section}.{key}"
+    if type_name in ("int", int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: {name} must be a whole number, got {value!r}")
+    elif type_name in ("float", float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{source}: {name} must be a number, got {value!r}")
+        value = float(value)
+    elif type_name in ("str", str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: {name} must be a string, got {value!r}")
+        if (section, key) in _PATH_KEYS:
+            value = os.path.expanduser(value)
+    rule = _RULES.get((section, key))
+    if rule is not None and not rule[0](value):
+        raise ConfigError(f"{source}: {name} must be {rule[1]}, got {value!r}")
+    return value

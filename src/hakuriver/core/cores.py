@@ -1,0 +1,55 @@
+"""Which core IDs of one node are free: the home of the "disjoint core sets" guarantee."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class CoreSet:
+    """The core IDs of one node, each either free or taken by exactly one task."""
+
+    def __init__(self, core_ids: Iterable[int]) -> None:
+        self.all: tuple[int, ...] = tuple(sorted(set(core_ids)))
+        self._free: set[int] = set(self.all)
+
+    @property
+    def total(self) -> int:
+        return len(self.all)
+
+    @property
+    def free_count(self) -> int:
+        return len(self._free)
+
+    def free_ids(self) -> tuple[int, ...]:
+        return tuple(sorted(self._free))
+
+    def take(self, n: int) -> tuple[int, ...]:
+        """The n lowest free core IDs, now taken."""
+        if n < 1 or n > len(self._free):
+            raise ValueError(f"cannot take {n} cores, {len(self._free)} free")
+        ids = tuple(sorted(self._free)[:n])
+        self._free.difference_update(ids)
+        return ids
+
+    def take_exact(self, ids: Iterable[int]) -> bool:
+        """Take exactly these IDs (restoring a running task); False if any is not free."""
+        wanted = set(ids)
+        if not wanted <= self._free:
+            return False
+        self._free -= wanted
+        return True
+
+    def give_back(self, ids: Iterable[int]) -> None:
+        returned = set(ids) & set(self.all)
+        if returned & self._free:
+            raise ValueError(f"cores {sorted(returned & self._free)} were not taken")
+        self._free |= returned
+
+
+def format_core_ids(ids: Iterable[int]) -> str:
+    """(2, 3) -> "2,3", the form of HAKURIVER_CORES and numactl --physcpubind."""
+    return ",".join(str(i) for i in ids)
+
+
+def parse_core_ids(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(",") if part.strip() != "")

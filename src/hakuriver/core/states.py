@@ -1,0 +1,62 @@
+"""The task lifecycle of SPEC §3 as one table, and the two node states."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class TaskState(str, Enum):
+    #: queued on the host, waiting for free cores
+    PENDING = "pending"
+    #: placed on a node with exact core IDs; the runner has not yet said it started
+    ASSIGNING = "assigning"
+    #: the runner started the process
+    RUNNING = "running"
+    #: exited with code 0
+    COMPLETED = "completed"
+    #: non-zero exit, a signal it did not ask for, or could not start (the error says why)
+    FAILED = "failed"
+    #: ended at the user's request
+    KILLED = "killed"
+    #: its node stopped answering; may still change to the real outcome when the node returns
+    LOST = "lost"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATES
+
+    @property
+    def holds_cores(self) -> bool:
+        """Whether a task in this state owns core IDs on its node."""
+        return self in (TaskState.ASSIGNING, TaskState.RUNNING)
+
+
+class NodeState(str, Enum):
+    #: heartbeating within the timeout; receives work
+    ONLINE = "online"
+    #: silent for longer than the heartbeat timeout; receives nothing
+    OFFLINE = "offline"
+
+
+FINAL_STATES = frozenset({TaskState.COMPLETED, TaskState.FAILED, TaskState.KILLED, TaskState.LOST})
+
+_T = TaskState
+TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
+    _T.PENDING: frozenset({_T.ASSIGNING, _T.KILLED}),
+    _T.ASSIGNING: frozenset({_T.RUNNING, _T.COMPLETED, _T.FAILED, _T.KILLED, _T.LOST}),
+    _T.RUNNING: frozenset({_T.COMPLETED, _T.FAILED, _T.KILLED, _T.LOST}),
+    _T.COMPLETED: frozenset(),
+    _T.FAILED: frozenset(),
+    _T.KILLED: frozenset(),
+    # A node that comes back tells the real outcome of what it was running.
+    _T.LOST: frozenset({_T.RUNNING, _T.COMPLETED, _T.FAILED, _T.KILLED}),
+}
+
+
+class IllegalTransition(Exception):
+    """A state change the lifecycle does not allow; always a bug in the caller."""
+
+
+def check_transition(old: TaskState, new: TaskState) -> None:
+    if new not in TRANSITIONS[old]:
+        raise IllegalTransition(f"task state {old.value} cannot become {new.value}")

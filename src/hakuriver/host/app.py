@@ -1,0 +1,152 @@
+"""HTTP concerns only: decode protocol messages, bound body sizes, map errors to status codes.
+
+Each route is a few lines that call the service. Any body that is not a valid message gets a
+400 with one line saying what is wrong; the host never dies on a request.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from hakuriver import protocol as p
+from hakuriver.core.cluster import SubmitRefused
+from hakuriver.host.service import HostService, KillRefused, TaskNotFound, node_view, task_view
+
+log = logging.getLogger("hakuriver.host")
+
+
+class BadRequest(Exception):
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _json(obj: object, status: int = 200) -> Response:
+    return Response(p.encode(obj), status_code=status, media_type="application/json")
+
+
+def _error(message: str, status: int) -> Response:
+    return _json(p.ErrorReply(error=message), status)
+
+
+async def _body(request: Request, kind: type):  # noqa: ANN202 - an instance of `kind`
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > p.MAX_BODY_BYTES:
+        raise BadRequest(f"request body too large (limit {p.MAX_BODY_BYTES} bytes)", 413)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > p.MAX_BODY_BYTES:
+            raise BadRequest(f"request body too large (limit {p.MAX_BODY_BYTES} bytes)", 413)
+        chunks.append(chunk)
+    try:
+        return p.decode(b"".join(chunks), kind)
+    except p.DecodeError as exc:
+        raise BadRequest(f"invalid {kind.__name__} body: {exc}") from None
+
+
+def _task_id(request: Request) -> str:
+    task_id = request.path_params["task_id"]
+    if not p.is_task_id(task_id):
+        raise BadRequest(f"malformed task ID {task_id!r}: expected a UUID like 123e4567-e89b-12d3-a456-426614174000")
+    return task_id
+
+
+def _float_param(request: Request, name: str, default: float) -> float:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BadRequest(f"query parameter {name} must be a number, got {raw!r}") from None
+    if not 0 <= value <= p.MAX_WAIT_SECONDS:
+        raise BadRequest(f"query parameter {name} must be between 0 and {p.MAX_WAIT_SECONDS:g}")
+    return value
+
+
+def build_app(service: HostService) -> Starlette:
+    async def submit(request: Request) -> Response:
+        body = await _body(request, p.SubmitRequest)
+        if not body.tasks:
+            raise BadRequest("no tasks in the request")
+        for spec in body.tasks:
+            problem = p.spec_problem(spec)
+            if problem:
+                raise BadRequest(problem)
+        try:
+            ids, batch_id = service.submit(body.tasks)
+        except SubmitRefused as exc:
+            raise BadRequest(str(exc), 422) from None
+        return _json(p.SubmitReply(task_ids=ids, batch_id=batch_id), 201)
+
+    async def get_task(request: Request) -> Response:
+        return _json(task_view(service.get_task(_task_id(request))))
+
+    async def wait_task(request: Request) -> Response:
+        task_id = _task_id(request)
+        timeout = _float_param(request, "timeout", 30.0)
+        return _json(task_view(await service.wait_task(task_id, timeout)))
+
+    async def kill_task(request: Request) -> Response:
+        task, message = service.kill(_task_id(request))
+        return _json(p.KillReply(task_id=task.task_id, state=task.state.value, message=message))
+
+    async def batch(request: Request) -> Response:
+        tasks = service.batch_tasks(_task_id(request))
+        if not tasks:
+            raise TaskNotFound(request.path_params["task_id"])
+        return _json([task_view(t) for t in tasks])
+
+    async def nodes(request: Request) -> Response:
+        return _json([node_view(n) for n in service.nodes()])
+
+    async def heartbeat(request: Request) -> Response:
+        return _json(await service.heartbeat(await _body(request, p.Heartbeat)))
+
+    async def report(request: Request) -> Response:
+        return _json(service.report(await _body(request, p.Report)))
+
+    async def health(request: Request) -> Response:
+        return _json({"ok": True})
+
+    routes = [
+        Route(p.TASKS, _guard(submit), methods=["POST"]),
+        Route(p.TASK, _guard(get_task), methods=["GET"]),
+        Route(p.TASK_WAIT, _guard(wait_task), methods=["GET"]),
+        Route(p.TASK_KILL, _guard(kill_task), methods=["POST"]),
+        Route(p.BATCH, _guard(batch), methods=["GET"]),
+        Route(p.NODES, _guard(nodes), methods=["GET"]),
+        Route(p.RUNNER_HEARTBEAT, _guard(heartbeat), methods=["POST"]),
+        Route(p.RUNNER_REPORT, _guard(report), methods=["POST"]),
+        Route(p.HEALTH, _guard(health), methods=["GET"]),
+    ]
+    return Starlette(routes=routes)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _guard(handler: Handler) -> Handler:
+    """Turn every failure into one JSON error line; an unexpected one is logged, never fatal."""
+
+    async def guarded(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except BadRequest as exc:
+            return _error(str(exc), exc.status)
+        except TaskNotFound as exc:
+            return _error(f"no task with ID {exc}", 404)
+        except KillRefused as exc:
+            return _error(str(exc), 409)
+        except Exception:
+            log.exception("internal error on %s %s", request.method, request.url.path)
+            return _error("internal error in the host; see the host's log", 500)
+
+    return guarded

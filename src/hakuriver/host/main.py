@@ -1,0 +1,80 @@
+"""`hakuriver.host`: open the database, restore the queue, serve the API."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import socket
+
+from hakuriver.cli_common import add_config_flag, config_or_exit, fail
+from hakuriver.config import Config
+from hakuriver.core.cluster import Cluster
+from hakuriver.host.store import Store, StoreError
+
+PROG = "hakuriver.host"
+log = logging.getLogger("hakuriver.host")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog=PROG, description="HakuRiver host: queue, scheduler, records, API.")
+    add_config_flag(parser)
+    args = parser.parse_args(argv)
+    config = config_or_exit(PROG, args.config)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        store = Store(config.database.db_file)
+    except StoreError as exc:
+        fail(PROG, f"{exc} (check [database] db_file)")
+    sock = _bind(config)
+    try:
+        asyncio.run(_serve(config, store, sock))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        store.close()
+
+
+def _bind(config: Config) -> socket.socket:
+    ip, port = config.network.host_bind_ip, config.network.host_port
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((ip, port))
+    except OSError as exc:
+        fail(PROG, f"cannot listen on {ip}:{port}: {exc.strerror} (is another host running? change [network] host_port)")
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+async def _serve(config: Config, store: Store, sock: socket.socket) -> None:
+    import uvicorn  # imported here so that a config error is reported without loading the server
+
+    from hakuriver.host.app import build_app
+    from hakuriver.host.service import HostService
+
+    service = HostService(Cluster(config.timing.heartbeat_timeout), store)
+    service.restore()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            build_app(service),
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=1,
+            timeout_keep_alive=75,
+            loop="none",
+        )
+    )
+    watcher = asyncio.create_task(service.watch_heartbeats(config.timing.cleanup_check_interval))
+    service.request_schedule()
+    log.info("listening on %s:%d, database %s", config.network.host_bind_ip, config.network.host_port, config.database.db_file)
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        watcher.cancel()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,223 @@
+"""The host's imperative shell: apply an event to the core, commit, reply, wake who waits.
+
+Everything runs on the one asyncio event loop thread, so events are applied one at a time
+without locks (one writer). Scheduling is coalesced: any number of events in one loop
+iteration cost one planning pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable
+
+from hakuriver import protocol as p
+from hakuriver.core.cluster import (
+    Cluster,
+    Effect,
+    Finished,
+    NodeChanged,
+    NodeReport,
+    OrdersReady,
+    Started,
+    TaskChanged,
+    UnknownTask,
+)
+from hakuriver.core.model import Node, Task
+from hakuriver.host.store import Store
+
+log = logging.getLogger("hakuriver.host")
+
+
+class TaskNotFound(Exception):
+    pass
+
+
+class KillRefused(Exception):
+    pass
+
+
+class HostService:
+    def __init__(self, cluster: Cluster, store: Store, clock: Callable[[], float] = time.time) -> None:
+        self.cluster = cluster
+        self.store = store
+        self.clock = clock
+        self._task_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._node_wakeups: dict[str, asyncio.Event] = {}
+        self._schedule_requested = False
+
+    def restore(self) -> None:
+        self.cluster.restore(self.store.nodes(), self.store.active_tasks(), self.clock())
+        log.info("restored %d nodes and %d active tasks", len(self.cluster.nodes), len(self.cluster.tasks))
+
+    # ---- effects -------------------------------------------------------------------------
+    def _apply(self, effects: list[Effect]) -> None:
+        """Commit changed records first; only then wake runners and waiters."""
+        tasks = {id(e.task): e.task for e in effects if isinstance(e, TaskChanged)}
+        nodes = {id(e.node): e.node for e in effects if isinstance(e, NodeChanged)}
+        self.store.save(tasks.values(), nodes.values())
+        for effect in effects:
+            if isinstance(effect, OrdersReady):
+                self._node_event(effect.node).set()
+        for task in tasks.values():
+            if task.state.is_final:
+                self._wake_task_waiters(task.task_id)
+
+    def request_schedule(self) -> None:
+        if not self._schedule_requested:
+            self._schedule_requested = True
+            asyncio.get_running_loop().call_soon(self._run_schedule)
+
+    def _run_schedule(self) -> None:
+        self._schedule_requested = False
+        self._apply(self.cluster.schedule())
+
+    def _node_event(self, name: str) -> asyncio.Event:
+        event = self._node_wakeups.get(name)
+        if event is None:
+            event = self._node_wakeups[name] = asyncio.Event()
+        return event
+
+    def _wake_task_waiters(self, task_id: str) -> None:
+        for fut in self._task_waiters.pop(task_id, []):
+            if not fut.done():
+                fut.set_result(None)
+
+    # ---- client requests -----------------------------------------------------------------
+    def submit(self, specs: list[p.TaskSpec]) -> tuple[list[str], str]:
+        """Queue the tasks; their IDs are returned only after the records are committed."""
+        now = self.clock()
+        batch_id = str(uuid.uuid4()) if len(specs) > 1 else ""
+        tasks = [_task_from_spec(spec, now, batch_id) for spec in specs]
+        self._apply(self.cluster.on_submit(tasks))
+        self.request_schedule()
+        return [t.task_id for t in tasks], batch_id
+
+    def get_task(self, task_id: str) -> Task:
+        task = self.cluster.tasks.get(task_id) or self.store.get_task(task_id)
+        if task is None:
+            raise TaskNotFound(task_id)
+        return task
+
+    def batch_tasks(self, batch_id: str) -> list[Task]:
+        tasks = self.store.batch_tasks(batch_id)
+        return [self.cluster.tasks.get(t.task_id, t) for t in tasks]
+
+    async def wait_task(self, task_id: str, timeout: float) -> Task:
+        """The task once it is final, or as it is when `timeout` runs out."""
+        task = self.get_task(task_id)
+        if task.state.is_final:
+            return task
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._task_waiters.setdefault(task_id, []).append(fut)
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            waiters = self._task_waiters.get(task_id, [])
+            if fut in waiters:
+                waiters.remove(fut)
+        return self.get_task(task_id)
+
+    def kill(self, task_id: str) -> tuple[Task, str]:
+        try:
+            effects = self.cluster.on_kill(task_id, self.clock())
+        except UnknownTask:
+            task = self.get_task(task_id)
+            raise KillRefused(f"task {task_id} has already finished ({task.state.value}); nothing to kill") from None
+        self._apply(effects)
+        task = self.get_task(task_id)
+        if task.state.is_final:
+            return task, f"task {task_id} killed"
+        return task, f"kill requested for task {task_id}; its runner is ending the process tree"
+
+    def nodes(self) -> list[Node]:
+        return sorted(self.cluster.nodes.values(), key=lambda n: n.name)
+
+    # ---- runner requests -----------------------------------------------------------------
+    async def heartbeat(self, hb: p.Heartbeat) -> p.Orders:
+        """Record the heartbeat; answer with orders, holding the request open until some exist."""
+        report = NodeReport(hb.node.name, tuple(hb.node.core_ids), hb.node.memory_bytes)
+        held = set(hb.held)
+        effects = self.cluster.on_heartbeat(report, held, self.clock())
+        if any(isinstance(e, NodeChanged) for e in effects):
+            self.request_schedule()
+        self._apply(effects)
+        event = self._node_event(report.name)
+        deadline = self.clock() + min(max(hb.wait, 0.0), p.MAX_WAIT_SECONDS)
+        while True:
+            event.clear()
+            orders, effects = self.cluster.orders_for(report.name, held, self.clock())
+            if effects:
+                self._apply(effects)
+                self.request_schedule()
+            remaining = deadline - self.clock()
+            if orders or remaining <= 0:
+                return _orders_message(orders)
+            try:
+                await asyncio.wait_for(event.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
+
+    def report(self, r: p.Report) -> p.Ack:
+        effects: list[Effect] = []
+        for s in r.started:
+            effects += self.cluster.on_started(r.node, Started(s.task_id, s.started_at, s.stdout_path, s.stderr_path))
+        for f in r.finished:
+            effects += self.cluster.on_finished(r.node, _finished_event(f))
+        self._apply(effects)
+        if r.finished:
+            self.request_schedule()
+        return p.Ack(task_ids=[f.task_id for f in r.finished])
+
+    # ---- periodic ------------------------------------------------------------------------
+    async def watch_heartbeats(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            effects = self.cluster.on_tick(self.clock())
+            if effects:
+                for e in effects:
+                    if isinstance(e, NodeChanged):
+                        log.warning("node %s is %s", e.node.name, e.node.state.value)
+                self._apply(effects)
+                self.request_schedule()
+
+
+def _task_from_spec(spec: p.TaskSpec, now: float, batch_id: str) -> Task:
+    return Task(
+        task_id=str(uuid.uuid4()), command=spec.command, args=list(spec.args), env=dict(spec.env),
+        cores=spec.cores, submitted_at=now, cwd=spec.cwd, target_node=spec.node, batch_id=batch_id,
+    )
+
+
+def _finished_event(f: p.TaskFinished) -> Finished:
+    return Finished(
+        f.task_id, f.finished_at, f.exit_code, f.signal, f.error, f.killed, f.started_at, f.stdout_path, f.stderr_path
+    )
+
+
+def _orders_message(orders) -> p.Orders:  # noqa: ANN001 - core Orders
+    return p.Orders(
+        launch=[
+            p.LaunchOrder(t.task_id, t.command, t.args, t.env, list(t.core_ids), t.cwd) for t in orders.launch
+        ],
+        kill=orders.kill,
+    )
+
+
+def task_view(t: Task) -> p.TaskView:
+    return p.TaskView(
+        task_id=t.task_id, state=t.state.value, command=t.command, args=t.args, env=t.env, cores=t.cores,
+        node=t.node, core_ids=list(t.core_ids), exit_code=t.exit_code, signal=t.signal, error=t.error,
+        submitted_at=t.submitted_at, started_at=t.started_at, finished_at=t.finished_at,
+        stdout_path=t.stdout_path, stderr_path=t.stderr_path, cwd=t.cwd, target_node=t.target_node,
+        batch_id=t.batch_id, kill_requested=t.kill_requested,
+    )
+
+
+def node_view(n: Node) -> p.NodeView:
+    return p.NodeView(
+        name=n.name, state=n.state.value, total_cores=n.total_cores, free_cores=n.free_cores,
+        running_tasks=len(n.task_ids), memory_bytes=n.memory_bytes, last_heartbeat=n.last_heartbeat,
+    )

@@ -1,0 +1,1 @@
+"""The runner: one per node; registers, heartbeats, runs tasks pinned to their cores."""

@@ -1,0 +1,133 @@
+"""The runner's network side: heartbeat long-poll for orders, and delivery of reports.
+
+Two loops, each on its own keep-alive connection. The heartbeat loop tells the host what this
+node holds and receives launch and kill orders. The report loop sends "started" and durable
+"finished" reports and drops a result only once the host acknowledged it. Both retry with
+backoff for as long as the host is away: the runner never exits or spins because of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from hakuriver import protocol as p
+from hakuriver.runner.outbox import Outbox
+from hakuriver.runner.supervisor import Supervisor
+from hakuriver.transport import ApiError, HostConnection, HostUnreachable
+
+log = logging.getLogger("hakuriver.runner")
+
+REPORT_BATCH = 2000
+
+
+class Backoff:
+    """Delays for retrying an unreachable host: 0.1 s doubling up to `ceiling`."""
+
+    def __init__(self, ceiling: float) -> None:
+        self.ceiling = ceiling
+        self.delay = 0.0
+
+    def failed(self) -> float:
+        self.delay = min(self.ceiling, max(0.1, self.delay * 2))
+        return self.delay
+
+    def succeeded(self) -> None:
+        self.delay = 0.0
+
+
+class Agent:
+    def __init__(self, host_url: str, node: p.NodeInfo, interval: float, supervisor: Supervisor, outbox: Outbox) -> None:
+        self.host_url = host_url
+        self.node = node
+        self.interval = interval
+        self.supervisor = supervisor
+        self.outbox = outbox
+        self.stop = threading.Event()
+        self._work = threading.Condition()
+        self._started: dict[str, p.TaskStarted] = {}
+
+    # called by the supervisor's threads
+    def task_started(self, event: p.TaskStarted) -> None:
+        with self._work:
+            self._started[event.task_id] = event
+            self._work.notify_all()
+
+    def result_ready(self) -> None:
+        with self._work:
+            self._work.notify_all()
+
+    def held(self) -> list[str]:
+        return sorted(self.supervisor.held() | self.outbox.ids())
+
+    # ---- heartbeat + orders --------------------------------------------------------------
+    def heartbeat_forever(self) -> None:
+        conn = HostConnection(self.host_url)
+        backoff = Backoff(ceiling=max(1.0, min(10.0, self.interval)))
+        connected = False
+        while not self.stop.is_set():
+            hb = p.Heartbeat(node=self.node, held=self.held(), wait=self.interval)
+            try:
+                orders = conn.call("POST", p.RUNNER_HEARTBEAT, hb, p.Orders, timeout=self.interval + 10)
+            except (HostUnreachable, ApiError) as exc:
+                if connected or backoff.delay == 0:
+                    log.warning("heartbeat failed, will retry: %s", exc)
+                connected = False
+                self.stop.wait(backoff.failed())
+                continue
+            if not connected:
+                log.info("connected to the host at %s as node %s (%d cores)", self.host_url, self.node.name,
+                         len(self.node.core_ids))
+                connected = True
+            backoff.succeeded()
+            self._obey(orders)
+
+    def _obey(self, orders: p.Orders) -> None:
+        for task_id in orders.kill:
+            log.info("killing task %s", task_id)
+            self.supervisor.kill(task_id)
+        for order in orders.launch:
+            self.supervisor.launch(order)
+        if orders.launch:
+            self.result_ready()  # a launch that failed at once has a result to send
+
+    # ---- reports -------------------------------------------------------------------------
+    def report_forever(self) -> None:
+        conn = HostConnection(self.host_url)
+        backoff = Backoff(ceiling=5.0)
+        while not self.stop.is_set():
+            with self._work:
+                started = list(self._started.values())
+                finished = self.outbox.pending(REPORT_BATCH)
+                if not started and not finished:
+                    self._work.wait(0.5)
+                    continue
+            try:
+                ack = conn.call("POST", p.RUNNER_REPORT, p.Report(self.node.name, started, finished), p.Ack)
+            except (HostUnreachable, ApiError) as exc:
+                if backoff.delay == 0:
+                    log.warning("report failed, will retry: %s", exc)
+                self.stop.wait(backoff.failed())
+                continue
+            backoff.succeeded()
+            self.outbox.ack(ack.task_ids)
+            with self._work:
+                for s in started:
+                    if self._started.get(s.task_id) is s:
+                        del self._started[s.task_id]
+
+    def run(self) -> None:
+        for event in self.supervisor.adopt_previous():
+            self.task_started(event)
+        threads = [
+            threading.Thread(target=self.supervisor.reap_forever, args=(self.stop,), name="reaper", daemon=True),
+            threading.Thread(target=self.report_forever, name="reports", daemon=True),
+        ]
+        for t in threads:
+            t.start()
+        try:
+            self.heartbeat_forever()
+        finally:
+            self.stop.set()
+            time.sleep(0)

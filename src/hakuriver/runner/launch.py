@@ -1,0 +1,194 @@
+"""Turning a launch order into a process, and ending a whole process tree.
+
+The builders (`task_env`, `task_argv`, `choose_cwd`) are pure. `spawn` starts the command
+under a tiny `sh` wrapper that stays its parent and writes the exit status to a file on
+node-local disk: that file, not the runner, is what outlives a runner restart, so a restarted
+runner can still report the real exit code of a task it did not start.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import psutil
+
+from hakuriver.core.cores import format_core_ids
+
+# $1 exit-status file, $2 working directory, then the command and its arguments, untouched.
+# `cd` failing is reported like a shell does (126); the wrapper never re-parses the command.
+WRAPPER = 'f=$1; cd -- "$2" || exit 126; shift 2; "$@"; s=$?; echo "$s" > "$f"; exit "$s"'
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+@dataclass(frozen=True)
+class TaskPaths:
+    stdout: str
+    stderr: str
+    temp_dir: str
+    exit_file: str
+
+
+def task_env(
+    base: Mapping[str, str],
+    user: Mapping[str, str],
+    *,
+    task_id: str,
+    node: str,
+    core_ids: Iterable[int],
+    shared_dir: str,
+    temp_dir: str,
+) -> dict[str, str]:
+    """The runner's environment, then the user's --env, then HakuRiver's own variables."""
+    ids = list(core_ids)
+    env = dict(base)
+    env.update(user)
+    env.update(
+        HAKURIVER_TASK_ID=task_id,
+        HAKURIVER_NODE=node,
+        HAKURIVER_CORES=format_core_ids(ids),
+        HAKURIVER_SHARED_DIR=shared_dir,
+        HAKURIVER_LOCAL_TEMP_DIR=temp_dir,
+    )
+    for name in THREAD_VARS:
+        if name not in user:
+            env[name] = str(len(ids))
+    return env
+
+
+def task_argv(command: str, args: list[str], *, exit_file: str, cwd: str, cpus: Iterable[int], numactl: str) -> list[str]:
+    argv = ["/bin/sh", "-c", WRAPPER, "hakuriver-task", exit_file, cwd, command, *args]
+    if numactl:
+        return [numactl, f"--physcpubind={format_core_ids(cpus)}", *argv]
+    return argv
+
+
+def physical_cpus(core_ids: Iterable[int], cpus: tuple[int, ...]) -> list[int]:
+    """The CPUs to pin to: the core IDs themselves, or on an oversubscribed runner (`cpus` given) the CPUs they map to."""
+    ids = list(core_ids)
+    if not cpus:
+        return ids
+    return sorted({cpus[i % len(cpus)] for i in ids})
+
+
+def choose_cwd(requested: str, temp_dir: str) -> str:
+    """The client's directory if this node has it (shared storage), else the task's temp folder."""
+    return requested if requested and os.path.isdir(requested) else temp_dir
+
+
+def find_command(command: str, env: Mapping[str, str], cwd: str) -> str | None:
+    """Why the command cannot be started, or None if it can."""
+    if "/" in command:
+        path = command if os.path.isabs(command) else os.path.join(cwd, command)
+        if not os.path.exists(path):
+            return f"command not found: {command}"
+        if os.path.isdir(path) or not os.access(path, os.X_OK):
+            return f"command is not executable: {command}"
+        return None
+    if shutil.which(command, path=env.get("PATH", os.defpath)) is None:
+        return f"command not found: {command} (not in PATH of the task)"
+    return None
+
+
+_affinity_lock = threading.Lock()
+
+
+def spawn(argv: list[str], env: Mapping[str, str], stdout_fd: int, stderr_fd: int, core_ids: Iterable[int] | None) -> int:
+    """Start argv in a new session, stdout/stderr on the given fds, pinned to core_ids; its pid.
+
+    Pinning without numactl: the calling thread takes the task's CPU mask for the instant of the
+    spawn, and the child inherits it. Unlike setting it after the fact, no instruction of the task
+    runs on other cores, and unlike a preexec hook, the fast vfork path of posix_spawn is kept.
+    """
+    actions = [
+        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_DUP2, stdout_fd, 1),
+        (os.POSIX_SPAWN_DUP2, stderr_fd, 2),
+    ]
+    with _affinity_lock:
+        previous = os.sched_getaffinity(0)
+        if core_ids is not None:
+            os.sched_setaffinity(0, set(core_ids))
+        try:
+            return os.posix_spawn(argv[0], argv, env, file_actions=actions, setsid=True)
+        finally:
+            if core_ids is not None:
+                os.sched_setaffinity(0, previous)
+
+
+def process_start_time(pid: int) -> float | None:
+    """When the process started (to tell it apart from a later process with the same pid)."""
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def is_alive(pid: int, start_time: float | None) -> bool:
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE and (start_time is None or abs(proc.create_time() - start_time) < 0.01)
+    except psutil.NoSuchProcess:
+        return False
+
+
+def kill_tree(pgid: int, grace: float, poll: float = 0.05) -> None:
+    """SIGTERM to the task's process group and every descendant; SIGKILL whatever is left after `grace`."""
+    members = _tree(pgid)
+    _signal_all(pgid, members, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if not _any_alive(pgid, members):
+            return
+        time.sleep(poll)
+    members |= _tree(pgid)
+    _signal_all(pgid, members, signal.SIGKILL)
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline and _any_alive(pgid, members):
+        time.sleep(poll)
+
+
+def _tree(pgid: int) -> set[psutil.Process]:
+    """The session leader's descendants, including those that left its process group."""
+    try:
+        leader = psutil.Process(pgid)
+        return {leader, *leader.children(recursive=True)}
+    except psutil.NoSuchProcess:
+        return set()
+
+
+def _signal_all(pgid: int, members: set[psutil.Process], sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+    for proc in members:
+        try:
+            proc.send_signal(sig)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+
+
+def _any_alive(pgid: int, members: set[psutil.Process]) -> bool:
+    for proc in members:
+        try:
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            continue
+    return _group_has_live_member(pgid)
+
+
+def _group_has_live_member(pgid: int) -> bool:
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                return True
+        except (ProcessLookupError, psutil.NoSuchProcess, PermissionError):
+            continue
+    return False

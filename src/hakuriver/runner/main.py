@@ -1,0 +1,89 @@
+"""`hakuriver.runner`: check this node's folders and cores, then serve the host until stopped.
+
+SIGTERM or Ctrl-C stops the runner but not its tasks: they run on in their own sessions and the
+next runner process re-adopts them (an upgrade loses nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import logging
+import os
+import signal
+import socket
+import sys
+
+from hakuriver import protocol as p
+from hakuriver.cli_common import add_config_flag, config_or_exit, fail
+from hakuriver.config import Config
+from hakuriver.runner.agent import Agent
+from hakuriver.runner.outbox import Outbox
+from hakuriver.runner.supervisor import NodeSetup, Supervisor
+
+PROG = "hakuriver.runner"
+log = logging.getLogger("hakuriver.runner")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog=PROG, description="HakuRiver runner: runs tasks on this node.")
+    add_config_flag(parser)
+    args = parser.parse_args(argv)
+    config = config_or_exit(PROG, args.config)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup, node = _check_node(config)
+    lock = _lock_state_dir(setup.state_dir, node.name)
+    outbox = Outbox(os.path.join(setup.state_dir, "outbox"))
+    agent_ref: list[Agent] = []
+    supervisor = Supervisor(setup, outbox, on_started=lambda e: agent_ref[0].task_started(e))
+    agent = Agent(config.network.host_url, node, config.timing.heartbeat_interval, supervisor, outbox)
+    agent_ref.append(agent)
+    outbox.on_add = agent.result_ready
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    log.info("runner %s: %d cores %s, host %s", node.name, len(node.core_ids), node.core_ids, config.network.host_url)
+    try:
+        agent.run()
+    except (KeyboardInterrupt, SystemExit):
+        log.info("runner %s stopping; its tasks keep running and will be re-adopted", node.name)
+    finally:
+        lock.close()
+
+
+def _check_node(config: Config) -> tuple[NodeSetup, p.NodeInfo]:
+    paths = config.paths
+    for key, folder in (("shared_dir", paths.shared_dir), ("local_temp_dir", paths.local_temp_dir)):
+        if not os.path.isdir(folder):
+            fail(PROG, f"[paths] {key} {folder} does not exist or is not a folder; create it or fix the config", 2)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            fail(PROG, f"[paths] {key} {folder} is not writable by this user; fix its permissions or the config", 2)
+    if paths.numactl_path and not (os.path.isfile(paths.numactl_path) and os.access(paths.numactl_path, os.X_OK)):
+        fail(PROG, f"[paths] numactl_path {paths.numactl_path} is not an executable file; install numactl or set it to \"\"", 2)
+    usable = sorted(os.sched_getaffinity(0))
+    wanted = config.runner.cores or len(usable)
+    if wanted > len(usable):
+        log.warning("[runner] cores = %d but this machine has %d usable cores %s: oversubscribing, "
+                    "core IDs 0..%d map onto them in turn", wanted, len(usable), usable, wanted - 1)
+    core_ids = usable[:wanted] if wanted <= len(usable) else list(range(wanted))
+    name = config.runner.node_name or socket.gethostname()
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    state_dir = os.path.join(paths.local_temp_dir, f".hakuriver-runner-{name}")
+    setup = NodeSetup(name, paths.shared_dir, paths.local_temp_dir, paths.numactl_path, config.timing.kill_grace,
+                      state_dir, tuple(usable) if wanted > len(usable) else ())
+    return setup, p.NodeInfo(name=name, core_ids=core_ids, memory_bytes=memory)
+
+
+def _lock_state_dir(state_dir: str, name: str):  # noqa: ANN202 - the open lock file
+    try:
+        os.makedirs(state_dir, exist_ok=True)
+        fh = open(os.path.join(state_dir, "runner.lock"), "w")
+    except OSError as exc:
+        fail(PROG, f"cannot create the runner's state folder {state_dir}: {exc.strerror}")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fail(PROG, f"another runner named {name} is already running on this machine (set [runner] node_name)")
+    return fh
+
+
+if __name__ == "__main__":
+    main()

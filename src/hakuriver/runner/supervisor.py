@@ -1,0 +1,262 @@
+"""The runner's live tasks: spawn, reap, kill, and re-adopt after a runner restart.
+
+Each running task has a small record on node-local disk (pid, start time, paths). A restarted
+runner reads them back and keeps watching those processes; their `sh` wrapper writes the exit
+status to a file, so the real exit code survives the runner. Results go to the outbox before a
+record is removed, so a crash between the two repeats a report but never loses one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import msgspec
+
+from hakuriver import protocol as p
+from hakuriver.runner import launch
+from hakuriver.runner.outbox import Outbox
+
+log = logging.getLogger("hakuriver.runner")
+
+
+class TaskRecord(msgspec.Struct):
+    task_id: str
+    pid: int
+    start_time: float | None
+    started_at: float
+    stdout: str
+    stderr: str
+    temp_dir: str
+    exit_file: str
+    killing: bool = False
+
+
+@dataclass(frozen=True)
+class NodeSetup:
+    node: str
+    shared_dir: str
+    local_temp_dir: str
+    numactl_path: str
+    kill_grace: float
+    state_dir: str
+    #: oversubscribed runners only: the real CPUs that the logical core IDs map onto in turn
+    cpus: tuple[int, ...]
+
+    def physical(self, core_ids: list[int]) -> list[int]:
+        return launch.physical_cpus(core_ids, self.cpus)
+
+    @property
+    def output_dir(self) -> str:
+        return os.path.join(self.shared_dir, "task_outputs")
+
+
+class Supervisor:
+    def __init__(self, setup: NodeSetup, outbox: Outbox, on_started: Callable[[p.TaskStarted], None]) -> None:
+        self.setup = setup
+        self.outbox = outbox
+        self.on_started = on_started
+        self.records_dir = os.path.join(setup.state_dir, "tasks")
+        self.exit_dir = os.path.join(setup.state_dir, "exit")
+        os.makedirs(self.records_dir, exist_ok=True)
+        os.makedirs(self.exit_dir, exist_ok=True)
+        self._lock = threading.Condition()
+        self._records: dict[str, TaskRecord] = {}
+        self._by_pid: dict[int, str] = {}
+        #: tasks started by an earlier runner process: not our children, watched by polling
+        self._adopted: set[str] = set()
+
+    # ---- queries -------------------------------------------------------------------------
+    def held(self) -> set[str]:
+        with self._lock:
+            return set(self._records)
+
+    def __contains__(self, task_id: str) -> bool:
+        with self._lock:
+            return task_id in self._records
+
+    # ---- re-adoption ---------------------------------------------------------------------
+    def adopt_previous(self) -> list[p.TaskStarted]:
+        """Take over the tasks an earlier runner process left running (or finished)."""
+        adopted = []
+        for name in sorted(os.listdir(self.records_dir)):
+            path = os.path.join(self.records_dir, name)
+            try:
+                with open(path, "rb") as fh:
+                    rec = msgspec.json.decode(fh.read(), type=TaskRecord)
+            except (OSError, msgspec.DecodeError):
+                os.unlink(path)
+                continue
+            with self._lock:
+                self._records[rec.task_id] = rec
+                self._adopted.add(rec.task_id)
+            adopted.append(p.TaskStarted(rec.task_id, rec.started_at, rec.stdout, rec.stderr))
+            if rec.killing:
+                self.kill(rec.task_id, force=True)
+        if adopted:
+            log.info("re-adopted %d tasks left by the previous runner process", len(adopted))
+        return adopted
+
+    # ---- launch --------------------------------------------------------------------------
+    def launch(self, order: p.LaunchOrder) -> None:
+        if order.task_id in self or order.task_id in self.outbox:
+            return  # a repeated order: this task is already ours
+        now = time.time()
+        paths = self._paths(order.task_id)
+        try:
+            problem = self._start(order, paths, now)
+        except OSError as exc:
+            problem = f"could not start: {exc.strerror or exc}"
+        if problem:
+            shutil.rmtree(paths.temp_dir, ignore_errors=True)
+            log.warning("task %s failed to start: %s", order.task_id, problem)
+            self.outbox.add(p.TaskFinished(order.task_id, time.time(), error=problem, started_at=None,
+                                           stdout_path=paths.stdout, stderr_path=paths.stderr))
+
+    def _paths(self, task_id: str) -> launch.TaskPaths:
+        s = self.setup
+        return launch.TaskPaths(
+            stdout=os.path.join(s.output_dir, f"{task_id}.out"),
+            stderr=os.path.join(s.output_dir, f"{task_id}.err"),
+            temp_dir=os.path.join(s.local_temp_dir, f"hakuriver-task-{task_id}"),
+            exit_file=os.path.join(self.exit_dir, task_id),
+        )
+
+    def _start(self, order: p.LaunchOrder, paths: launch.TaskPaths, now: float) -> str | None:
+        """Start the task; a reason if it cannot start."""
+        s = self.setup
+        try:
+            os.makedirs(s.output_dir, exist_ok=True)
+            out_fd = os.open(paths.stdout, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            err_fd = os.open(paths.stderr, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            return f"cannot write the task's output under {s.output_dir}: {exc.strerror}"
+        try:
+            try:
+                os.mkdir(paths.temp_dir)
+            except OSError as exc:
+                return f"cannot create the task's temp folder {paths.temp_dir}: {exc.strerror}"
+            env = launch.task_env(os.environ, order.env, task_id=order.task_id, node=s.node, core_ids=order.core_ids,
+                                  shared_dir=s.shared_dir, temp_dir=paths.temp_dir)
+            cwd = launch.choose_cwd(order.cwd, paths.temp_dir)
+            problem = launch.find_command(order.command, env, cwd)
+            if problem:
+                os.write(err_fd, f"hakuriver: {problem}\n".encode())
+                return problem
+            argv = launch.task_argv(order.command, order.args, exit_file=paths.exit_file, cwd=cwd,
+                                    cpus=s.physical(order.core_ids), numactl=s.numactl_path)
+            with self._lock:
+                pin = None if s.numactl_path else s.physical(order.core_ids)
+                pid = launch.spawn(argv, env, out_fd, err_fd, pin)
+                rec = TaskRecord(order.task_id, pid, launch.process_start_time(pid), now, paths.stdout,
+                                 paths.stderr, paths.temp_dir, paths.exit_file)
+                self._records[rec.task_id] = rec
+                self._by_pid[pid] = rec.task_id
+                self._lock.notify_all()
+            self._save(rec)
+            self.on_started(p.TaskStarted(rec.task_id, now, rec.stdout, rec.stderr))
+            return None
+        finally:
+            os.close(out_fd)
+            os.close(err_fd)
+
+    def _save(self, rec: TaskRecord) -> None:
+        path = os.path.join(self.records_dir, f"{rec.task_id}.json")
+        with open(path + ".tmp", "wb") as fh:
+            fh.write(msgspec.json.encode(rec))
+        os.replace(path + ".tmp", path)
+
+    # ---- kill ----------------------------------------------------------------------------
+    def kill(self, task_id: str, force: bool = False) -> None:
+        with self._lock:
+            rec = self._records.get(task_id)
+            if rec is None or (rec.killing and not force):
+                return
+            rec.killing = True
+        self._save(rec)
+        threading.Thread(target=self._kill_and_report, args=(rec,), name=f"kill-{task_id[:8]}", daemon=True).start()
+
+    def _kill_and_report(self, rec: TaskRecord) -> None:
+        if launch.is_alive(rec.pid, rec.start_time):
+            launch.kill_tree(rec.pid, self.setup.kill_grace)
+        self._finish(rec, p.TaskFinished(rec.task_id, time.time(), killed=True, error="killed by user",
+                                         started_at=rec.started_at, stdout_path=rec.stdout, stderr_path=rec.stderr))
+
+    # ---- reaping -------------------------------------------------------------------------
+    def reap_forever(self, stop: threading.Event) -> None:
+        """Collect our children as they exit; poll the adopted ones."""
+        threading.Thread(target=self._watch_adopted, args=(stop,), name="adopted", daemon=True).start()
+        while not stop.is_set():
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED)
+            except ChildProcessError:
+                with self._lock:
+                    if not self._by_pid:
+                        self._lock.wait(0.5)
+                continue
+            except InterruptedError:
+                continue
+            if info is not None:
+                self._child_exited(info.si_pid, info.si_code, info.si_status)
+
+    def _child_exited(self, pid: int, code: int, status: int) -> None:
+        with self._lock:
+            task_id = self._by_pid.pop(pid, None)
+            rec = self._records.get(task_id) if task_id else None
+        if rec is None or rec.killing:
+            return  # the kill thread reports killed tasks once the whole tree is gone
+        signaled = code in (os.CLD_KILLED, os.CLD_DUMPED)
+        self._finish(rec, self._result(rec, signal=status if signaled else None))
+
+    def _watch_adopted(self, stop: threading.Event) -> None:
+        while not stop.wait(0.25):
+            with self._lock:
+                candidates = [self._records[t] for t in self._adopted if t in self._records]
+            for rec in candidates:
+                if not rec.killing and not launch.is_alive(rec.pid, rec.start_time):
+                    with self._lock:
+                        self._adopted.discard(rec.task_id)
+                    self._finish(rec, self._result(rec, signal=None, adopted=True))
+
+    def _result(self, rec: TaskRecord, signal: int | None, adopted: bool = False) -> p.TaskFinished:
+        exit_code, error = _read_exit_file(rec.exit_file), ""
+        if exit_code is None:
+            if signal is not None:
+                error = f"killed by signal {signal} (not by HakuRiver)"
+            elif adopted:
+                error = "ended while its runner was down and left no exit status (killed by a signal?)"
+            else:
+                error = "ended without an exit status"
+        elif exit_code > 128:
+            signal = exit_code - 128
+            error = f"killed by signal {signal} (not by HakuRiver)"
+        elif exit_code == 126 and not os.path.isdir(rec.temp_dir):
+            error = "its working directory disappeared"
+        return p.TaskFinished(rec.task_id, time.time(), exit_code=exit_code, signal=signal, error=error,
+                              started_at=rec.started_at, stdout_path=rec.stdout, stderr_path=rec.stderr)
+
+    def _finish(self, rec: TaskRecord, result: p.TaskFinished) -> None:
+        """Result to the outbox first, then forget the task: a crash in between repeats, never loses."""
+        self.outbox.add(result)
+        with self._lock:
+            self._records.pop(rec.task_id, None)
+            self._adopted.discard(rec.task_id)
+        shutil.rmtree(rec.temp_dir, ignore_errors=True)
+        for path in (rec.exit_file, os.path.join(self.records_dir, f"{rec.task_id}.json")):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+
+def _read_exit_file(path: str) -> int | None:
+    try:
+        with open(path) as fh:
+            return int(fh.read().strip())
+    except (OSError, ValueError):
+        return None
