@@ -1,0 +1,85 @@
+"""The runner refuses to start on a bad node setup, saying which setting is wrong; numactl pinning."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from support import program
+
+
+def _start(cluster, name: str, **paths: str) -> subprocess.CompletedProcess:  # noqa: ANN001
+    config = cluster.runner_config(name, 1, **paths)
+    return subprocess.run(program("runner") + ["--config", str(config)], capture_output=True, text=True, timeout=30)
+
+
+def _one_line(res: subprocess.CompletedProcess) -> str:
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    return lines[0]
+
+
+def test_missing_shared_dir(cluster, tmp_path):
+    line = _one_line(_start(cluster, "x1", shared_dir=str(tmp_path / "nope")))
+    assert "[paths] shared_dir" in line and "does not exist" in line
+
+
+def test_missing_local_temp_dir(cluster, tmp_path):
+    config = cluster.runner_config("x2", 1)
+    text = config.read_text().replace(str(cluster.root / "tmp-x2"), str(tmp_path / "gone"))
+    config.write_text(text)
+    res = subprocess.run(program("runner") + ["--config", str(config)], capture_output=True, text=True, timeout=30)
+    line = _one_line(res)
+    assert "[paths] local_temp_dir" in line and "does not exist" in line
+
+
+def _read_only_dir(tmp_path: Path) -> Path:
+    """A folder this user cannot write: chmod for a normal user, a read-only mount for root."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        return folder
+    if shutil.which("mount") is None:
+        pytest.skip("root without mount(8): cannot make an unwritable folder")
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)], capture_output=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {res.stderr.decode().strip()}")
+    return folder
+
+
+def test_unwritable_shared_dir(cluster, tmp_path):
+    folder = _read_only_dir(tmp_path)
+    try:
+        line = _one_line(_start(cluster, "x3", shared_dir=str(folder)))
+        assert "[paths] shared_dir" in line and "not writable" in line
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["umount", str(folder)])
+
+
+def test_numactl_path_not_executable(cluster, tmp_path):
+    fake = tmp_path / "numactl"
+    fake.write_text("not a program")
+    line = _one_line(_start(cluster, "x4", numactl_path=str(fake)))
+    assert "[paths] numactl_path" in line and "not an executable" in line
+
+
+@pytest.mark.skipif(shutil.which("numactl") is None, reason="numactl is not installed (apt-get install numactl)")
+def test_numactl_pins_the_task(fresh_cluster):
+    c = fresh_cluster
+    c.start_host()
+    c.start_runner("n", 2, numactl_path=shutil.which("numactl"))
+    c.wait_online("n")
+    res = c.client("--cores", "1", "--wait", "--", "sh", "-c", "grep Cpus_allowed_list /proc/self/status; ps -o args= -p $PPID")
+    assert res.returncode == 0, res.stderr
+    row = c.task(res.stdout.splitlines()[0])
+    allowed = Path(row["stdout_path"]).read_text().splitlines()[0].split(":")[1].strip()
+    assert allowed == row["core_ids"]
+    # affinity of the runner itself was not what pinned it: the runner left its mask alone
+    assert len(os.sched_getaffinity(c.runners["n"].pid)) == os.cpu_count()
