@@ -107,6 +107,7 @@ class Cluster:
         for node in nodes:
             node.last_heartbeat = now
             node.task_ids = set()
+            node.cores = CoreSet(node.cores.all)  # ownership is rebuilt from the tasks below
             self.nodes[node.name] = node
         for task in sorted(tasks, key=lambda t: t.submitted_at):
             self._restore_task(task)

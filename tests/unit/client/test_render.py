@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+from hakuriver import protocol as p
+from hakuriver.client import render
+from hakuriver.client.cli import exit_code_of, parse
+
+
+def view(**kw) -> p.TaskView:  # noqa: ANN003
+    base = dict(task_id="t", state="completed", command="sh", args=["-c", "echo 'a b'"], env={"K": "v w"}, cores=2,
+                node="a", core_ids=[0, 1], exit_code=0, signal=None, error="", submitted_at=0.0, started_at=1.0,
+                finished_at=3.5, stdout_path="/o", stderr_path="/e", cwd="/w")
+    base.update(kw)
+    return p.TaskView(**base)
+
+
+def test_node_table():
+    nodes = [p.NodeView("a", "online", 4, 1, 2, 2**31, 95.0), p.NodeView("bb", "offline", 2, 2, 0, 0, 0.0)]
+    assert render.node_table(nodes, now=100.0) == (
+        "NODE  STATE    CORES  FREE  RUNNING  MEMORY   LAST HEARTBEAT\n"
+        "a     online   4      1     2        2.0 GiB  5.0s ago\n"
+        "bb    offline  2      2     0        -        never"
+    )
+
+
+def test_final_line():
+    assert render.final_line(view()) == "task t completed (exit code 0) on a after 2.50s"
+    assert render.final_line(view(state="failed", exit_code=None, error="command not found: x", node="", started_at=None)) == (
+        "task t failed (command not found: x)")
+
+
+def test_record_quotes_the_command_and_env():
+    text = render.task_record(view())
+    assert "Command:     sh -c 'echo '\"'\"'a b'\"'\"''" in text
+    assert "Environment: K='v w'" in text
+    assert "Core IDs:    0,1" in text
+
+
+def test_exit_codes_like_srun():
+    assert exit_code_of(view()) == 0
+    assert exit_code_of(view(state="failed", exit_code=3)) == 3
+    assert exit_code_of(view(state="failed", exit_code=None, signal=9)) == 137
+    assert exit_code_of(view(state="failed", exit_code=None)) == 1
+    assert exit_code_of(view(state="killed", exit_code=None)) == 143
+    assert exit_code_of(view(state="lost", exit_code=None)) == 1
+
+
+def test_everything_after_the_double_dash_is_the_command():
+    args = parse(["--cores", "2", "--", "python", "--cores", "3", "--", "-V"])
+    assert args.cores == 2 and args.command == ["python", "--cores", "3", "--", "-V"]
+    assert parse(["--wait", "echo", "hi"]).command == ["echo", "hi"]

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import os
+
+from hakuriver.runner import launch
+
+
+def env(**user: str) -> dict[str, str]:
+    return launch.task_env({"PATH": "/bin", "HOME": "/root", "MY_VAR": "runner"}, user, task_id="t1", node="n1",
+                           core_ids=[2, 3], shared_dir="/s", temp_dir="/tmp/x")
+
+
+def test_env_layers_runner_then_user_then_hakuriver():
+    e = env(MY_VAR="user")
+    assert e["PATH"] == "/bin" and e["MY_VAR"] == "user"
+    assert (e["HAKURIVER_TASK_ID"], e["HAKURIVER_NODE"], e["HAKURIVER_CORES"]) == ("t1", "n1", "2,3")
+    assert (e["HAKURIVER_SHARED_DIR"], e["HAKURIVER_LOCAL_TEMP_DIR"]) == ("/s", "/tmp/x")
+    assert e["OMP_NUM_THREADS"] == e["MKL_NUM_THREADS"] == e["OPENBLAS_NUM_THREADS"] == "2"
+
+
+def test_user_thread_counts_win():
+    e = env(OMP_NUM_THREADS="1")
+    assert e["OMP_NUM_THREADS"] == "1" and e["MKL_NUM_THREADS"] == "2"
+
+
+def test_argv_keeps_arguments_as_they_are_behind_the_wrapper():
+    argv = launch.task_argv("echo", ["a b", "-x", "$Y"], exit_file="/e", cwd="/w", cpus=[2, 3], numactl="")
+    assert argv[:2] == ["/bin/sh", "-c"] and argv[3:] == ["hakuriver-task", "/e", "/w", "echo", "a b", "-x", "$Y"]
+
+
+def test_argv_with_numactl_binds_the_cores():
+    argv = launch.task_argv("echo", [], exit_file="/e", cwd="/w", cpus=[2, 3], numactl="/usr/bin/numactl")
+    assert argv[:2] == ["/usr/bin/numactl", "--physcpubind=2,3"] and argv[2] == "/bin/sh"
+
+
+def test_physical_cpus_identity_or_round_robin_when_oversubscribed():
+    assert launch.physical_cpus([2, 3], ()) == [2, 3]
+    assert launch.physical_cpus([0, 1, 2, 3], (0, 1)) == [0, 1]
+    assert launch.physical_cpus([3], (4, 6)) == [6]
+
+
+def test_choose_cwd(tmp_path):
+    assert launch.choose_cwd(str(tmp_path), "/t") == str(tmp_path)
+    assert launch.choose_cwd("/no/such", "/t") == "/t"
+    assert launch.choose_cwd("", "/t") == "/t"
+
+
+def test_find_command(tmp_path):
+    assert launch.find_command("sh", {"PATH": os.defpath}, "/") is None
+    assert "command not found: nope-x" in launch.find_command("nope-x", {"PATH": "/bin"}, "/")
+    script = tmp_path / "s.sh"
+    script.write_text("#!/bin/sh\n")
+    assert "not executable" in launch.find_command("./s.sh", {}, str(tmp_path))
+    script.chmod(0o755)
+    assert launch.find_command("./s.sh", {}, str(tmp_path)) is None
