@@ -1,0 +1,34 @@
+"""Reopening the file is what a host restart does: records and the queue must come back."""
+
+from __future__ import annotations
+
+from hakuriver.core.cores import CoreSet
+from hakuriver.core.model import Node, Task
+from hakuriver.core.states import NodeState, TaskState
+from hakuriver.host.store import Store
+
+
+def test_round_trip_every_field(tmp_path):
+    path = str(tmp_path / "new" / "folder" / "h.db")
+    store = Store(path)
+    t = Task("id1", "sh", ["-c", "echo 'x'"], {"A": "1"}, 2, 1.5, cwd="/w", target_node="n", batch_id="b",
+             state=TaskState.RUNNING, node="n", core_ids=(2, 3), exit_code=None, signal=None, error="",
+             started_at=2.0, stdout_path="/o", stderr_path="/e", kill_requested=True)
+    n = Node("n", CoreSet([0, 1, 2, 3]), 1024, NodeState.ONLINE, 9.0)
+    store.save([t], [n])
+    store.close()
+    reopened = Store(path)
+    assert reopened.get_task("id1") == t
+    [node] = reopened.nodes()
+    assert (node.name, node.cores.all, node.memory_bytes, node.state) == ("n", (0, 1, 2, 3), 1024, NodeState.ONLINE)
+    assert [x.task_id for x in reopened.active_tasks()] == ["id1"]
+    assert [x.task_id for x in reopened.batch_tasks("b")] == ["id1"]
+
+
+def test_active_tasks_exclude_final_ones_and_keep_submission_order(tmp_path):
+    store = Store(str(tmp_path / "h.db"))
+    tasks = [Task(f"t{i}", "true", [], {}, 1, float(10 - i)) for i in range(4)]
+    tasks[1].state = TaskState.COMPLETED
+    tasks[2].state = TaskState.LOST
+    store.save(tasks)
+    assert [t.task_id for t in store.active_tasks()] == ["t3", "t2", "t0"]
