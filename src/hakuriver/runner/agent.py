@@ -69,7 +69,8 @@ class Agent:
         while not self.stop.is_set():
             hb = p.Heartbeat(node=self.node, held=self.held(), wait=self.interval)
             try:
-                orders = conn.call("POST", p.RUNNER_HEARTBEAT, hb, p.Orders, timeout=self.interval + 10)
+                # the host holds the request up to `wait`; an answer later than that means a dead link
+                orders = conn.call("POST", p.RUNNER_HEARTBEAT, hb, p.Orders, timeout=2 * self.interval + 2)
             except (HostUnreachable, ApiError) as exc:
                 if connected or backoff.delay == 0:
                     log.warning("heartbeat failed, will retry: %s", exc)
@@ -104,7 +105,8 @@ class Agent:
                     self._work.wait(0.5)
                     continue
             try:
-                ack = conn.call("POST", p.RUNNER_REPORT, p.Report(self.node.name, started, finished), p.Ack)
+                ack = conn.call("POST", p.RUNNER_REPORT, p.Report(self.node.name, started, finished), p.Ack,
+                                timeout=2 * self.interval + 5)
             except (HostUnreachable, ApiError) as exc:
                 if backoff.delay == 0:
                     log.warning("report failed, will retry: %s", exc)

@@ -129,6 +129,20 @@ def process_start_time(pid: int) -> float | None:
         return None
 
 
+def find_task_leader(task_id: str) -> tuple[int, float] | None:
+    """The pid and start time of a task's `sh` wrapper, found by the task ID in its environment."""
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if os.getsid(proc.pid) != proc.pid or proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            # the task's own processes carry the ID too: only the wrapper runs WRAPPER
+            if proc.environ().get("HAKURIVER_TASK_ID") == task_id and proc.cmdline()[2:3] == [WRAPPER]:
+                return proc.pid, proc.create_time()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError, PermissionError):
+            continue
+    return None
+
+
 def is_alive(pid: int, start_time: float | None) -> bool:
     try:
         proc = psutil.Process(pid)

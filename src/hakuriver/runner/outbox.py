@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -9,6 +10,8 @@ from collections.abc import Callable
 import msgspec
 
 from hakuriver.protocol import TaskFinished
+
+log = logging.getLogger("hakuriver.runner")
 
 
 class Outbox:
@@ -32,11 +35,19 @@ class Outbox:
                 os.unlink(path)
 
     def add(self, result: TaskFinished) -> None:
-        """Returns once the result is on disk (atomically: write, then rename)."""
+        """Returns once the result is on disk (atomically: write, then rename).
+
+        If the disk refuses (full, read-only), the result is still kept in memory and sent: only
+        a runner crash before delivery could then lose it, and the log says so.
+        """
         path = os.path.join(self.folder, f"{result.task_id}.json")
-        with open(path + ".tmp", "wb") as fh:
-            fh.write(msgspec.json.encode(result))
-        os.replace(path + ".tmp", path)
+        try:
+            with open(path + ".tmp", "wb") as fh:
+                fh.write(msgspec.json.encode(result))
+            os.replace(path + ".tmp", path)
+        except OSError as exc:
+            log.error("cannot store the result of task %s on disk (%s); keeping it in memory only",
+                      result.task_id, exc.strerror or exc)
         with self._lock:
             self._results[result.task_id] = result
         self.on_add()

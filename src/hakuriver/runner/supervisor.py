@@ -1,13 +1,16 @@
 """The runner's live tasks: spawn, reap, kill, and re-adopt after a runner restart.
 
-Each running task has a small record on node-local disk (pid, start time, paths). A restarted
-runner reads them back and keeps watching those processes; their `sh` wrapper writes the exit
+Each task has a small record on node-local disk (paths, start time), written *before* it is
+spawned, so that a runner crash can never lead to a second launch of the same task. A restarted
+runner reads the records back, finds each task's process by the HAKURIVER_TASK_ID in its
+environment, and keeps watching it; their `sh` wrapper writes the exit
 status to a file, so the real exit code survives the runner. Results go to the outbox before a
 record is removed, so a crash between the two repeats a report but never loses one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -27,14 +30,15 @@ log = logging.getLogger("hakuriver.runner")
 
 class TaskRecord(msgspec.Struct):
     task_id: str
-    pid: int
-    start_time: float | None
     started_at: float
     stdout: str
     stderr: str
     temp_dir: str
     exit_file: str
     killing: bool = False
+    #: the `sh` wrapper (session leader); 0 on disk and for a task whose process is gone
+    pid: int = 0
+    start_time: float | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,9 @@ class Supervisor:
             except (OSError, msgspec.DecodeError):
                 os.unlink(path)
                 continue
+            leader = launch.find_task_leader(rec.task_id)
+            if leader is not None:
+                rec.pid, rec.start_time = leader
             with self._lock:
                 self._records[rec.task_id] = rec
                 self._adopted.add(rec.task_id)
@@ -137,6 +144,9 @@ class Supervisor:
         except OSError as exc:
             return f"cannot write the task's output under {s.output_dir}: {exc.strerror}"
         try:
+            problem = _scratch_problem(s.local_temp_dir)
+            if problem:
+                return problem
             try:
                 os.mkdir(paths.temp_dir)
             except OSError as exc:
@@ -150,15 +160,19 @@ class Supervisor:
                 return problem
             argv = launch.task_argv(order.command, order.args, exit_file=paths.exit_file, cwd=cwd,
                                     cpus=s.physical(order.core_ids), numactl=s.numactl_path)
+            rec = TaskRecord(order.task_id, now, paths.stdout, paths.stderr, paths.temp_dir, paths.exit_file)
+            self._save(rec)
             with self._lock:
                 pin = None if s.numactl_path else s.physical(order.core_ids)
-                pid = launch.spawn(argv, env, out_fd, err_fd, pin)
-                rec = TaskRecord(order.task_id, pid, launch.process_start_time(pid), now, paths.stdout,
-                                 paths.stderr, paths.temp_dir, paths.exit_file)
+                try:
+                    rec.pid = launch.spawn(argv, env, out_fd, err_fd, pin)
+                except OSError:
+                    self._forget(rec)
+                    raise
+                rec.start_time = launch.process_start_time(rec.pid)
                 self._records[rec.task_id] = rec
-                self._by_pid[pid] = rec.task_id
+                self._by_pid[rec.pid] = rec.task_id
                 self._lock.notify_all()
-            self._save(rec)
             self.on_started(p.TaskStarted(rec.task_id, now, rec.stdout, rec.stderr))
             return None
         finally:
@@ -166,10 +180,15 @@ class Supervisor:
             os.close(err_fd)
 
     def _save(self, rec: TaskRecord) -> None:
+        """Persist the record that a restarted runner needs to re-adopt the task."""
         path = os.path.join(self.records_dir, f"{rec.task_id}.json")
-        with open(path + ".tmp", "wb") as fh:
-            fh.write(msgspec.json.encode(rec))
-        os.replace(path + ".tmp", path)
+        try:
+            with open(path + ".tmp", "wb") as fh:
+                fh.write(msgspec.json.encode(msgspec.structs.replace(rec, pid=0, start_time=None)))
+            os.replace(path + ".tmp", path)
+        except OSError as exc:
+            log.error("cannot store the record of task %s (%s): a runner restart could not re-adopt it",
+                      rec.task_id, exc.strerror or exc)
 
     # ---- kill ----------------------------------------------------------------------------
     def kill(self, task_id: str, force: bool = False) -> None:
@@ -182,7 +201,7 @@ class Supervisor:
         threading.Thread(target=self._kill_and_report, args=(rec,), name=f"kill-{task_id[:8]}", daemon=True).start()
 
     def _kill_and_report(self, rec: TaskRecord) -> None:
-        if launch.is_alive(rec.pid, rec.start_time):
+        if rec.pid and launch.is_alive(rec.pid, rec.start_time):
             launch.kill_tree(rec.pid, self.setup.kill_grace)
         self._finish(rec, p.TaskFinished(rec.task_id, time.time(), killed=True, error="killed by user",
                                          started_at=rec.started_at, stdout_path=rec.stdout, stderr_path=rec.stderr))
@@ -218,7 +237,7 @@ class Supervisor:
             with self._lock:
                 candidates = [self._records[t] for t in self._adopted if t in self._records]
             for rec in candidates:
-                if not rec.killing and not launch.is_alive(rec.pid, rec.start_time):
+                if not rec.killing and not (rec.pid and launch.is_alive(rec.pid, rec.start_time)):
                     with self._lock:
                         self._adopted.discard(rec.task_id)
                     self._finish(rec, self._result(rec, signal=None, adopted=True))
@@ -247,11 +266,27 @@ class Supervisor:
             self._records.pop(rec.task_id, None)
             self._adopted.discard(rec.task_id)
         shutil.rmtree(rec.temp_dir, ignore_errors=True)
+        self._forget(rec)
+
+    def _forget(self, rec: TaskRecord) -> None:
         for path in (rec.exit_file, os.path.join(self.records_dir, f"{rec.task_id}.json")):
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-            except FileNotFoundError:
-                pass
+
+
+#: a task does not start on a scratch disk with less free space than this
+MIN_SCRATCH_BYTES = 1024 * 1024
+
+
+def _scratch_problem(folder: str) -> str | None:
+    try:
+        st = os.statvfs(folder)
+    except OSError as exc:
+        return f"local_temp_dir {folder} is not usable: {exc.strerror}"
+    free = st.f_bavail * st.f_frsize
+    if free < MIN_SCRATCH_BYTES or st.f_favail == 0:
+        return f"local_temp_dir {folder} is full ({free} bytes free); free some space on this node"
+    return None
 
 
 def _read_exit_file(path: str) -> int | None:
