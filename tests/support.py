@@ -123,13 +123,17 @@ class LocalCluster:
     def url(self) -> str:
         return f"http://{self.host_address}:{self.port}"
 
-    def runner_config(self, name: str, cores: int, **paths: str) -> Path:
+    def runner_config(self, name: str, cores: int, node_name: str | None = None, host_address: str | None = None,
+                      **paths: str) -> Path:
+        """Config of runner `name`; node_name "" lets it use its hostname."""
         tmp = self.root / f"tmp-{name}"
         tmp.mkdir(exist_ok=True)
         sections = {k: dict(v) for k, v in self.base.items()}
         sections["paths"]["local_temp_dir"] = str(tmp)
         sections["paths"].update(paths)
-        sections["runner"] = {"node_name": name, "cores": cores}
+        if host_address:
+            sections["network"]["host_reachable_address"] = host_address
+        sections["runner"] = {"node_name": name if node_name is None else node_name, "cores": cores}
         return write_toml(self.root / f"runner-{name}.toml", sections)
 
     def start_host(self, bind_ip: str | None = None) -> Proc:
@@ -152,10 +156,11 @@ class LocalCluster:
         except OSError:
             return False
 
-    def start_runner(self, name: str, cores: int, prefix: list[str] | None = None, **paths: str) -> Proc:
-        config = self.runner_config(name, cores, **paths)
-        proc = Proc(f"runner-{name}", program("runner") + ["--config", str(config)], self.root / f"runner-{name}.log",
-                    prefix=prefix)
+    def start_runner(self, name: str, cores: int, prefix: list[str] | None = None, node_name: str | None = None,
+                     host_address: str | None = None, **paths: str) -> Proc:
+        config = self.runner_config(name, cores, node_name, host_address, **paths)
+        log = self.root / f"runner-{name}.log"
+        proc = Proc(f"runner-{name}", program("runner") + ["--config", str(config)], log, prefix=prefix)
         self.runners[name] = proc
         self.procs.append(proc)
         return proc

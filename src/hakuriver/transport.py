@@ -44,8 +44,13 @@ class HostConnection:
             self._conn.close()
             self._conn = None
 
-    def call(self, method: str, path: str, body: Any = None, reply: Any = None, timeout: float | None = None) -> Any:
-        """Send `body` (a protocol message), decode the answer as `reply`; retried once on a stale connection."""
+    def call(self, method: str, path: str, body: Any = None, reply: Any = None, timeout: float | None = None,
+             idempotent: bool = True) -> Any:
+        """Send `body` (a protocol message), decode the answer as `reply`.
+
+        An idempotent request is resent once when a kept-alive connection turns out closed; a
+        submission is not, since the host may have committed it before the connection broke.
+        """
         data = msgspec.json.encode(body) if body is not None else None
         while True:
             reused = self._conn is not None
@@ -55,7 +60,7 @@ class HostConnection:
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
                 # A kept-alive connection the host closed meanwhile: the request never arrived.
                 self.close()
-                if not reused:
+                if not (reused and idempotent):
                     raise HostUnreachable(self.url, _reason(exc)) from None
             except (OSError, http.client.HTTPException) as exc:
                 self.close()

@@ -17,7 +17,7 @@ class HostClient:
         return self.conn.url
 
     def submit(self, specs: list[p.TaskSpec]) -> p.SubmitReply:
-        return self.conn.call("POST", p.TASKS, p.SubmitRequest(tasks=specs), p.SubmitReply)
+        return self.conn.call("POST", p.TASKS, p.SubmitRequest(tasks=specs), p.SubmitReply, idempotent=False)
 
     def task(self, task_id: str) -> p.TaskView:
         return self.conn.call("GET", p.TASK.format(task_id=task_id), reply=p.TaskView)
