@@ -17,7 +17,10 @@ TASKS = "/api/tasks"                       # POST SubmitRequest -> SubmitReply
 TASK = "/api/tasks/{task_id}"              # GET -> TaskView
 TASK_WAIT = "/api/tasks/{task_id}/wait"    # GET ?timeout=s -> TaskView (long-poll until final)
 TASK_KILL = "/api/tasks/{task_id}/kill"    # POST -> KillReply
-BATCH = "/api/batches/{task_id}"           # GET -> list[TaskView] (a batch ID is a UUID too)
+BATCH = "/api/batches/{batch_id}"          # GET -> BatchView (counts by state)
+BATCH_TASKS = "/api/batches/{batch_id}/tasks"  # GET -> list[TaskView]
+BATCH_WAIT = "/api/batches/{batch_id}/wait"    # GET ?timeout=s -> BatchView (long-poll until all final)
+BATCH_KILL = "/api/batches/{batch_id}/kill"    # POST -> KillReply (task_id = the batch ID)
 NODES = "/api/nodes"                       # GET -> list[NodeView]
 RUNNER_HEARTBEAT = "/api/runner/heartbeat"  # POST Heartbeat -> Orders (long-poll)
 RUNNER_REPORT = "/api/runner/report"       # POST Report -> Ack
@@ -51,6 +54,8 @@ class TaskSpec(msgspec.Struct):
 
 class SubmitRequest(msgspec.Struct):
     tasks: list[TaskSpec]
+    #: give the tasks one batch ID (always so when there is more than one)
+    batch: bool = False
 
 
 class SubmitReply(msgspec.Struct):
@@ -89,6 +94,24 @@ class NodeView(msgspec.Struct):
     running_tasks: int
     memory_bytes: int
     last_heartbeat: float
+
+
+class TaskBrief(msgspec.Struct):
+    task_id: str
+    state: str
+    exit_code: int | None
+    error: str
+
+
+class BatchView(msgspec.Struct):
+    batch_id: str
+    total: int
+    #: task count by state name
+    counts: dict[str, int]
+    #: every task is in a final state (lost counts as final here)
+    done: bool
+    #: the first tasks that did not complete (failed, killed, lost), for the user to look at
+    problems: list[TaskBrief]
 
 
 class KillReply(msgspec.Struct):

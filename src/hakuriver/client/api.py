@@ -16,14 +16,25 @@ class HostClient:
     def url(self) -> str:
         return self.conn.url
 
-    def submit(self, specs: list[p.TaskSpec]) -> p.SubmitReply:
-        return self.conn.call("POST", p.TASKS, p.SubmitRequest(tasks=specs), p.SubmitReply, idempotent=False)
+    def submit(self, specs: list[p.TaskSpec], batch: bool = False) -> p.SubmitReply:
+        return self.conn.call("POST", p.TASKS, p.SubmitRequest(tasks=specs, batch=batch), p.SubmitReply,
+                              idempotent=False)
 
     def task(self, task_id: str) -> p.TaskView:
         return self.conn.call("GET", p.TASK.format(task_id=task_id), reply=p.TaskView)
 
-    def batch(self, batch_id: str) -> list[p.TaskView]:
-        return self.conn.call("GET", p.BATCH.format(task_id=batch_id), reply=list[p.TaskView])
+    def batch(self, batch_id: str) -> p.BatchView:
+        return self.conn.call("GET", p.BATCH.format(batch_id=batch_id), reply=p.BatchView)
+
+    def batch_tasks(self, batch_id: str) -> list[p.TaskView]:
+        return self.conn.call("GET", p.BATCH_TASKS.format(batch_id=batch_id), reply=list[p.TaskView])
+
+    def wait_batch(self, batch_id: str, timeout: float) -> p.BatchView:
+        path = p.BATCH_WAIT.format(batch_id=batch_id) + f"?timeout={timeout:g}"
+        return self.conn.call("GET", path, reply=p.BatchView, timeout=timeout + 15)
+
+    def kill_batch(self, batch_id: str) -> p.KillReply:
+        return self.conn.call("POST", p.BATCH_KILL.format(batch_id=batch_id), reply=p.KillReply)
 
     def wait(self, task_id: str, timeout: float) -> p.TaskView:
         """The task once final, or as it is after `timeout` seconds (long-poll: no busy polling)."""

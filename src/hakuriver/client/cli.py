@@ -15,7 +15,7 @@ from typing import NoReturn
 
 from hakuriver import protocol as p
 from hakuriver.cli_common import EXIT_USAGE, add_config_flag, config_or_exit, fail
-from hakuriver.client import render
+from hakuriver.client import bulk, render
 from hakuriver.client.api import ApiError, HostClient, HostUnreachable
 
 PROG = "hakuriver.client"
@@ -57,18 +57,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
         description="Submit commands to a HakuRiver cluster, wait for them, check, kill, list nodes.",
-        usage=f"{PROG} [--config FILE] (--list-nodes | --status ID | --kill ID | [options] -- COMMAND [ARGS...])",
+        usage=f"{PROG} [--config FILE] (--list-nodes | --status ID | --kill ID | [options] -- COMMAND [ARGS...] "
+              "| [options] --file FILE)",
     )
     add_config_flag(parser)
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--list-nodes", action="store_true", help="show every node: state, cores, free cores, tasks")
-    action.add_argument("--status", metavar="ID", type=_task_id, help="show every field of a task's record")
-    action.add_argument("--kill", metavar="ID", type=_task_id, help="kill a task (its whole process tree)")
+    action.add_argument("--status", metavar="ID", type=_task_id,
+                        help="show every field of a task's record, or a batch's counts by state")
+    action.add_argument("--kill", metavar="ID", type=_task_id,
+                        help="kill a task (its whole process tree), or every unfinished task of a batch")
     parser.add_argument("--cores", type=_cores, default=1, metavar="N", help="cores the task needs (default 1)")
     parser.add_argument("--env", type=_env, action="append", default=[], metavar="NAME=VALUE",
                         help="set a variable in the task's environment (repeatable)")
     parser.add_argument("--node", metavar="NAME", default="", help="run only on this node (default: best fit)")
     parser.add_argument("--wait", action="store_true", help="wait for the task to end; exit with its exit code")
+    bulk = parser.add_mutually_exclusive_group()
+    bulk.add_argument("--array", metavar="RANGE",
+                      help="submit one task per index, e.g. 1-1000, 0-99:10 or 1,5,7-9; {} in the command "
+                           "becomes the index, also in $HAKURIVER_ARRAY_INDEX")
+    bulk.add_argument("--file", metavar="FILE",
+                      help="submit one task per line of FILE ('-' for stdin); shell-style quoting, # comments")
+    parser.add_argument("--progress", action="store_true",
+                        help="with --wait on a batch: show counts by state as they change (default on a terminal)")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments, after --")
     return parser
 
@@ -102,23 +113,111 @@ def _dispatch(args: argparse.Namespace, client: HostClient) -> int:
         print(render.node_table(client.nodes(), time.time()))
         return 0
     if args.status:
-        print(render.task_record(client.task(args.status)))
-        return 0
+        return cmd_status(args.status, client)
     if args.kill:
-        reply = client.kill(args.kill)
-        print(reply.message)
-        return 0
+        return cmd_kill(args.kill, client)
+    if args.array is not None or args.file is not None:
+        return cmd_submit_batch(args, client)
     return cmd_submit(args, client)
 
 
-def cmd_submit(args: argparse.Namespace, client: HostClient) -> int:
+def cmd_status(some_id: str, client: HostClient) -> int:
+    """A task's record, or a batch's counts: one ID space, tasks looked up first."""
+    try:
+        print(render.task_record(client.task(some_id)))
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
+        print(render.batch_summary(_batch_or_not_found(client, some_id)))
+    return 0
+
+
+def cmd_kill(some_id: str, client: HostClient) -> int:
+    try:
+        reply = client.kill(some_id)
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
+        _batch_or_not_found(client, some_id)
+        reply = client.kill_batch(some_id)
+    print(reply.message)
+    return 0
+
+
+def _batch_or_not_found(client: HostClient, some_id: str) -> p.BatchView:
+    try:
+        return client.batch(some_id)
+    except ApiError as exc:
+        if exc.status == 404:
+            raise ApiError(404, f"no task or batch with ID {some_id}") from None
+        raise
+
+
+def _base_spec(args: argparse.Namespace) -> p.TaskSpec:
     if not args.command:
         fail(PROG, "no command given: put it after '--', e.g. hakuriver.client --cores 1 -- python -V", EXIT_USAGE)
-    spec = p.TaskSpec(command=args.command[0], args=args.command[1:], env=dict(args.env), cores=args.cores,
+    return p.TaskSpec(command=args.command[0], args=args.command[1:], env=dict(args.env), cores=args.cores,
                       cwd=_cwd(), node=args.node)
-    problem = p.spec_problem(spec)
-    if problem:
-        fail(PROG, problem, EXIT_USAGE)
+
+
+def _check(specs: list[p.TaskSpec]) -> None:
+    for spec in specs:
+        problem = p.spec_problem(spec)
+        if problem:
+            fail(PROG, problem, EXIT_USAGE)
+
+
+def cmd_submit_batch(args: argparse.Namespace, client: HostClient) -> int:
+    try:
+        if args.array is not None:
+            specs = bulk.array_specs(_base_spec(args), bulk.parse_array(args.array))
+        else:
+            if args.command:
+                fail(PROG, "--file takes the commands from the file; give none after '--'", EXIT_USAGE)
+            base = p.TaskSpec(command="-", env=dict(args.env), cores=args.cores, cwd=_cwd(), node=args.node)
+            specs = bulk.file_specs(base, _read_lines(args.file), args.file)
+    except bulk.BulkError as exc:
+        fail(PROG, str(exc), EXIT_USAGE)
+    _check(specs)
+    reply = client.submit(specs, batch=True)
+    print(reply.batch_id, flush=True)
+    print(f"submitted {len(reply.task_ids)} tasks as batch {reply.batch_id}", file=sys.stderr, flush=True)
+    if not args.wait:
+        return 0
+    view = _wait_batch(client, reply.batch_id, args.progress or sys.stderr.isatty())
+    print(render.batch_summary(view))
+    return 0 if view.counts.get("completed", 0) == view.total else 1
+
+
+def _read_lines(path: str) -> list[str]:
+    try:
+        if path == "-":
+            return sys.stdin.read().splitlines()
+        with open(path, encoding="utf-8") as fh:
+            return fh.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(PROG, f"cannot read --file {path}: {getattr(exc, 'strerror', None) or exc}", EXIT_USAGE)
+
+
+def _wait_batch(client: HostClient, batch_id: str, progress: bool) -> p.BatchView:
+    """Long-poll until the batch is done; with progress, redraw the counts about once a second."""
+    last = ""
+    while True:
+        view = client.wait_batch(batch_id, 1.0 if progress else WAIT_SLICE)
+        if progress:
+            line = render.counts_line(view)
+            if line != last:
+                print(f"\r\033[K{line}", end="", file=sys.stderr, flush=True)
+                last = line
+        if view.done:
+            if progress:
+                print(file=sys.stderr)
+            return view
+
+
+def cmd_submit(args: argparse.Namespace, client: HostClient) -> int:
+    spec = _base_spec(args)
+    _check([spec])
     task_id = client.submit([spec]).task_ids[0]
     print(task_id, flush=True)
     if not args.wait:

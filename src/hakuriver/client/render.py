@@ -87,3 +87,22 @@ def task_record(t: p.TaskView) -> str:
 
 def _final(state: str) -> bool:
     return state in ("completed", "failed", "killed", "lost")
+
+
+STATE_ORDER = ("pending", "assigning", "running", "completed", "failed", "killed", "lost")
+
+
+def counts_line(view: p.BatchView) -> str:
+    """'1000 tasks: 10 pending, 8 running, 980 completed, 2 failed'"""
+    parts = [f"{view.counts[s]} {s}" for s in STATE_ORDER if view.counts.get(s)]
+    return f"{view.total} tasks: " + ", ".join(parts)
+
+
+def batch_summary(view: p.BatchView) -> str:
+    lines = [f"Batch {view.batch_id} {'finished' if view.done else 'in progress'}", counts_line(view)]
+    for brief in view.problems:
+        code = "" if brief.exit_code is None else f" exit code {brief.exit_code}"
+        lines.append(f"  {brief.task_id} {brief.state}{code}{': ' + brief.error if brief.error else ''}")
+    if len(view.problems) < sum(view.counts.get(s, 0) for s in ("failed", "killed", "lost")):
+        lines.append("  ... (first 20 shown; see --status on a task ID)")
+    return "\n".join(lines)

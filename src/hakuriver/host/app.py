@@ -51,8 +51,8 @@ async def _body(request: Request, kind: type):  # noqa: ANN202 - an instance of 
         raise BadRequest(f"invalid {kind.__name__} body: {exc}") from None
 
 
-def _task_id(request: Request) -> str:
-    task_id = request.path_params["task_id"]
+def _task_id(request: Request, name: str = "task_id") -> str:
+    task_id = request.path_params[name]
     if not p.is_task_id(task_id):
         raise BadRequest(f"malformed task ID {task_id!r}: expected a UUID like 123e4567-e89b-12d3-a456-426614174000")
     return task_id
@@ -81,7 +81,7 @@ def build_app(service: HostService) -> Starlette:
             if problem:
                 raise BadRequest(problem)
         try:
-            ids, batch_id = service.submit(body.tasks)
+            ids, batch_id = service.submit(body.tasks, body.batch)
         except SubmitRefused as exc:
             raise BadRequest(str(exc), 422) from None
         return _json(p.SubmitReply(task_ids=ids, batch_id=batch_id), 201)
@@ -99,10 +99,19 @@ def build_app(service: HostService) -> Starlette:
         return _json(p.KillReply(task_id=task.task_id, state=task.state.value, message=message))
 
     async def batch(request: Request) -> Response:
-        tasks = service.batch_tasks(_task_id(request))
-        if not tasks:
-            raise TaskNotFound(request.path_params["task_id"])
-        return _json([task_view(t) for t in tasks])
+        return _json(service.batch_view(_task_id(request, "batch_id")))
+
+    async def batch_tasks(request: Request) -> Response:
+        return _json([task_view(t) for t in service.batch_tasks(_task_id(request, "batch_id"))])
+
+    async def wait_batch(request: Request) -> Response:
+        batch_id = _task_id(request, "batch_id")
+        return _json(await service.wait_batch(batch_id, _float_param(request, "timeout", 30.0)))
+
+    async def kill_batch(request: Request) -> Response:
+        batch_id = _task_id(request, "batch_id")
+        _, message = service.kill_batch(batch_id)
+        return _json(p.KillReply(task_id=batch_id, state="", message=message))
 
     async def nodes(request: Request) -> Response:
         return _json([node_view(n) for n in service.nodes()])
@@ -122,6 +131,9 @@ def build_app(service: HostService) -> Starlette:
         Route(p.TASK_WAIT, _guard(wait_task), methods=["GET"]),
         Route(p.TASK_KILL, _guard(kill_task), methods=["POST"]),
         Route(p.BATCH, _guard(batch), methods=["GET"]),
+        Route(p.BATCH_TASKS, _guard(batch_tasks), methods=["GET"]),
+        Route(p.BATCH_WAIT, _guard(wait_batch), methods=["GET"]),
+        Route(p.BATCH_KILL, _guard(kill_batch), methods=["POST"]),
         Route(p.NODES, _guard(nodes), methods=["GET"]),
         Route(p.RUNNER_HEARTBEAT, _guard(heartbeat), methods=["POST"]),
         Route(p.RUNNER_REPORT, _guard(report), methods=["POST"]),

@@ -40,6 +40,8 @@ def _bind(config: Config) -> socket.socket:
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # inherited by accepted connections: small replies go out at once (no Nagle/delayed-ACK stall)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((ip, port))
     except OSError as exc:

@@ -8,6 +8,7 @@ iteration cost one planning pass.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -47,9 +48,15 @@ class HostService:
         self._task_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._node_wakeups: dict[str, asyncio.Event] = {}
         self._schedule_requested = False
+        #: per batch, its tasks not yet final (lost counts as final), to answer batch waits
+        self._batch_open: dict[str, set[str]] = {}
+        self._batch_waiters: dict[str, list[asyncio.Future[None]]] = {}
 
     def restore(self) -> None:
         self.cluster.restore(self.store.nodes(), self.store.active_tasks(), self.clock())
+        for task in self.cluster.tasks.values():
+            if task.batch_id and not task.state.is_final:
+                self._batch_open.setdefault(task.batch_id, set()).add(task.task_id)
         log.info("restored %d nodes and %d active tasks", len(self.cluster.nodes), len(self.cluster.tasks))
 
     # ---- effects -------------------------------------------------------------------------
@@ -64,6 +71,18 @@ class HostService:
         for task in tasks.values():
             if task.state.is_final:
                 self._wake_task_waiters(task.task_id)
+            if task.batch_id:
+                self._track_batch(task)
+
+    def _track_batch(self, task: Task) -> None:
+        open_ids = self._batch_open.setdefault(task.batch_id, set())
+        if not task.state.is_final:
+            open_ids.add(task.task_id)
+            return
+        open_ids.discard(task.task_id)
+        if not open_ids:
+            del self._batch_open[task.batch_id]
+            _wake(self._batch_waiters.pop(task.batch_id, []))
 
     def request_schedule(self) -> None:
         if not self._schedule_requested:
@@ -81,15 +100,13 @@ class HostService:
         return event
 
     def _wake_task_waiters(self, task_id: str) -> None:
-        for fut in self._task_waiters.pop(task_id, []):
-            if not fut.done():
-                fut.set_result(None)
+        _wake(self._task_waiters.pop(task_id, []))
 
     # ---- client requests -----------------------------------------------------------------
-    def submit(self, specs: list[p.TaskSpec]) -> tuple[list[str], str]:
+    def submit(self, specs: list[p.TaskSpec], batch: bool = False) -> tuple[list[str], str]:
         """Queue the tasks; their IDs are returned only after the records are committed."""
         now = self.clock()
-        batch_id = str(uuid.uuid4()) if len(specs) > 1 else ""
+        batch_id = str(uuid.uuid4()) if batch or len(specs) > 1 else ""
         tasks = [_task_from_spec(spec, now, batch_id) for spec in specs]
         self._apply(self.cluster.on_submit(tasks))
         self.request_schedule()
@@ -103,7 +120,37 @@ class HostService:
 
     def batch_tasks(self, batch_id: str) -> list[Task]:
         tasks = self.store.batch_tasks(batch_id)
-        return [self.cluster.tasks.get(t.task_id, t) for t in tasks]
+        if not tasks:
+            raise TaskNotFound(batch_id)
+        return tasks
+
+    def batch_view(self, batch_id: str) -> p.BatchView:
+        counts = self.store.batch_counts(batch_id)
+        if not counts:
+            raise TaskNotFound(batch_id)
+        problems = [p.TaskBrief(*row) for row in self.store.batch_problems(batch_id, 20)]
+        return p.BatchView(batch_id, sum(counts.values()), counts, batch_id not in self._batch_open, problems)
+
+    async def wait_batch(self, batch_id: str, timeout: float) -> p.BatchView:
+        """The batch once every task is final, or as it is when `timeout` runs out."""
+        view = self.batch_view(batch_id)
+        if not view.done:
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            await _wait_or_timeout(self._batch_waiters, batch_id, fut, timeout)
+            view = self.batch_view(batch_id)
+        return view
+
+    def kill_batch(self, batch_id: str) -> tuple[int, str]:
+        self.batch_view(batch_id)  # raises TaskNotFound for an unknown batch
+        ids = sorted(self._batch_open.get(batch_id, ()))
+        ids += [t.task_id for t in self.cluster.tasks.values() if t.batch_id == batch_id and t.state.is_final]
+        effects: list[Effect] = []
+        for task_id in ids:
+            effects += self.cluster.on_kill(task_id, self.clock())
+        self._apply(effects)
+        if not ids:
+            raise KillRefused(f"every task of batch {batch_id} has already finished; nothing to kill")
+        return len(ids), f"kill requested for {len(ids)} unfinished tasks of batch {batch_id}"
 
     async def wait_task(self, task_id: str, timeout: float) -> Task:
         """The task once it is final, or as it is when `timeout` runs out."""
@@ -111,13 +158,7 @@ class HostService:
         if task.state.is_final:
             return task
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._task_waiters.setdefault(task_id, []).append(fut)
-        try:
-            await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:
-            waiters = self._task_waiters.get(task_id, [])
-            if fut in waiters:
-                waiters.remove(fut)
+        await _wait_or_timeout(self._task_waiters, task_id, fut, timeout)
         return self.get_task(task_id)
 
     def kill(self, task_id: str) -> tuple[Task, str]:
@@ -155,10 +196,8 @@ class HostService:
             remaining = deadline - self.clock()
             if orders or remaining <= 0:
                 return _orders_message(orders)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), remaining)
-            except asyncio.TimeoutError:
-                pass
 
     def report(self, r: p.Report) -> p.Ack:
         effects: list[Effect] = []
@@ -182,6 +221,25 @@ class HostService:
                         log.warning("node %s is %s", e.node.name, e.node.state.value)
                 self._apply(effects)
                 self.request_schedule()
+
+
+async def _wait_or_timeout(
+    waiters: dict[str, list[asyncio.Future[None]]], key: str, fut: asyncio.Future[None], timeout: float
+) -> None:
+    waiters.setdefault(key, []).append(fut)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(fut, timeout)
+    pending = waiters.get(key)
+    if pending is not None and fut in pending:  # timed out: do not keep it until the key is woken
+        pending.remove(fut)
+        if not pending:
+            del waiters[key]
+
+
+def _wake(futures: list[asyncio.Future[None]]) -> None:
+    for fut in futures:
+        if not fut.done():
+            fut.set_result(None)
 
 
 def _task_from_spec(spec: p.TaskSpec, now: float, batch_id: str) -> Task:

@@ -59,9 +59,14 @@ _UPSERT_NODE = "INSERT OR REPLACE INTO nodes (name, core_ids, memory_bytes, stat
 _GET_TASK = f"SELECT {_TASK_COLUMNS} FROM tasks WHERE task_id = ?"
 _ACTIVE_TASKS = (
     f"SELECT {_TASK_COLUMNS} FROM tasks WHERE state IN ('pending', 'assigning', 'running', 'lost') "
-    "ORDER BY submitted_at"
+    "ORDER BY submitted_at, rowid"
 )
-_BATCH_TASKS = f"SELECT {_TASK_COLUMNS} FROM tasks WHERE batch_id = ? ORDER BY submitted_at"
+_BATCH_TASKS = f"SELECT {_TASK_COLUMNS} FROM tasks WHERE batch_id = ? ORDER BY submitted_at, rowid"
+_BATCH_COUNTS = "SELECT state, COUNT(*) FROM tasks WHERE batch_id = ? GROUP BY state"
+_BATCH_PROBLEMS = (
+    "SELECT task_id, state, exit_code, error FROM tasks WHERE batch_id = ? "
+    "AND state IN ('failed', 'killed', 'lost') ORDER BY submitted_at LIMIT ?"
+)
 _ALL_NODES = "SELECT name, core_ids, memory_bytes, state, last_heartbeat FROM nodes ORDER BY name"
 
 
@@ -107,6 +112,12 @@ class Store:
 
     def batch_tasks(self, batch_id: str) -> list[Task]:
         return [_task_from_row(r) for r in self._db.execute(_BATCH_TASKS, (batch_id,))]
+
+    def batch_counts(self, batch_id: str) -> dict[str, int]:
+        return dict(self._db.execute(_BATCH_COUNTS, (batch_id,)).fetchall())
+
+    def batch_problems(self, batch_id: str, limit: int) -> list[tuple[str, str, int | None, str]]:
+        return self._db.execute(_BATCH_PROBLEMS, (batch_id, limit)).fetchall()
 
     def active_tasks(self) -> list[Task]:
         return [_task_from_row(r) for r in self._db.execute(_ACTIVE_TASKS)]
