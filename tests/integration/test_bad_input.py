@@ -62,7 +62,7 @@ def test_unknown_node(cluster):
 
 def test_unknown_task_id_for_kill(cluster):
     unknown = str(uuid.uuid4())
-    assert _one_line_error(cluster.client("--kill", unknown), code=1).endswith(f"no task with ID {unknown}")
+    assert _one_line_error(cluster.client("--kill", unknown), code=1).endswith(f"no task or batch with ID {unknown}")
 
 
 def test_unreachable_host_names_the_url(cluster, tmp_path):

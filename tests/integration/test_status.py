@@ -30,4 +30,4 @@ def test_status_of_an_unknown_task_is_one_line(cluster):
     unknown = str(uuid.uuid4())
     res = cluster.client("--status", unknown)
     assert res.returncode == 1
-    assert res.stderr.strip() == f"hakuriver.client: error: no task with ID {unknown}"
+    assert res.stderr.strip() == f"hakuriver.client: error: no task or batch with ID {unknown}"

@@ -54,7 +54,12 @@ _TASK_COLUMNS = (
     "task_id, batch_id, state, command, args, env, cores, cwd, target_node, node, core_ids, exit_code, "
     "signal, error, submitted_at, started_at, finished_at, stdout_path, stderr_path, kill_requested"
 )
-_UPSERT_TASK = f"INSERT OR REPLACE INTO tasks ({_TASK_COLUMNS}) VALUES ({', '.join('?' * 20)})"
+# An upsert, not INSERT OR REPLACE: the row keeps its rowid, which orders tasks submitted in
+# the same instant (a batch) as they were submitted.
+_UPSERT_TASK = (
+    f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES ({', '.join('?' * 20)}) ON CONFLICT(task_id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _TASK_COLUMNS.split(", ")[1:])
+)
 _UPSERT_NODE = "INSERT OR REPLACE INTO nodes (name, core_ids, memory_bytes, state, last_heartbeat) VALUES (?, ?, ?, ?, ?)"
 _GET_TASK = f"SELECT {_TASK_COLUMNS} FROM tasks WHERE task_id = ?"
 _ACTIVE_TASKS = (
