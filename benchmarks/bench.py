@@ -1,0 +1,355 @@
+#!/usr/bin/env python3
+"""HakuRiver benchmark: a real local cluster, measured against this machine's own spawn ceiling.
+
+    .venv/bin/python benchmarks/bench.py            # full run (a few minutes)
+    .venv/bin/python benchmarks/bench.py --quick    # tiny sizes, seconds (what the test suite runs)
+    .venv/bin/python benchmarks/bench.py --json out.json
+
+It prints a table and a JSON document with:
+  a. spawn ceiling: /bin/true spawned and reaped by as many threads as there are cores;
+  b. bulk throughput: one `--array` submission of one-core /bin/true tasks, first submit until all final;
+  c. CLI throughput: tasks submitted by separate hakuriver.client processes, 8 at a time;
+  d. latency: `hakuriver.client --cores 1 --wait -- true` next to `python -c pass`;
+  e. host at scale: simulated runners heartbeating every second while 10,000 tasks are queued;
+     p50/p99 of submit, status and node-list requests, host CPU and RSS;
+  f. RSS of an idle host and an idle runner.
+Numbers are measured, never asserted: the tests only check that this runs and is well-formed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psutil
+
+from hakuriver import protocol as p
+from hakuriver.client.api import HostClient
+from hakuriver.transport import ApiError, HostConnection, HostUnreachable
+
+BIN = Path(sys.executable).parent
+RUNNERS = 4
+
+
+def program(name: str) -> list[str]:
+    script = BIN / f"hakuriver.{name}"
+    if script.exists():
+        return [str(script)]
+    module = {"host": "hakuriver.host.main", "runner": "hakuriver.runner.main", "client": "hakuriver.client.cli"}[name]
+    return [sys.executable, "-m", module]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(pred, timeout: float, what: str):  # noqa: ANN001, ANN201
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise SystemExit(f"bench: timed out waiting for {what}")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+# ---- a. the machine's spawn ceiling --------------------------------------------------------
+def spawn_ceiling(n: int) -> dict:
+    threads = os.cpu_count() or 1
+    share = [n // threads + (1 if i < n % threads else 0) for i in range(threads)]
+
+    def spawn_reap(count: int) -> None:
+        for _ in range(count):
+            pid = os.posix_spawn("/bin/true", ["/bin/true"], os.environ)
+            os.waitpid(pid, 0)
+
+    start = time.perf_counter()
+    workers = [threading.Thread(target=spawn_reap, args=(c,)) for c in share]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    elapsed = time.perf_counter() - start
+    return {"tasks": n, "threads": threads, "seconds": elapsed, "per_second": n / elapsed}
+
+
+# ---- a local cluster -------------------------------------------------------------------------
+class Cluster:
+    def __init__(self, root: Path, runners: int, cores: int) -> None:
+        self.root = root
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        (root / "shared").mkdir(parents=True)
+        self.procs: list[subprocess.Popen] = []
+        self.config = self._config("client", {})
+        self.host = self._start("host", self.config)
+        wait_for(self._up, 20, "the host")
+        self.runners = []
+        for i in range(runners):
+            tmp = root / f"tmp-r{i + 1}"
+            tmp.mkdir()
+            cfg = self._config(f"r{i + 1}", {"runner": {"node_name": f"r{i + 1}", "cores": cores},
+                                           "paths": {"local_temp_dir": str(tmp)}})
+            self.runners.append(self._start(f"runner-r{i + 1}", cfg, "runner"))
+        client = HostClient(self.url)
+        wait_for(lambda: sum(n.state == "online" for n in client.nodes()) == runners, 30, "runners online")
+
+    def _config(self, name: str, extra: dict) -> Path:
+        sections = {
+            "network": {"host_port": self.port, "host_bind_ip": "127.0.0.1"},
+            "paths": {"shared_dir": str(self.root / "shared"), "local_temp_dir": str(self.root)},
+            "database": {"db_file": str(self.root / "hakuriver.db")},
+            "timing": {"heartbeat_interval": 1, "heartbeat_timeout_factor": 10, "cleanup_check_interval": 1},
+        }
+        for section, values in extra.items():
+            sections[section].update(values) if section in sections else sections.__setitem__(section, values)
+        text = "".join(
+            f"[{s}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in vals.items()) for s, vals in sections.items()
+        )
+        path = self.root / f"{name}.toml"
+        path.write_text(text)
+        return path
+
+    def _start(self, name: str, config: Path, kind: str | None = None) -> subprocess.Popen:
+        log = open(self.root / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the process
+        proc = subprocess.Popen(program(kind or name) + ["--config", str(config)], stdout=log, stderr=log,
+                                start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def _up(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                return True
+        except OSError:
+            return False
+
+    def client(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(program("client") + ["--config", str(self.config), *args], capture_output=True,
+                              text=True, stdin=subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def rss_mb(pid: int) -> float:
+    return psutil.Process(pid).memory_info().rss / 2**20
+
+
+# ---- b. bulk throughput ----------------------------------------------------------------------
+def bulk(cluster: Cluster, n: int, ceiling: float) -> dict:
+    start = time.perf_counter()
+    res = cluster.client("--array", f"1-{n}", "--wait", "--", "/bin/true")
+    elapsed = time.perf_counter() - start
+    if res.returncode != 0 or f"{n} tasks: {n} completed" not in res.stdout:
+        raise SystemExit(f"bench: bulk run of {n} failed: {res.stdout[-500:]} {res.stderr[-500:]}")
+    rate = n / elapsed
+    return {"tasks": n, "seconds": elapsed, "per_second": rate, "ratio_to_ceiling": rate / ceiling}
+
+
+# ---- c. CLI throughput -----------------------------------------------------------------------
+def cli_throughput(cluster: Cluster, n: int, parallel: int) -> dict:
+    def one(_: int) -> str:
+        res = cluster.client("--", "/bin/true")
+        if res.returncode != 0:
+            raise SystemExit(f"bench: client failed: {res.stderr}")
+        return res.stdout.strip()
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(parallel) as pool:
+        ids = list(pool.map(one, range(n)))
+    client = HostClient(cluster.url)
+    for task_id in ids:
+        while client.wait(task_id, 30).state not in ("completed", "failed", "killed", "lost"):
+            pass
+    elapsed = time.perf_counter() - start
+    return {"tasks": n, "parallel": parallel, "seconds": elapsed, "per_second": n / elapsed}
+
+
+# ---- d. latency ------------------------------------------------------------------------------
+def latency(cluster: Cluster, n: int) -> dict:
+    def timed(argv: list[str]) -> float:
+        start = time.perf_counter()
+        res = subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL)
+        elapsed = time.perf_counter() - start
+        if res.returncode != 0:
+            raise SystemExit(f"bench: {argv} failed: {res.stderr!r}")
+        return elapsed
+
+    wait_argv = program("client") + ["--config", str(cluster.config), "--cores", "1", "--wait", "--", "true"]
+    floor = [timed([sys.executable, "-c", "pass"]) for _ in range(n)]
+    waits = [timed(wait_argv) for _ in range(n)]
+    return {
+        "runs": n,
+        "wait_median_ms": statistics.median(waits) * 1000,
+        "wait_p95_ms": percentile(waits, 95) * 1000,
+        "python_floor_median_ms": statistics.median(floor) * 1000,
+        "over_floor_ms": (statistics.median(waits) - statistics.median(floor)) * 1000,
+    }
+
+
+# ---- e. host at scale ------------------------------------------------------------------------
+def loadgen(url: str, runners: int, cores: int) -> None:
+    """Simulated runners speaking the runner protocol: heartbeat long-polls every second, take
+    their launch orders, report them started, and never finish them (so the queue stays full)."""
+    stop = threading.Event()
+
+    def runner(i: int) -> None:
+        conn = HostConnection(url, timeout=30)
+        node = p.NodeInfo(f"sim-{i:03d}", list(range(cores)), 8 * 2**30)
+        held: list[str] = []
+        while not stop.is_set():
+            try:
+                orders = conn.call("POST", p.RUNNER_HEARTBEAT, p.Heartbeat(node, held, wait=1.0), p.Orders, timeout=10)
+                if orders.launch:
+                    now = time.time()
+                    held += [o.task_id for o in orders.launch]
+                    report = p.Report(node.name, [p.TaskStarted(o.task_id, now) for o in orders.launch])
+                    conn.call("POST", p.RUNNER_REPORT, report, p.Ack)
+            except (HostUnreachable, ApiError):
+                time.sleep(0.5)
+
+    threads = [threading.Thread(target=runner, args=(i,), daemon=True) for i in range(runners)]
+    for t in threads:
+        t.start()
+    try:
+        sys.stdin.read()  # until the benchmark closes our stdin
+    finally:
+        stop.set()
+
+
+def host_at_scale(root: Path, runners: int, queued: int, samples: int) -> dict:
+    cluster = Cluster(root, 0, 1)
+    gen = subprocess.Popen([sys.executable, __file__, "loadgen", cluster.url, str(runners), "4"],
+                           stdin=subprocess.PIPE)
+    try:
+        client = HostClient(cluster.url)
+        wait_for(lambda: len(client.nodes()) == runners, 60, f"{runners} simulated runners")
+        ids = client.submit([p.TaskSpec("/bin/true") for _ in range(queued)]).task_ids
+        wait_for(lambda: sum(n.free_cores for n in client.nodes()) == 0, 60, "simulated runners full")
+        host = psutil.Process(cluster.host.pid)
+        cpu_before, wall_before = host.cpu_times(), time.perf_counter()
+        timings: dict[str, list[float]] = {"submit": [], "status": [], "nodes": []}
+        for i in range(samples):
+            for name, call in (
+                ("submit", lambda: client.submit([p.TaskSpec("/bin/true")])),
+                ("status", lambda: client.task(ids[(i * 7919) % len(ids)])),
+                ("nodes", client.nodes),
+            ):
+                start = time.perf_counter()
+                call()
+                timings[name].append(time.perf_counter() - start)
+            time.sleep(0.005)
+        cpu_after, wall = host.cpu_times(), time.perf_counter() - wall_before
+        cpu = (cpu_after.user + cpu_after.system - cpu_before.user - cpu_before.system) / wall
+        result = {"simulated_runners": runners, "queued_tasks": queued, "samples": samples,
+                  "host_cpu_percent": cpu * 100, "host_rss_mb": rss_mb(cluster.host.pid)}
+        for name, values in timings.items():
+            result[f"{name}_p50_ms"] = percentile(values, 50) * 1000
+            result[f"{name}_p99_ms"] = percentile(values, 99) * 1000
+        return result
+    finally:
+        gen.stdin.close()
+        gen.wait(30)
+        cluster.stop()
+
+
+# ---- the run ---------------------------------------------------------------------------------
+SIZES = {
+    "full": {"ceiling": 1000, "bulk": [1000, 10000], "cli": 200, "latency": 20, "sim_runners": 100,
+             "queued": 10000, "samples": 300},
+    "quick": {"ceiling": 100, "bulk": [50], "cli": 16, "latency": 3, "sim_runners": 10, "queued": 200,
+              "samples": 20},
+}
+
+
+def run(quick: bool) -> dict:
+    size = SIZES["quick" if quick else "full"]
+    cores = os.cpu_count() or 1
+    result: dict = {
+        "machine": {"cpus": cores, "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+                    "python": platform.python_version(), "platform": platform.platform()},
+        "size": "quick" if quick else "full",
+    }
+    result["spawn_ceiling"] = spawn_ceiling(size["ceiling"])
+    with tempfile.TemporaryDirectory(prefix="hakuriver-bench-") as tmp:
+        cluster = Cluster(Path(tmp, "cluster"), RUNNERS, cores)
+        try:
+            time.sleep(1.0)  # let start-up settle before measuring idle memory
+            result["idle_rss_mb"] = {"host": rss_mb(cluster.host.pid), "runner": rss_mb(cluster.runners[0].pid)}
+            ceiling = result["spawn_ceiling"]["per_second"]
+            result["bulk"] = [bulk(cluster, n, ceiling) for n in size["bulk"]]
+            result["cli"] = cli_throughput(cluster, size["cli"], 8)
+            result["latency"] = latency(cluster, size["latency"])
+        finally:
+            cluster.stop()
+        result["host_at_scale"] = host_at_scale(Path(tmp, "scale"), size["sim_runners"], size["queued"], size["samples"])
+    return result
+
+
+def table(r: dict) -> str:
+    rows = [("spawn ceiling (/bin/true, %d threads)" % r["spawn_ceiling"]["threads"],
+             f"{r['spawn_ceiling']['per_second']:.0f} /s")]
+    for b in r["bulk"]:
+        rows.append((f"bulk --array, {b['tasks']} tasks", f"{b['per_second']:.0f} /s ({b['ratio_to_ceiling']:.0%} of ceiling)"))
+    rows.append((f"CLI, {r['cli']['tasks']} client processes, 8 at a time", f"{r['cli']['per_second']:.0f} /s"))
+    lat = r["latency"]
+    rows.append(("--wait -- true, median / p95", f"{lat['wait_median_ms']:.0f} / {lat['wait_p95_ms']:.0f} ms"))
+    rows.append(("python -c pass, median (floor)", f"{lat['python_floor_median_ms']:.0f} ms"))
+    s = r["host_at_scale"]
+    label = f"host with {s['simulated_runners']} sim. runners, {s['queued_tasks']} queued"
+    for name in ("submit", "status", "nodes"):
+        rows.append((f"{label}: {name} p50 / p99", f"{s[name + '_p50_ms']:.1f} / {s[name + '_p99_ms']:.1f} ms"))
+    rows.append((f"{label}: host CPU, RSS", f"{s['host_cpu_percent']:.0f}%, {s['host_rss_mb']:.0f} MB"))
+    rows.append(("idle RSS: host / runner", f"{r['idle_rss_mb']['host']:.0f} / {r['idle_rss_mb']['runner']:.0f} MB"))
+    width = max(len(k) for k, _ in rows)
+    m = r["machine"]
+    head = f"HakuRiver benchmark ({r['size']}) on {m['cpus']} CPUs, {m['memory_gb']} GB, Python {m['python']}"
+    return "\n".join([head] + [f"  {k:<{width}}  {v}" for k, v in rows])
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "loadgen":
+        loadgen(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+        return
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that everything runs")
+    parser.add_argument("--json", metavar="FILE", help="also write the JSON document here")
+    args = parser.parse_args()
+    if shutil.which("true") is None:
+        raise SystemExit("bench: /bin/true is needed")
+    result = run(args.quick)
+    print(table(result))
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
