@@ -225,12 +225,13 @@ def loadgen(url: str, runners: int, cores: int) -> None:
         held: list[str] = []
         while not stop.is_set():
             try:
-                orders = conn.call("POST", p.RUNNER_HEARTBEAT, p.Heartbeat(node, held, wait=1.0), p.Orders, timeout=10)
+                raw = conn.call("POST", p.RUNNER_HEARTBEAT, p.encode(p.Heartbeat(node, held, wait=1.0)), timeout=10)
+                orders = p.decode(raw, p.Orders)
                 if orders.launch:
                     now = time.time()
                     held += [o.task_id for o in orders.launch]
                     report = p.Report(node.name, [p.TaskStarted(o.task_id, now) for o in orders.launch])
-                    conn.call("POST", p.RUNNER_REPORT, report, p.Ack)
+                    conn.call("POST", p.RUNNER_REPORT, p.encode(report))
             except (HostUnreachable, ApiError):
                 time.sleep(0.5)
 

@@ -1,16 +1,21 @@
 """Every message that crosses the network, both directions, and the routes they travel on.
 
 The host, the runners and the client all import these types; nothing else builds a JSON body
-by hand. msgspec validates types and required fields on decode and is cheap to import, which
-keeps the client's start-up short. Only validation lives here, no behaviour.
+by hand. They are plain dataclasses, so that importing this module costs the client almost
+nothing. Two codecs read and write them:
+- `encode`/`decode` use msgspec, which validates every type and required field on decode: the
+  host and the runners use them for everything they receive from the network;
+- `dumps`/`loads` use the standard library's json: the client uses them for its requests and the
+  host's replies, and so never loads msgspec (about 25 ms of start-up).
+Only validation lives here, no behaviour.
 """
 
 from __future__ import annotations
 
+import json
 import re
-import uuid
-
-import msgspec
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from typing import Any
 
 # ---- routes ------------------------------------------------------------------------------
 TASKS = "/api/tasks"                       # POST SubmitRequest -> SubmitReply
@@ -34,17 +39,19 @@ MAX_WAIT_SECONDS = 60.0
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-class ErrorReply(msgspec.Struct):
+@dataclass
+class ErrorReply:
     error: str
 
 
 # ---- client -> host ----------------------------------------------------------------------
-class TaskSpec(msgspec.Struct):
+@dataclass
+class TaskSpec:
     """One command to run: what `hakuriver.client ... -- CMD ARGS` sends."""
 
     command: str
-    args: list[str] = []
-    env: dict[str, str] = {}
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
     cores: int = 1
     #: the client's working directory; used on the node if it exists there
     cwd: str = ""
@@ -52,18 +59,21 @@ class TaskSpec(msgspec.Struct):
     node: str = ""
 
 
-class SubmitRequest(msgspec.Struct):
+@dataclass
+class SubmitRequest:
     tasks: list[TaskSpec]
     #: give the tasks one batch ID (always so when there is more than one)
     batch: bool = False
 
 
-class SubmitReply(msgspec.Struct):
+@dataclass
+class SubmitReply:
     task_ids: list[str]
     batch_id: str = ""
 
 
-class TaskView(msgspec.Struct):
+@dataclass
+class TaskView:
     task_id: str
     state: str
     command: str
@@ -86,7 +96,8 @@ class TaskView(msgspec.Struct):
     kill_requested: bool = False
 
 
-class NodeView(msgspec.Struct):
+@dataclass
+class NodeView:
     name: str
     state: str
     total_cores: int
@@ -96,14 +107,16 @@ class NodeView(msgspec.Struct):
     last_heartbeat: float
 
 
-class TaskBrief(msgspec.Struct):
+@dataclass
+class TaskBrief:
     task_id: str
     state: str
     exit_code: int | None
     error: str
 
 
-class BatchView(msgspec.Struct):
+@dataclass
+class BatchView:
     batch_id: str
     total: int
     #: task count by state name
@@ -114,35 +127,40 @@ class BatchView(msgspec.Struct):
     problems: list[TaskBrief]
 
 
-class KillReply(msgspec.Struct):
+@dataclass
+class KillReply:
     task_id: str
     state: str
     message: str
 
 
 # ---- runner -> host ----------------------------------------------------------------------
-class NodeInfo(msgspec.Struct):
+@dataclass
+class NodeInfo:
     name: str
     core_ids: list[int]
     memory_bytes: int = 0
 
 
-class Heartbeat(msgspec.Struct):
+@dataclass
+class Heartbeat:
     node: NodeInfo
     #: every task the runner runs or still has an undelivered result for
-    held: list[str] = []
+    held: list[str] = field(default_factory=list)
     #: how long the host may hold the request open waiting for orders, seconds
     wait: float = 0.0
 
 
-class TaskStarted(msgspec.Struct):
+@dataclass
+class TaskStarted:
     task_id: str
     started_at: float
     stdout_path: str = ""
     stderr_path: str = ""
 
 
-class TaskFinished(msgspec.Struct):
+@dataclass
+class TaskFinished:
     task_id: str
     finished_at: float
     exit_code: int | None = None
@@ -154,19 +172,22 @@ class TaskFinished(msgspec.Struct):
     stderr_path: str = ""
 
 
-class Report(msgspec.Struct):
+@dataclass
+class Report:
     node: str
-    started: list[TaskStarted] = []
-    finished: list[TaskFinished] = []
+    started: list[TaskStarted] = field(default_factory=list)
+    finished: list[TaskFinished] = field(default_factory=list)
 
 
-class Ack(msgspec.Struct):
+@dataclass
+class Ack:
     #: finished results the host has committed; the runner may forget them
     task_ids: list[str]
 
 
 # ---- host -> runner ----------------------------------------------------------------------
-class LaunchOrder(msgspec.Struct):
+@dataclass
+class LaunchOrder:
     task_id: str
     command: str
     args: list[str]
@@ -175,17 +196,19 @@ class LaunchOrder(msgspec.Struct):
     cwd: str = ""
 
 
-class Orders(msgspec.Struct):
-    launch: list[LaunchOrder] = []
-    kill: list[str] = []
+@dataclass
+class Orders:
+    launch: list[LaunchOrder] = field(default_factory=list)
+    kill: list[str] = field(default_factory=list)
 
 
 # ---- validation ----------------------------------------------------------------------------
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
 def is_task_id(text: str) -> bool:
-    try:
-        return str(uuid.UUID(text)) == text.lower()
-    except ValueError:
-        return False
+    """A canonical UUID, as task and batch IDs are (checked without the uuid module: start-up time)."""
+    return _UUID.match(text) is not None
 
 
 def spec_problem(spec: TaskSpec) -> str | None:
@@ -204,11 +227,56 @@ def spec_problem(spec: TaskSpec) -> str | None:
     return None
 
 
-encode = msgspec.json.encode
+# ---- codecs --------------------------------------------------------------------------------
+class DecodeError(ValueError):
+    """A body that is not valid JSON or not the expected message; the text says what is wrong."""
 
 
-def decode(data: bytes, kind: type):  # noqa: ANN201 - returns an instance of `kind`
-    return msgspec.json.decode(data, type=kind)
+def encode(obj: Any) -> bytes:
+    import msgspec  # host and runners only; see the module docstring
+
+    return msgspec.json.encode(obj)
 
 
-DecodeError = msgspec.DecodeError
+def decode(data: bytes, kind: Any) -> Any:
+    """Parse and validate: wrong types, missing fields and malformed JSON raise DecodeError."""
+    import msgspec
+
+    try:
+        return msgspec.json.decode(data, type=kind)
+    except msgspec.DecodeError as exc:  # msgspec.ValidationError is a subclass
+        raise DecodeError(str(exc)) from None
+
+
+def dumps(obj: Any) -> bytes:
+    return json.dumps(asdict(obj), separators=(",", ":")).encode()
+
+
+def loads(data: bytes, kind: Any) -> Any:
+    """Build `kind` (a message class, or list[...] of one) from a trusted JSON reply, unchecked."""
+    try:
+        return _build(json.loads(data), kind)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise DecodeError(str(exc)) from None
+
+
+def _build(value: Any, kind: Any) -> Any:
+    if getattr(kind, "__origin__", None) is list:
+        return [_build(v, kind.__args__[0]) for v in value]
+    if not is_dataclass(kind):
+        return value
+    nested = _NESTED.get(kind, {})
+    return kind(**{k: (_build(v, nested[k]) if k in nested else v) for k, v in value.items() if k in _FIELDS[kind]})
+
+
+_MESSAGES = [obj for obj in list(globals().values()) if isinstance(obj, type) and is_dataclass(obj)]
+_BY_NAME = {cls.__name__: cls for cls in _MESSAGES}
+_FIELDS = {cls: {f.name for f in fields(cls)} for cls in _MESSAGES}
+#: fields holding other messages, e.g. BatchView.problems -> list[TaskBrief]
+_NESTED: dict[type, dict[str, Any]] = {}
+for _cls in _MESSAGES:
+    for _f in fields(_cls):
+        _inner = re.fullmatch(r"list\[(\w+)\]|(\w+)", str(_f.type))
+        if _inner and (_inner.group(1) or _inner.group(2)) in _BY_NAME:
+            _target = _BY_NAME[_inner.group(1) or _inner.group(2)]
+            _NESTED.setdefault(_cls, {})[_f.name] = list[_target] if _inner.group(1) else _target

@@ -15,7 +15,7 @@ def test_round_trip_every_field(tmp_path):
              state=TaskState.RUNNING, node="n", core_ids=(2, 3), exit_code=None, signal=None, error="",
              started_at=2.0, stdout_path="/o", stderr_path="/e", kill_requested=True)
     n = Node("n", CoreSet([0, 1, 2, 3]), 1024, NodeState.ONLINE, 9.0)
-    store.save([t], [n])
+    store.save(created=[t], nodes=[n])
     store.close()
     reopened = Store(path)
     assert reopened.get_task("id1") == t
@@ -30,5 +30,5 @@ def test_active_tasks_exclude_final_ones_and_keep_submission_order(tmp_path):
     tasks = [Task(f"t{i}", "true", [], {}, 1, float(10 - i)) for i in range(4)]
     tasks[1].state = TaskState.COMPLETED
     tasks[2].state = TaskState.LOST
-    store.save(tasks)
+    store.save(created=tasks)
     assert [t.task_id for t in store.active_tasks()] == ["t3", "t2", "t0"]

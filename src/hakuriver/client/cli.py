@@ -15,12 +15,13 @@ from typing import NoReturn
 
 from hakuriver import protocol as p
 from hakuriver.cli_common import EXIT_USAGE, add_config_flag, config_or_exit, fail
-from hakuriver.client import bulk, render
+from hakuriver.client import render
 from hakuriver.client.api import ApiError, HostClient, HostUnreachable
 
 PROG = "hakuriver.client"
 WAIT_SLICE = 30.0  # seconds per long-poll request while waiting
 EXIT_KILLED = 143
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, like a shell tool killed by it
 
 
 class _Parser(argparse.ArgumentParser):
@@ -105,6 +106,10 @@ def main(argv: list[str] | None = None) -> None:
         fail(PROG, str(exc), 1)
     except KeyboardInterrupt:
         fail(PROG, "interrupted (the task, if submitted, keeps running; see --status)", 130)
+    except BrokenPipeError:
+        # stdout closed early (e.g. piped into `head`): stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(EXIT_BROKEN_PIPE)
     sys.exit(code)
 
 
@@ -168,6 +173,8 @@ def _check(specs: list[p.TaskSpec]) -> None:
 
 
 def cmd_submit_batch(args: argparse.Namespace, client: HostClient) -> int:
+    from hakuriver.client import bulk  # only bulk submissions pay for shlex
+
     try:
         if args.array is not None:
             specs = bulk.array_specs(_base_spec(args), bulk.parse_array(args.array))

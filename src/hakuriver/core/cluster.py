@@ -19,6 +19,8 @@ from hakuriver.core.states import NodeState, TaskState, check_transition
 @dataclass(frozen=True)
 class TaskChanged:
     task: Task
+    #: a new record (submitted), as opposed to a change of an existing one
+    created: bool = False
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,7 @@ class Cluster:
         for task in tasks:
             self.tasks[task.task_id] = task
             self.queue[task.task_id] = None
-            effects.append(TaskChanged(task))
+            effects.append(TaskChanged(task, created=True))
         return effects
 
     def _check_fits(self, task: Task) -> None:

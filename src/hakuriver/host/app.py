@@ -84,6 +84,7 @@ def build_app(service: HostService) -> Starlette:
             ids, batch_id = service.submit(body.tasks, body.batch)
         except SubmitRefused as exc:
             raise BadRequest(str(exc), 422) from None
+        await service.settled()
         return _json(p.SubmitReply(task_ids=ids, batch_id=batch_id), 201)
 
     async def get_task(request: Request) -> Response:
@@ -96,6 +97,7 @@ def build_app(service: HostService) -> Starlette:
 
     async def kill_task(request: Request) -> Response:
         task, message = service.kill(_task_id(request))
+        await service.settled()
         return _json(p.KillReply(task_id=task.task_id, state=task.state.value, message=message))
 
     async def batch(request: Request) -> Response:
@@ -111,6 +113,7 @@ def build_app(service: HostService) -> Starlette:
     async def kill_batch(request: Request) -> Response:
         batch_id = _task_id(request, "batch_id")
         _, message = service.kill_batch(batch_id)
+        await service.settled()
         return _json(p.KillReply(task_id=batch_id, state="", message=message))
 
     async def nodes(request: Request) -> Response:
@@ -120,7 +123,9 @@ def build_app(service: HostService) -> Starlette:
         return _json(await service.heartbeat(await _body(request, p.Heartbeat)))
 
     async def report(request: Request) -> Response:
-        return _json(service.report(await _body(request, p.Report)))
+        ack = service.report(await _body(request, p.Report))
+        await service.settled()  # acknowledge only what is committed
+        return _json(ack)
 
     async def health(request: Request) -> Response:
         return _json({"ok": True})

@@ -28,11 +28,21 @@ def main(argv: list[str] | None = None) -> None:
         fail(PROG, f"{exc} (check [database] db_file)")
     sock = _bind(config)
     try:
+        _event_loop_policy()
         asyncio.run(_serve(config, store, sock))
     except KeyboardInterrupt:
         pass
     finally:
         store.close()
+
+
+def _event_loop_policy() -> None:
+    """uvloop where it is installed: the same asyncio API with less overhead per request."""
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 def _bind(config: Config) -> socket.socket:

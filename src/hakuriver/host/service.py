@@ -48,6 +48,11 @@ class HostService:
         self._task_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._node_wakeups: dict[str, asyncio.Event] = {}
         self._schedule_requested = False
+        self._staged_tasks: dict[str, Task] = {}
+        self._staged_nodes: dict[str, Node] = {}
+        self._staged_orders: set[str] = set()
+        self._staged_new: set[str] = set()
+        self._commit: asyncio.Future[None] | None = None
         #: per batch, its tasks not yet final (lost counts as final), to answer batch waits
         self._batch_open: dict[str, set[str]] = {}
         self._batch_waiters: dict[str, list[asyncio.Future[None]]] = {}
@@ -61,18 +66,55 @@ class HostService:
 
     # ---- effects -------------------------------------------------------------------------
     def _apply(self, effects: list[Effect]) -> None:
-        """Commit changed records first; only then wake runners and waiters."""
-        tasks = {id(e.task): e.task for e in effects if isinstance(e, TaskChanged)}
-        nodes = {id(e.node): e.node for e in effects if isinstance(e, NodeChanged)}
-        self.store.save(tasks.values(), nodes.values())
-        for effect in effects:
-            if isinstance(effect, OrdersReady):
-                self._node_event(effect.node).set()
+        """Stage changed records; one commit per loop iteration covers everything staged.
+
+        Group commit: a burst of events costs one SQLite transaction. Runners and waiters are
+        woken only after the commit, and handlers reply only after `settled()`, so nothing a
+        client or runner is told can be lost by a host crash.
+        """
+        for e in effects:
+            if isinstance(e, TaskChanged):
+                self._staged_tasks[e.task.task_id] = e.task
+                if e.created:
+                    self._staged_new.add(e.task.task_id)
+            elif isinstance(e, NodeChanged):
+                self._staged_nodes[e.node.name] = e.node
+            else:
+                self._staged_orders.add(e.node)
+        if effects and self._commit is None:
+            self._commit = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        tasks, nodes, orders, new = self._staged_tasks, self._staged_nodes, self._staged_orders, self._staged_new
+        self._staged_tasks, self._staged_nodes, self._staged_orders, self._staged_new = {}, {}, set(), set()
+        commit, self._commit = self._commit, None
+        try:
+            self.store.save(
+                created=[t for t in tasks.values() if t.task_id in new],
+                changed=[t for t in tasks.values() if t.task_id not in new],
+                nodes=nodes.values(),
+            )
+        except Exception as exc:  # the store logs nothing itself; say it here, then fail the waiters
+            log.exception("could not commit %d task and %d node changes", len(tasks), len(nodes))
+            if commit is not None:
+                commit.set_exception(exc)
+                commit.exception()  # mark it retrieved: handlers that await it report the error
+            return
+        for name in orders:
+            self._node_event(name).set()
         for task in tasks.values():
             if task.state.is_final:
                 self._wake_task_waiters(task.task_id)
             if task.batch_id:
                 self._track_batch(task)
+        if commit is not None:
+            commit.set_result(None)
+
+    async def settled(self) -> None:
+        """Return once every change staged so far is committed."""
+        if self._commit is not None:
+            await asyncio.shield(self._commit)
 
     def _track_batch(self, task: Task) -> None:
         open_ids = self._batch_open.setdefault(task.batch_id, set())
@@ -113,7 +155,7 @@ class HostService:
         return [t.task_id for t in tasks], batch_id
 
     def get_task(self, task_id: str) -> Task:
-        task = self.cluster.tasks.get(task_id) or self.store.get_task(task_id)
+        task = self.cluster.tasks.get(task_id) or self._staged_tasks.get(task_id) or self.store.get_task(task_id)
         if task is None:
             raise TaskNotFound(task_id)
         return task
@@ -195,6 +237,7 @@ class HostService:
                 self.request_schedule()
             remaining = deadline - self.clock()
             if orders or remaining <= 0:
+                await self.settled()
                 return _orders_message(orders)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), remaining)

@@ -54,11 +54,11 @@ _TASK_COLUMNS = (
     "task_id, batch_id, state, command, args, env, cores, cwd, target_node, node, core_ids, exit_code, "
     "signal, error, submitted_at, started_at, finished_at, stdout_path, stderr_path, kill_requested"
 )
-# An upsert, not INSERT OR REPLACE: the row keeps its rowid, which orders tasks submitted in
-# the same instant (a batch) as they were submitted.
-_UPSERT_TASK = (
-    f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES ({', '.join('?' * 20)}) ON CONFLICT(task_id) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in _TASK_COLUMNS.split(", ")[1:])
+_INSERT_TASK = f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES ({', '.join('?' * 20)})"
+# What can change after submission; the command, arguments and environment never do.
+_UPDATE_TASK = (
+    "UPDATE tasks SET state = ?, node = ?, core_ids = ?, exit_code = ?, signal = ?, error = ?, started_at = ?, "
+    "finished_at = ?, stdout_path = ?, stderr_path = ?, kill_requested = ? WHERE task_id = ?"
 )
 _UPSERT_NODE = "INSERT OR REPLACE INTO nodes (name, core_ids, memory_bytes, state, last_heartbeat) VALUES (?, ?, ?, ?, ?)"
 _GET_TASK = f"SELECT {_TASK_COLUMNS} FROM tasks WHERE task_id = ?"
@@ -99,15 +99,18 @@ class Store:
     def close(self) -> None:
         self._db.close()
 
-    def save(self, tasks: Iterable[Task] = (), nodes: Iterable[Node] = ()) -> None:
-        """Write the given records in one transaction; returns once committed."""
-        task_rows = [_task_row(t) for t in tasks]
+    def save(self, created: Iterable[Task] = (), changed: Iterable[Task] = (), nodes: Iterable[Node] = ()) -> None:
+        """Write new tasks, changes to known tasks, and nodes in one transaction; returns once committed."""
+        new_rows = [_task_row(t) for t in created]
+        change_rows = [_change_row(t) for t in changed]
         node_rows = [_node_row(n) for n in nodes]
-        if not task_rows and not node_rows:
+        if not new_rows and not change_rows and not node_rows:
             return
         with _transaction(self._db):
-            if task_rows:
-                self._db.executemany(_UPSERT_TASK, task_rows)
+            if new_rows:
+                self._db.executemany(_INSERT_TASK, new_rows)
+            if change_rows:
+                self._db.executemany(_UPDATE_TASK, change_rows)
             if node_rows:
                 self._db.executemany(_UPSERT_NODE, node_rows)
 
@@ -147,6 +150,13 @@ def _task_row(t: Task) -> tuple:
         t.task_id, t.batch_id, t.state.value, t.command, json.dumps(t.args), json.dumps(t.env), t.cores,
         t.cwd, t.target_node, t.node, format_core_ids(t.core_ids), t.exit_code, t.signal, t.error,
         t.submitted_at, t.started_at, t.finished_at, t.stdout_path, t.stderr_path, int(t.kill_requested),
+    )
+
+
+def _change_row(t: Task) -> tuple:
+    return (
+        t.state.value, t.node, format_core_ids(t.core_ids), t.exit_code, t.signal, t.error, t.started_at,
+        t.finished_at, t.stdout_path, t.stderr_path, int(t.kill_requested), t.task_id,
     )
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -21,8 +20,14 @@ import psutil
 from hakuriver.core.cores import format_core_ids
 
 # $1 exit-status file, $2 working directory, then the command and its arguments, untouched.
-# `cd` failing is reported like a shell does (126); the wrapper never re-parses the command.
-WRAPPER = 'f=$1; cd -- "$2" || exit 126; shift 2; "$@"; s=$?; echo "$s" > "$f"; exit "$s"'
+# The wrapper first waits for one line on stdin: the runner's go-ahead, sent once the wrapper is
+# pinned. EOF instead means the runner died while launching, and the task is not run. Then the
+# task gets /dev/null as stdin. `cd` failing is reported like a shell does (126); the wrapper
+# never re-parses the command.
+WRAPPER = (
+    'read -r _ || exit 125; exec 0</dev/null; f=$1; cd -- "$2" || exit 126; shift 2; '
+    '"$@"; s=$?; echo "$s" > "$f"; exit "$s"'
+)
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
@@ -95,30 +100,57 @@ def find_command(command: str, env: Mapping[str, str], cwd: str) -> str | None:
     return None
 
 
-_affinity_lock = threading.Lock()
+class CommandCheck:
+    """`find_command` with a short memory for commands found on PATH.
+
+    A sweep runs the same program thousands of times; looking it up once every few seconds
+    instead of once per task saves a stat per PATH entry per task. Misses are never remembered,
+    so a just-installed program is found at once.
+    """
+
+    def __init__(self, ttl: float = 5.0) -> None:
+        self.ttl = ttl
+        self._found: dict[tuple[str, str], float] = {}
+
+    def problem(self, command: str, env: Mapping[str, str], cwd: str) -> str | None:
+        if "/" in command:
+            return find_command(command, env, cwd)
+        key = (command, env.get("PATH", ""))
+        now = time.monotonic()
+        if self._found.get(key, 0.0) > now:
+            return None
+        problem = find_command(command, env, cwd)
+        if problem is None:
+            self._found[key] = now + self.ttl
+        return problem
 
 
 def spawn(argv: list[str], env: Mapping[str, str], stdout_fd: int, stderr_fd: int, core_ids: Iterable[int] | None) -> int:
     """Start argv in a new session, stdout/stderr on the given fds, pinned to core_ids; its pid.
 
-    Pinning without numactl: the calling thread takes the task's CPU mask for the instant of the
-    spawn, and the child inherits it. Unlike setting it after the fact, no instruction of the task
-    runs on other cores, and unlike a preexec hook, the fast vfork path of posix_spawn is kept.
+    The wrapper is pinned while it waits for its go-ahead on stdin, so no instruction of the
+    task runs on other cores. Setting the mask of the waiting child is cheap, where setting the
+    runner's own thread's mask around each spawn forced a migration of the runner every time.
     """
-    actions = [
-        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-        (os.POSIX_SPAWN_DUP2, stdout_fd, 1),
-        (os.POSIX_SPAWN_DUP2, stderr_fd, 2),
-    ]
-    with _affinity_lock:
-        previous = os.sched_getaffinity(0)
+    gate_read, gate_write = os.pipe()
+    try:
+        actions = [
+            (os.POSIX_SPAWN_DUP2, gate_read, 0),
+            (os.POSIX_SPAWN_DUP2, stdout_fd, 1),
+            (os.POSIX_SPAWN_DUP2, stderr_fd, 2),
+        ]
+        pid = os.posix_spawn(argv[0], argv, env, file_actions=actions, setsid=True)
         if core_ids is not None:
-            os.sched_setaffinity(0, set(core_ids))
-        try:
-            return os.posix_spawn(argv[0], argv, env, file_actions=actions, setsid=True)
-        finally:
-            if core_ids is not None:
-                os.sched_setaffinity(0, previous)
+            try:
+                os.sched_setaffinity(pid, set(core_ids))
+            except OSError:
+                os.kill(pid, signal.SIGKILL)  # never run a task unpinned
+                raise
+        os.write(gate_write, b"go\n")
+        return pid
+    finally:
+        os.close(gate_read)
+        os.close(gate_write)
 
 
 def process_start_time(pid: int) -> float | None:

@@ -7,8 +7,7 @@ import os
 import threading
 from collections.abc import Callable
 
-import msgspec
-
+from hakuriver import protocol as p
 from hakuriver.protocol import TaskFinished
 
 log = logging.getLogger("hakuriver.runner")
@@ -27,9 +26,9 @@ class Outbox:
             if name.endswith(".json"):
                 try:
                     with open(path, "rb") as fh:
-                        result = msgspec.json.decode(fh.read(), type=TaskFinished)
+                        result = p.decode(fh.read(), TaskFinished)
                     self._results[result.task_id] = result
-                except (OSError, msgspec.DecodeError):
+                except (OSError, p.DecodeError):
                     os.unlink(path)  # unreadable: cannot be delivered, would block the outbox forever
             elif name.endswith(".tmp"):
                 os.unlink(path)
@@ -43,7 +42,7 @@ class Outbox:
         path = os.path.join(self.folder, f"{result.task_id}.json")
         try:
             with open(path + ".tmp", "wb") as fh:
-                fh.write(msgspec.json.encode(result))
+                fh.write(p.encode(result))
             os.replace(path + ".tmp", path)
         except OSError as exc:
             log.error("cannot store the result of task %s on disk (%s); keeping it in memory only",

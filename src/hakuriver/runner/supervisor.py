@@ -74,6 +74,9 @@ class Supervisor:
         self._by_pid: dict[int, str] = {}
         #: tasks started by an earlier runner process: not our children, watched by polling
         self._adopted: set[str] = set()
+        # os.environ decodes on every access; the runner's environment does not change
+        self._base_env = dict(os.environ)
+        self._commands = launch.CommandCheck()
 
     # ---- queries -------------------------------------------------------------------------
     def held(self) -> set[str]:
@@ -83,6 +86,10 @@ class Supervisor:
     def __contains__(self, task_id: str) -> bool:
         with self._lock:
             return task_id in self._records
+
+    def running_count(self) -> int:
+        with self._lock:
+            return len(self._records)
 
     # ---- re-adoption ---------------------------------------------------------------------
     def adopt_previous(self) -> list[p.TaskStarted]:
@@ -120,7 +127,7 @@ class Supervisor:
         except OSError as exc:
             problem = f"could not start: {exc.strerror or exc}"
         if problem:
-            shutil.rmtree(paths.temp_dir, ignore_errors=True)
+            _remove_folder(paths.temp_dir)
             log.warning("task %s failed to start: %s", order.task_id, problem)
             self.outbox.add(p.TaskFinished(order.task_id, time.time(), error=problem, started_at=None,
                                            stdout_path=paths.stdout, stderr_path=paths.stderr))
@@ -138,9 +145,7 @@ class Supervisor:
         """Start the task; a reason if it cannot start."""
         s = self.setup
         try:
-            os.makedirs(s.output_dir, exist_ok=True)
-            out_fd = os.open(paths.stdout, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-            err_fd = os.open(paths.stderr, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            out_fd, err_fd = _open_outputs(paths)
         except OSError as exc:
             return f"cannot write the task's output under {s.output_dir}: {exc.strerror}"
         try:
@@ -151,10 +156,10 @@ class Supervisor:
                 os.mkdir(paths.temp_dir)
             except OSError as exc:
                 return f"cannot create the task's temp folder {paths.temp_dir}: {exc.strerror}"
-            env = launch.task_env(os.environ, order.env, task_id=order.task_id, node=s.node, core_ids=order.core_ids,
+            env = launch.task_env(self._base_env, order.env, task_id=order.task_id, node=s.node, core_ids=order.core_ids,
                                   shared_dir=s.shared_dir, temp_dir=paths.temp_dir)
             cwd = launch.choose_cwd(order.cwd, paths.temp_dir)
-            problem = launch.find_command(order.command, env, cwd)
+            problem = self._commands.problem(order.command, env, cwd)
             if problem:
                 os.write(err_fd, f"hakuriver: {problem}\n".encode())
                 return problem
@@ -169,7 +174,7 @@ class Supervisor:
                 except OSError:
                     self._forget(rec)
                     raise
-                rec.start_time = launch.process_start_time(rec.pid)
+                # no start time needed: an unreaped child's pid cannot be reused
                 self._records[rec.task_id] = rec
                 self._by_pid[rec.pid] = rec.task_id
                 self._lock.notify_all()
@@ -265,13 +270,38 @@ class Supervisor:
         with self._lock:
             self._records.pop(rec.task_id, None)
             self._adopted.discard(rec.task_id)
-        shutil.rmtree(rec.temp_dir, ignore_errors=True)
+        _remove_folder(rec.temp_dir)
         self._forget(rec)
 
     def _forget(self, rec: TaskRecord) -> None:
         for path in (rec.exit_file, os.path.join(self.records_dir, f"{rec.task_id}.json")):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+
+
+_OUTPUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+
+
+def _open_outputs(paths: launch.TaskPaths) -> tuple[int, int]:
+    try:
+        out_fd = os.open(paths.stdout, _OUTPUT_FLAGS, 0o644)
+    except FileNotFoundError:  # the first task (or someone removed the folder)
+        os.makedirs(os.path.dirname(paths.stdout), exist_ok=True)
+        out_fd = os.open(paths.stdout, _OUTPUT_FLAGS, 0o644)
+    try:
+        return out_fd, os.open(paths.stderr, _OUTPUT_FLAGS, 0o644)
+    except OSError:
+        os.close(out_fd)
+        raise
+
+
+def _remove_folder(path: str) -> None:
+    try:
+        os.rmdir(path)  # the common case: the task left its scratch folder empty
+    except FileNotFoundError:
+        pass
+    except OSError:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 #: a task does not start on a scratch disk with less free space than this
