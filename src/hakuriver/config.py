@@ -10,7 +10,10 @@ from __future__ import annotations
 import os
 import tomllib
 from dataclasses import dataclass, fields
-from typing import Any
+# annotations only: importing typing would cost the client ~3 ms of start-up
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: the packaged defaults, next to this module (a plain path: importlib.resources costs the
 #: client ~8 ms of start-up, and the package is always installed as files)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+# annotations only: importing typing would cost the client ~3 ms of start-up
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 from hakuriver import protocol as p
 from hakuriver.transport import ApiError, HostConnection, HostUnreachable

@@ -11,7 +11,10 @@ import argparse
 import os
 import sys
 import time
-from typing import NoReturn
+# annotations only: importing typing would cost the client ~3 ms of start-up
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 from hakuriver import protocol as p
 from hakuriver.cli_common import EXIT_USAGE, add_config_flag, config_or_exit, fail
