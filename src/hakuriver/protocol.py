@@ -152,6 +152,8 @@ class Heartbeat:
     held: list[str] = field(default_factory=list)
     #: how long the host may hold the request open waiting for orders, seconds
     wait: float = 0.0
+    #: held tasks already being killed or already ended here: a kill order would change nothing
+    ending: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -215,8 +215,10 @@ class Cluster:
             effects.append(TaskChanged(task))
         return effects
 
-    def orders_for(self, node_name: str, held: set[str], now: float) -> tuple[Orders, list[Effect]]:
-        """What the node's runner should do next, given the tasks it already holds."""
+    def orders_for(
+        self, node_name: str, held: set[str], now: float, ending: frozenset[str] = frozenset()
+    ) -> tuple[Orders, list[Effect]]:
+        """What the node's runner should do next, given the tasks it holds and those already ending there."""
         node = self.nodes.get(node_name)
         orders, effects = Orders(), []
         if node is None or node.state is NodeState.OFFLINE:
@@ -224,13 +226,14 @@ class Cluster:
         for task_id in sorted(node.task_ids, key=lambda i: self.tasks[i].submitted_at):
             task = self.tasks[task_id]
             if task.kill_requested and task_id in held:
-                orders.kill.append(task_id)
+                if task_id not in ending:
+                    orders.kill.append(task_id)
             elif task.kill_requested and task.state is TaskState.ASSIGNING:
                 # never delivered: nothing runs, so it is killed right here
                 effects += self._finish(task, TaskState.KILLED, now, error="killed by user before it started")
             elif task.state is TaskState.ASSIGNING and task_id not in held:
                 orders.launch.append(task)
-        orders.kill += sorted(self.kill_on_return.get(node_name, set()) & held)
+        orders.kill += sorted((self.kill_on_return.get(node_name, set()) & held) - ending)
         return orders, effects
 
     def on_started(self, node_name: str, event: Started) -> list[Effect]:

@@ -231,7 +231,7 @@ class HostService:
         deadline = self.clock() + min(max(hb.wait, 0.0), p.MAX_WAIT_SECONDS)
         while True:
             event.clear()
-            orders, effects = self.cluster.orders_for(report.name, held, self.clock())
+            orders, effects = self.cluster.orders_for(report.name, held, self.clock(), frozenset(hb.ending))
             if effects:
                 self._apply(effects)
                 self.request_schedule()

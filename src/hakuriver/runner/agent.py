@@ -69,7 +69,8 @@ class Agent:
         backoff = Backoff(ceiling=max(1.0, min(10.0, self.interval)))
         connected = False
         while not self.stop.is_set():
-            hb = p.Heartbeat(node=self.node, held=self.held(), wait=self.interval)
+            ending = self.supervisor.killing() | self.outbox.ids()
+            hb = p.Heartbeat(node=self.node, held=self.held(), wait=self.interval, ending=sorted(ending))
             try:
                 # the host holds the request up to `wait`; an answer later than that means a dead link
                 raw = conn.call("POST", p.RUNNER_HEARTBEAT, p.encode(hb), timeout=2 * self.interval + 2)

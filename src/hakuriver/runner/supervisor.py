@@ -87,6 +87,10 @@ class Supervisor:
         with self._lock:
             return task_id in self._records
 
+    def killing(self) -> set[str]:
+        with self._lock:
+            return {task_id for task_id, rec in self._records.items() if rec.killing}
+
     def running_count(self) -> int:
         with self._lock:
             return len(self._records)

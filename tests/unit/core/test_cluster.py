@@ -235,3 +235,16 @@ def test_reports_from_the_wrong_node_are_ignored():
     assert c.on_finished("b", Finished("t1", 2, exit_code=0)) == []
     assert c.tasks["t1"].state is TaskState.ASSIGNING
     c.check_invariants()
+
+
+def test_no_repeated_kill_order_for_a_task_already_ending():
+    # without this, a runner's long-poll would return at once, again and again, for the whole
+    # kill grace period
+    c = cluster_with(a=1)
+    c.on_submit([task(1)])
+    c.schedule()
+    c.on_started("a", Started("t1", 1))
+    c.on_kill("t1", now=2)
+    orders, _ = c.orders_for("a", {"t1"}, now=2, ending=frozenset({"t1"}))
+    assert not orders
+    c.check_invariants()

@@ -1,0 +1,36 @@
+"""The benchmark runs (tiny sizes) and its numbers are well-formed. Nothing about speed is asserted."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench.py"
+
+
+def numbers(value) -> list[float]:  # noqa: ANN001
+    if isinstance(value, dict):
+        return [n for v in value.values() for n in numbers(v)]
+    if isinstance(value, list):
+        return [n for v in value for n in numbers(v)]
+    return [float(value)] if isinstance(value, (int, float)) and not isinstance(value, bool) else []
+
+
+def test_quick_benchmark_prints_a_table_and_well_formed_json(tmp_path):
+    out = tmp_path / "bench.json"
+    res = subprocess.run([sys.executable, str(BENCH), "--quick", "--json", str(out)], capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert res.stdout.startswith("HakuRiver benchmark (quick)")
+    data = json.loads(out.read_text())
+    assert set(data) >= {"machine", "spawn_ceiling", "bulk", "cli", "latency", "host_at_scale", "idle_rss_mb"}
+    assert data["bulk"][0]["tasks"] == 50 and data["cli"]["tasks"] == 16 and data["latency"]["runs"] == 3
+    assert data["host_at_scale"]["simulated_runners"] == 10
+    for key in ("submit", "status", "nodes"):
+        assert data["host_at_scale"][f"{key}_p50_ms"] <= data["host_at_scale"][f"{key}_p99_ms"]
+    values = numbers({k: v for k, v in data.items() if k != "machine"})
+    assert values and all(math.isfinite(v) and v >= 0 for v in values)
+    assert all(b["per_second"] > 0 for b in data["bulk"]) and data["spawn_ceiling"]["per_second"] > 0
