@@ -1,8 +1,8 @@
 """Every message that crosses the network, both directions, and the routes they travel on.
 
 The host, the runners and the client all import these types; nothing else builds a JSON body
-by hand. They are plain dataclasses, so that importing this module costs the client almost
-nothing. Two codecs read and write them:
+by hand. They are light `Message` classes (fields from annotations, no dataclasses, no msgspec
+at import), so that importing this module costs the client almost nothing. Two codecs:
 - `encode`/`decode` use msgspec, which validates every type and required field on decode: the
   host and the runners use them for everything they receive from the network;
 - `dumps`/`loads` use the standard library's json: the client uses them for its requests and the
@@ -14,11 +14,50 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
 # annotations only: importing typing would cost the client ~3 ms of start-up
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
+
+class Message:
+    """Base of every wire message: fields from the class annotations, defaults from class attributes.
+
+    A list or dict default is copied for each instance. Equality and repr are by fields.
+    """
+
+    _fields: tuple[str, ...] = ()
+    _defaults: dict[str, Any] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        names = tuple(cls.__dict__.get("__annotations__", {}))
+        cls._fields = names
+        cls._defaults = {name: cls.__dict__[name] for name in names if name in cls.__dict__}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        cls = type(self)
+        if len(args) > len(cls._fields):
+            raise TypeError(f"{cls.__name__} takes at most {len(cls._fields)} values")
+        values = dict(zip(cls._fields, args))
+        for name, value in kwargs.items():
+            if name not in cls._fields or name in values:
+                raise TypeError(f"{cls.__name__}: unexpected or repeated field {name!r}")
+            values[name] = value
+        for name in cls._fields:
+            if name in values:
+                setattr(self, name, values[name])
+            elif name in cls._defaults:
+                default = cls._defaults[name]
+                setattr(self, name, type(default)(default) if isinstance(default, (list, dict)) else default)
+            else:
+                raise TypeError(f"{cls.__name__}: missing field {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and all(getattr(self, f) == getattr(other, f) for f in self._fields)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{f}={getattr(self, f)!r}' for f in self._fields)})"
+
 
 # ---- routes ------------------------------------------------------------------------------
 TASKS = "/api/tasks"                       # POST SubmitRequest -> SubmitReply
@@ -42,19 +81,17 @@ MAX_WAIT_SECONDS = 60.0
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-@dataclass
-class ErrorReply:
+class ErrorReply(Message):
     error: str
 
 
 # ---- client -> host ----------------------------------------------------------------------
-@dataclass
-class TaskSpec:
+class TaskSpec(Message):
     """One command to run: what `hakuriver.client ... -- CMD ARGS` sends."""
 
     command: str
-    args: list[str] = field(default_factory=list)
-    env: dict[str, str] = field(default_factory=dict)
+    args: list[str] = []
+    env: dict[str, str] = {}
     cores: int = 1
     #: the client's working directory; used on the node if it exists there
     cwd: str = ""
@@ -62,21 +99,18 @@ class TaskSpec:
     node: str = ""
 
 
-@dataclass
-class SubmitRequest:
+class SubmitRequest(Message):
     tasks: list[TaskSpec]
     #: give the tasks one batch ID (always so when there is more than one)
     batch: bool = False
 
 
-@dataclass
-class SubmitReply:
+class SubmitReply(Message):
     task_ids: list[str]
     batch_id: str = ""
 
 
-@dataclass
-class TaskView:
+class TaskView(Message):
     task_id: str
     state: str
     command: str
@@ -99,8 +133,7 @@ class TaskView:
     kill_requested: bool = False
 
 
-@dataclass
-class NodeView:
+class NodeView(Message):
     name: str
     state: str
     total_cores: int
@@ -110,16 +143,14 @@ class NodeView:
     last_heartbeat: float
 
 
-@dataclass
-class TaskBrief:
+class TaskBrief(Message):
     task_id: str
     state: str
     exit_code: int | None
     error: str
 
 
-@dataclass
-class BatchView:
+class BatchView(Message):
     batch_id: str
     total: int
     #: task count by state name
@@ -130,42 +161,37 @@ class BatchView:
     problems: list[TaskBrief]
 
 
-@dataclass
-class KillReply:
+class KillReply(Message):
     task_id: str
     state: str
     message: str
 
 
 # ---- runner -> host ----------------------------------------------------------------------
-@dataclass
-class NodeInfo:
+class NodeInfo(Message):
     name: str
     core_ids: list[int]
     memory_bytes: int = 0
 
 
-@dataclass
-class Heartbeat:
+class Heartbeat(Message):
     node: NodeInfo
     #: every task the runner runs or still has an undelivered result for
-    held: list[str] = field(default_factory=list)
+    held: list[str] = []
     #: how long the host may hold the request open waiting for orders, seconds
     wait: float = 0.0
     #: held tasks already being killed or already ended here: a kill order would change nothing
-    ending: list[str] = field(default_factory=list)
+    ending: list[str] = []
 
 
-@dataclass
-class TaskStarted:
+class TaskStarted(Message):
     task_id: str
     started_at: float
     stdout_path: str = ""
     stderr_path: str = ""
 
 
-@dataclass
-class TaskFinished:
+class TaskFinished(Message):
     task_id: str
     finished_at: float
     exit_code: int | None = None
@@ -177,22 +203,19 @@ class TaskFinished:
     stderr_path: str = ""
 
 
-@dataclass
-class Report:
+class Report(Message):
     node: str
-    started: list[TaskStarted] = field(default_factory=list)
-    finished: list[TaskFinished] = field(default_factory=list)
+    started: list[TaskStarted] = []
+    finished: list[TaskFinished] = []
 
 
-@dataclass
-class Ack:
+class Ack(Message):
     #: finished results the host has committed; the runner may forget them
     task_ids: list[str]
 
 
 # ---- host -> runner ----------------------------------------------------------------------
-@dataclass
-class LaunchOrder:
+class LaunchOrder(Message):
     task_id: str
     command: str
     args: list[str]
@@ -201,10 +224,9 @@ class LaunchOrder:
     cwd: str = ""
 
 
-@dataclass
-class Orders:
-    launch: list[LaunchOrder] = field(default_factory=list)
-    kill: list[str] = field(default_factory=list)
+class Orders(Message):
+    launch: list[LaunchOrder] = []
+    kill: list[str] = []
 
 
 # ---- validation ----------------------------------------------------------------------------
@@ -240,7 +262,7 @@ class DecodeError(ValueError):
 def encode(obj: Any) -> bytes:
     import msgspec  # host and runners only; see the module docstring
 
-    return msgspec.json.encode(obj)
+    return msgspec.json.encode(obj, enc_hook=_plain)
 
 
 def decode(data: bytes, kind: Any) -> Any:
@@ -248,13 +270,13 @@ def decode(data: bytes, kind: Any) -> Any:
     import msgspec
 
     try:
-        return msgspec.json.decode(data, type=kind)
+        return _from_struct(msgspec.json.decode(data, type=_validator(kind)))
     except msgspec.DecodeError as exc:  # msgspec.ValidationError is a subclass
         raise DecodeError(str(exc)) from None
 
 
 def dumps(obj: Any) -> bytes:
-    return json.dumps(asdict(obj), separators=(",", ":")).encode()
+    return json.dumps(_plain(obj), separators=(",", ":")).encode()
 
 
 def loads(data: bytes, kind: Any) -> Any:
@@ -265,23 +287,88 @@ def loads(data: bytes, kind: Any) -> Any:
         raise DecodeError(str(exc)) from None
 
 
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, Message):
+        return {f: _plain(getattr(obj, f)) for f in obj._fields}
+    if isinstance(obj, list):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    return obj
+
+
 def _build(value: Any, kind: Any) -> Any:
     if getattr(kind, "__origin__", None) is list:
         return [_build(v, kind.__args__[0]) for v in value]
-    if not is_dataclass(kind):
+    if not (isinstance(kind, type) and issubclass(kind, Message)):
         return value
-    nested = _NESTED.get(kind, {})
-    return kind(**{k: (_build(v, nested[k]) if k in nested else v) for k, v in value.items() if k in _FIELDS[kind]})
+    nested = _nested(kind)
+    return kind(**{k: (_build(v, nested[k]) if k in nested else v) for k, v in value.items() if k in kind._fields})
 
 
-_MESSAGES = [obj for obj in list(globals().values()) if isinstance(obj, type) and is_dataclass(obj)]
-_BY_NAME = {cls.__name__: cls for cls in _MESSAGES}
-_FIELDS = {cls: {f.name for f in fields(cls)} for cls in _MESSAGES}
-#: fields holding other messages, e.g. BatchView.problems -> list[TaskBrief]
-_NESTED: dict[type, dict[str, Any]] = {}
-for _cls in _MESSAGES:
-    for _f in fields(_cls):
-        _inner = re.fullmatch(r"list\[(\w+)\]|(\w+)", str(_f.type))
-        if _inner and (_inner.group(1) or _inner.group(2)) in _BY_NAME:
-            _target = _BY_NAME[_inner.group(1) or _inner.group(2)]
-            _NESTED.setdefault(_cls, {})[_f.name] = list[_target] if _inner.group(1) else _target
+def _messages() -> dict[str, type[Message]]:
+    return {name: obj for name, obj in globals().items()
+            if isinstance(obj, type) and issubclass(obj, Message) and obj is not Message}
+
+
+_NESTED_CACHE: dict[type, dict[str, Any]] = {}
+
+
+def _nested(cls: type[Message]) -> dict[str, Any]:
+    """Fields holding other messages, e.g. BatchView.problems -> list[TaskBrief]."""
+    if cls not in _NESTED_CACHE:
+        by_name, found = _messages(), {}
+        for name, annotation in cls.__annotations__.items():
+            match = re.fullmatch(r"list\[(\w+)\]|(\w+)", str(annotation))
+            target = match and by_name.get(match.group(1) or match.group(2))
+            if target:
+                found[name] = list[target] if match.group(1) else target
+        _NESTED_CACHE[cls] = found
+    return _NESTED_CACHE[cls]
+
+
+# msgspec Struct twins of the messages, built on first use by the host or a runner: msgspec
+# validates against them, then `_from_struct` hands back the Message classes everyone uses.
+_STRUCTS: dict[type, Any] = {}
+_FROM_STRUCT: dict[Any, type[Message]] = {}
+
+
+def _validator(kind: Any) -> Any:
+    if getattr(kind, "__origin__", None) is list:
+        return list[_validator(kind.__args__[0])]
+    if not _STRUCTS:
+        _build_structs()
+    return _STRUCTS.get(kind, kind)
+
+
+def _build_structs() -> None:
+    import msgspec
+
+    namespace: dict[str, Any] = {"list": list, "dict": dict, "str": str, "int": int, "float": float, "bool": bool}
+    for name, cls in _messages().items():  # definition order: a message's parts come before it
+        fields = []
+        for fname, annotation in cls.__annotations__.items():
+            ftype = eval(annotation, namespace)  # noqa: S307 - our own annotations, not input
+            if fname in cls._defaults:
+                default = cls._defaults[fname]
+                if isinstance(default, (list, dict)):
+                    default = msgspec.field(default_factory=type(default))
+                fields.append((fname, ftype, default))
+            else:
+                fields.append((fname, ftype))
+        struct = msgspec.defstruct(name, fields)
+        namespace[name] = struct
+        _STRUCTS[cls] = struct
+        _FROM_STRUCT[struct] = cls
+
+
+def _from_struct(value: Any) -> Any:
+    cls = _FROM_STRUCT.get(type(value))
+    if cls is not None:
+        obj = cls.__new__(cls)
+        for f in cls._fields:
+            setattr(obj, f, _from_struct(getattr(value, f)))
+        return obj
+    if isinstance(value, list):
+        return [_from_struct(v) for v in value]
+    return value
