@@ -259,7 +259,7 @@ def host_at_scale(root: Path, runners: int, queued: int, samples: int) -> dict:
         for i in range(samples):
             for name, call in (
                 ("submit", lambda: client.submit([p.TaskSpec("/bin/true")])),
-                ("status", lambda: client.task(ids[(i * 7919) % len(ids)])),
+                ("status", lambda i=i: client.task(ids[(i * 7919) % len(ids)])),
                 ("nodes", client.nodes),
             ):
                 start = time.perf_counter()
@@ -314,7 +314,7 @@ def run(quick: bool) -> dict:
 
 
 def table(r: dict) -> str:
-    rows = [("spawn ceiling (/bin/true, %d threads)" % r["spawn_ceiling"]["threads"],
+    rows = [(f"spawn ceiling (/bin/true, {r['spawn_ceiling']['threads']} threads)",
              f"{r['spawn_ceiling']['per_second']:.0f} /s")]
     for b in r["bulk"]:
         rows.append((f"bulk --array, {b['tasks']} tasks", f"{b['per_second']:.0f} /s ({b['ratio_to_ceiling']:.0%} of ceiling)"))

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+
+from hakuriver.config import Config, ConfigError, load_config
+
 # annotations only: importing typing would cost the client ~3 ms of start-up
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import NoReturn
-
-from hakuriver.config import Config, ConfigError, load_config
 
 EXIT_USAGE = 2
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+
 # annotations only: importing typing would cost the client ~3 ms of start-up
 TYPE_CHECKING = False
 if TYPE_CHECKING:

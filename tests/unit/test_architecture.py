@@ -44,6 +44,7 @@ def test_only_the_store_touches_sqlite():
 
 
 def test_client_does_not_load_the_server_stack():
-    code = "import sys, hakuriver.client.cli; print(sorted(m for m in ('starlette', 'uvicorn', 'psutil', 'sqlite3', 'asyncio', 'msgspec', 'http.client') if m in sys.modules))"
+    heavy = ("starlette", "uvicorn", "psutil", "sqlite3", "asyncio", "msgspec", "http.client", "dataclasses")
+    code = f"import sys, hakuriver.client.cli; print(sorted(m for m in {heavy!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"

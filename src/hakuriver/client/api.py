@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+
+from hakuriver import protocol as p
+from hakuriver.transport import ApiError, HostConnection, HostUnreachable
+
 # annotations only: importing typing would cost the client ~3 ms of start-up
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
-
-from hakuriver import protocol as p
-from hakuriver.transport import ApiError, HostConnection, HostUnreachable
 
 __all__ = ["HostClient", "ApiError", "HostUnreachable"]
 

@@ -11,15 +11,16 @@ import argparse
 import os
 import sys
 import time
-# annotations only: importing typing would cost the client ~3 ms of start-up
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import NoReturn
 
 from hakuriver import protocol as p
 from hakuriver.cli_common import EXIT_USAGE, add_config_flag, config_or_exit, fail
 from hakuriver.client import render
 from hakuriver.client.api import ApiError, HostClient, HostUnreachable
+
+# annotations only: importing typing would cost the client ~3 ms of start-up
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 PROG = "hakuriver.client"
 WAIT_SLICE = 30.0  # seconds per long-poll request while waiting

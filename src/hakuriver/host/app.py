@@ -71,8 +71,13 @@ def _float_param(request: Request, name: str, default: float) -> float:
     return value
 
 
-def build_app(service: HostService) -> Starlette:
-    async def submit(request: Request) -> Response:
+class _Api:
+    """One method per route; each decodes, calls the service, encodes."""
+
+    def __init__(self, service: HostService) -> None:
+        self.service = service
+
+    async def submit(self, request: Request) -> Response:
         body = await _body(request, p.SubmitRequest)
         if not body.tasks:
             raise BadRequest("no tasks in the request")
@@ -81,68 +86,71 @@ def build_app(service: HostService) -> Starlette:
             if problem:
                 raise BadRequest(problem)
         try:
-            ids, batch_id = service.submit(body.tasks, body.batch)
+            ids, batch_id = self.service.submit(body.tasks, body.batch)
         except SubmitRefused as exc:
             raise BadRequest(str(exc), 422) from None
-        await service.settled()
+        await self.service.settled()
         return _json(p.SubmitReply(task_ids=ids, batch_id=batch_id), 201)
 
-    async def get_task(request: Request) -> Response:
-        return _json(task_view(service.get_task(_task_id(request))))
+    async def get_task(self, request: Request) -> Response:
+        return _json(task_view(self.service.get_task(_task_id(request))))
 
-    async def wait_task(request: Request) -> Response:
+    async def wait_task(self, request: Request) -> Response:
         task_id = _task_id(request)
         timeout = _float_param(request, "timeout", 30.0)
-        return _json(task_view(await service.wait_task(task_id, timeout)))
+        return _json(task_view(await self.service.wait_task(task_id, timeout)))
 
-    async def kill_task(request: Request) -> Response:
-        task, message = service.kill(_task_id(request))
-        await service.settled()
+    async def kill_task(self, request: Request) -> Response:
+        task, message = self.service.kill(_task_id(request))
+        await self.service.settled()
         return _json(p.KillReply(task_id=task.task_id, state=task.state.value, message=message))
 
-    async def batch(request: Request) -> Response:
-        return _json(service.batch_view(_task_id(request, "batch_id")))
+    async def batch(self, request: Request) -> Response:
+        return _json(self.service.batch_view(_task_id(request, "batch_id")))
 
-    async def batch_tasks(request: Request) -> Response:
-        return _json([task_view(t) for t in service.batch_tasks(_task_id(request, "batch_id"))])
+    async def batch_tasks(self, request: Request) -> Response:
+        return _json([task_view(t) for t in self.service.batch_tasks(_task_id(request, "batch_id"))])
 
-    async def wait_batch(request: Request) -> Response:
+    async def wait_batch(self, request: Request) -> Response:
         batch_id = _task_id(request, "batch_id")
-        return _json(await service.wait_batch(batch_id, _float_param(request, "timeout", 30.0)))
+        return _json(await self.service.wait_batch(batch_id, _float_param(request, "timeout", 30.0)))
 
-    async def kill_batch(request: Request) -> Response:
+    async def kill_batch(self, request: Request) -> Response:
         batch_id = _task_id(request, "batch_id")
-        _, message = service.kill_batch(batch_id)
-        await service.settled()
+        _, message = self.service.kill_batch(batch_id)
+        await self.service.settled()
         return _json(p.KillReply(task_id=batch_id, state="", message=message))
 
-    async def nodes(request: Request) -> Response:
-        return _json([node_view(n) for n in service.nodes()])
+    async def nodes(self, request: Request) -> Response:
+        return _json([node_view(n) for n in self.service.nodes()])
 
-    async def heartbeat(request: Request) -> Response:
-        return _json(await service.heartbeat(await _body(request, p.Heartbeat)))
+    async def heartbeat(self, request: Request) -> Response:
+        return _json(await self.service.heartbeat(await _body(request, p.Heartbeat)))
 
-    async def report(request: Request) -> Response:
-        ack = service.report(await _body(request, p.Report))
-        await service.settled()  # acknowledge only what is committed
+    async def report(self, request: Request) -> Response:
+        ack = self.service.report(await _body(request, p.Report))
+        await self.service.settled()  # acknowledge only what is committed
         return _json(ack)
 
-    async def health(request: Request) -> Response:
+    async def health(self, request: Request) -> Response:
         return _json({"ok": True})
 
+
+def build_app(service: HostService) -> Starlette:
+    api = _Api(service)
     routes = [
-        Route(p.TASKS, _guard(submit), methods=["POST"]),
-        Route(p.TASK, _guard(get_task), methods=["GET"]),
-        Route(p.TASK_WAIT, _guard(wait_task), methods=["GET"]),
-        Route(p.TASK_KILL, _guard(kill_task), methods=["POST"]),
-        Route(p.BATCH, _guard(batch), methods=["GET"]),
-        Route(p.BATCH_TASKS, _guard(batch_tasks), methods=["GET"]),
-        Route(p.BATCH_WAIT, _guard(wait_batch), methods=["GET"]),
-        Route(p.BATCH_KILL, _guard(kill_batch), methods=["POST"]),
-        Route(p.NODES, _guard(nodes), methods=["GET"]),
-        Route(p.RUNNER_HEARTBEAT, _guard(heartbeat), methods=["POST"]),
-        Route(p.RUNNER_REPORT, _guard(report), methods=["POST"]),
-        Route(p.HEALTH, _guard(health), methods=["GET"]),
+        Route(p.TASKS, _guard(api.submit), methods=["POST"]),
+        Route(p.TASK, _guard(api.get_task), methods=["GET"]),
+        Route(p.TASK_WAIT, _guard(api.wait_task), methods=["GET"]),
+        Route(p.TASK_KILL, _guard(api.kill_task), methods=["POST"]),
+        Route(p.BATCH, _guard(api.batch), methods=["GET"]),
+        Route(p.BATCH_TASKS, _guard(api.batch_tasks), methods=["GET"]),
+        Route(p.BATCH_WAIT, _guard(api.wait_batch), methods=["GET"]),
+        Route(p.BATCH_KILL, _guard(api.kill_batch), methods=["POST"]),
+        Route(p.NODES, _guard(api.nodes), methods=["GET"]),
+        Route(p.RUNNER_HEARTBEAT, _guard(api.heartbeat), methods=["POST"]),
+        Route(p.RUNNER_REPORT, _guard(api.report), methods=["POST"]),
+        Route(p.HEALTH, _guard(api.health), methods=["GET"]),
     ]
     return Starlette(routes=routes)
 

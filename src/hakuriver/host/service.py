@@ -21,7 +21,6 @@ from hakuriver.core.cluster import (
     Finished,
     NodeChanged,
     NodeReport,
-    OrdersReady,
     Started,
     TaskChanged,
     UnknownTask,
