@@ -32,3 +32,18 @@ def test_active_tasks_exclude_final_ones_and_keep_submission_order(tmp_path):
     tasks[2].state = TaskState.LOST
     store.save(created=tasks)
     assert [t.task_id for t in store.active_tasks()] == ["t3", "t2", "t0"]
+
+
+def test_changes_update_only_what_can_change_and_keep_submission_order(tmp_path):
+    store = Store(str(tmp_path / "h.db"))
+    tasks = [Task(f"t{i}", "echo", [str(i)], {"I": str(i)}, 1, 5.0, batch_id="b") for i in range(3)]
+    store.save(created=tasks)
+    tasks[0].state, tasks[0].node, tasks[0].core_ids, tasks[0].exit_code = TaskState.FAILED, "n", (1,), 3
+    tasks[0].error, tasks[0].finished_at = "boom", 9.0
+    store.save(changed=[tasks[0]])
+    again = store.get_task("t0")
+    assert (again.state, again.node, again.core_ids, again.exit_code, again.error, again.finished_at) == (
+        TaskState.FAILED, "n", (1,), 3, "boom", 9.0)
+    assert again.args == ["0"] and again.env == {"I": "0"}
+    # same submission instant: the batch still lists in submission order after the update
+    assert [t.task_id for t in store.batch_tasks("b")] == ["t0", "t1", "t2"]
