@@ -11,6 +11,7 @@ import time
 import pytest
 
 from hakuriver import protocol as p
+from hakuriver.runner.journal import Journal
 from hakuriver.runner.outbox import Outbox
 from hakuriver.runner.supervisor import NodeSetup, Supervisor
 from support import wait_until
@@ -22,7 +23,7 @@ def node(tmp_path):  # noqa: ANN001, ANN201
     (tmp_path / "tmp").mkdir()
     setup = NodeSetup("n", str(tmp_path / "shared"), str(tmp_path / "tmp"), "", 0.5, str(tmp_path / "state"), ())
     started: list[p.TaskStarted] = []
-    outbox = Outbox(os.path.join(setup.state_dir, "outbox"))
+    outbox = Outbox(Journal(os.path.join(setup.state_dir, "journal")))
     sup = Supervisor(setup, outbox, started.append)
     stop = threading.Event()
     threading.Thread(target=sup.reap_forever, args=(stop,), daemon=True).start()
@@ -87,10 +88,13 @@ def test_kill_reports_killed_after_the_tree_is_gone(node):
 LAUNCH_AND_DIE = """
 import os, sys
 from hakuriver import protocol as p
+from hakuriver.runner.journal import Journal
+from hakuriver.runner.journal import Journal
 from hakuriver.runner.outbox import Outbox
 from hakuriver.runner.supervisor import NodeSetup, Supervisor
 setup = NodeSetup("n", sys.argv[1], sys.argv[2], "", 0.5, sys.argv[3], ())
-sup = Supervisor(setup, Outbox(os.path.join(setup.state_dir, "outbox")), lambda e: None)
+os.makedirs(setup.state_dir, exist_ok=True)
+sup = Supervisor(setup, Outbox(Journal(os.path.join(setup.state_dir, "journal"))), lambda e: None)
 sup.launch(p.LaunchOrder(sys.argv[4], "sh", ["-c", sys.argv[5]], {}, [0]))
 os._exit(0)  # like a runner killed with SIGKILL: nothing reaped, nothing cleaned up
 """
@@ -103,7 +107,7 @@ def test_a_new_supervisor_adopts_tasks_left_by_a_dead_runner(node):
     subprocess.run([sys.executable, "-c", LAUNCH_AND_DIE, setup.shared_dir, setup.local_temp_dir, setup.state_dir + "2",
                     "adopt", script], check=True)
     fresh_setup = NodeSetup("n", setup.shared_dir, setup.local_temp_dir, "", 0.5, setup.state_dir + "2", ())
-    outbox = Outbox(os.path.join(fresh_setup.state_dir, "outbox"))
+    outbox = Outbox(Journal(os.path.join(fresh_setup.state_dir, "journal")))
     fresh = Supervisor(fresh_setup, outbox, lambda e: None)
     assert [s.task_id for s in fresh.adopt_previous()] == ["adopt"]
     stop = threading.Event()

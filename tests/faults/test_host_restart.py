@@ -9,6 +9,7 @@ from pathlib import Path
 
 from hakuriver import protocol as p
 from hakuriver.client.api import ApiError, HostClient, HostUnreachable
+from hakuriver.runner.journal import Journal
 from support import wait_until
 
 
@@ -22,13 +23,17 @@ def test_results_of_tasks_that_finished_while_the_host_was_down(cluster):
     cluster.wait_state(running, "running")
     cluster.host.stop(signal.SIGKILL)
     gate.touch()
-    outbox = cluster.root / "tmp-a" / ".hakuriver-runner-a" / "outbox" / f"{running}.json"
-    wait_until(outbox.exists, 10, "the result kept in the runner's outbox")
+    journal = str(cluster.root / "tmp-a" / ".hakuriver-runner-a" / "journal")
+
+    def undelivered() -> set[str]:
+        return set(Journal.peek(journal)[1])
+
+    wait_until(lambda: running in undelivered(), 10, "the result kept in the runner's journal")
     assert cluster.runners["a"].alive()
     cluster.start_host()
     row = cluster.wait_state(running, "failed", timeout=30)
     assert row["exit_code"] == 5 and Path(row["stdout_path"]).read_text() == "done\n"
-    wait_until(lambda: not outbox.exists(), 10, "the outbox to be emptied once acknowledged")
+    wait_until(lambda: running not in undelivered(), 10, "the result to leave the journal once acknowledged")
     for i, t in enumerate(queued):
         assert Path(cluster.wait_state(t, "completed", timeout=30)["stdout_path"]).read_text() == f"q{i}\n"
     cluster.wait_online("a")

@@ -18,6 +18,7 @@ from hakuriver import protocol as p
 from hakuriver.cli_common import add_config_flag, config_or_exit, fail
 from hakuriver.config import Config
 from hakuriver.runner.agent import Agent
+from hakuriver.runner.journal import Journal
 from hakuriver.runner.outbox import Outbox
 from hakuriver.runner.supervisor import NodeSetup, Supervisor
 
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     setup, node = _check_node(config)
     lock = _lock_state_dir(setup.state_dir, node.name)
-    outbox = Outbox(os.path.join(setup.state_dir, "outbox"))
+    outbox = Outbox(Journal(os.path.join(setup.state_dir, "journal")))
     agent_ref: list[Agent] = []
     supervisor = Supervisor(setup, outbox, on_started=lambda e: agent_ref[0].task_started(e))
     agent = Agent(config.network.host_url, node, config.timing.heartbeat_interval, supervisor, outbox)

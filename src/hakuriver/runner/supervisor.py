@@ -19,26 +19,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import msgspec
-
 from hakuriver import protocol as p
 from hakuriver.runner import launch
+from hakuriver.runner.journal import TaskRecord
 from hakuriver.runner.outbox import Outbox
 
 log = logging.getLogger("hakuriver.runner")
-
-
-class TaskRecord(msgspec.Struct):
-    task_id: str
-    started_at: float
-    stdout: str
-    stderr: str
-    temp_dir: str
-    exit_file: str
-    killing: bool = False
-    #: the `sh` wrapper (session leader); 0 on disk and for a task whose process is gone
-    pid: int = 0
-    start_time: float | None = None
 
 
 @dataclass(frozen=True)
@@ -65,12 +51,13 @@ class Supervisor:
         self.setup = setup
         self.outbox = outbox
         self.on_started = on_started
-        self.records_dir = os.path.join(setup.state_dir, "tasks")
+        self.journal = outbox.journal
         self.exit_dir = os.path.join(setup.state_dir, "exit")
-        os.makedirs(self.records_dir, exist_ok=True)
         os.makedirs(self.exit_dir, exist_ok=True)
-        self._lock = threading.Condition()
-        self._records: dict[str, TaskRecord] = {}
+        # one lock for the journal and the live processes: a record and its process change together
+        self._lock = threading.Condition(self.journal.lock)
+        #: launched, not finished (the journal's own view, not a copy)
+        self._records: dict[str, TaskRecord] = self.journal.records
         self._by_pid: dict[int, str] = {}
         #: tasks started by an earlier runner process: not our children, watched by polling
         self._adopted: set[str] = set()
@@ -99,19 +86,13 @@ class Supervisor:
     def adopt_previous(self) -> list[p.TaskStarted]:
         """Take over the tasks an earlier runner process left running (or finished)."""
         adopted = []
-        for name in sorted(os.listdir(self.records_dir)):
-            path = os.path.join(self.records_dir, name)
-            try:
-                with open(path, "rb") as fh:
-                    rec = msgspec.json.decode(fh.read(), type=TaskRecord)
-            except (OSError, msgspec.DecodeError):
-                os.unlink(path)
-                continue
+        with self._lock:
+            previous = list(self._records.values())
+        for rec in previous:
             leader = launch.find_task_leader(rec.task_id)
             if leader is not None:
                 rec.pid, rec.start_time = leader
             with self._lock:
-                self._records[rec.task_id] = rec
                 self._adopted.add(rec.task_id)
             adopted.append(p.TaskStarted(rec.task_id, rec.started_at, rec.stdout, rec.stderr))
             if rec.killing:
@@ -170,16 +151,11 @@ class Supervisor:
             argv = launch.task_argv(order.command, order.args, exit_file=paths.exit_file, cwd=cwd,
                                     cpus=s.physical(order.core_ids), numactl=s.numactl_path)
             rec = TaskRecord(order.task_id, now, paths.stdout, paths.stderr, paths.temp_dir, paths.exit_file)
-            self._save(rec)
             with self._lock:
+                self.journal.launched(rec)  # before the spawn: a crash can never lead to a second launch
                 pin = None if s.numactl_path else s.physical(order.core_ids)
-                try:
-                    rec.pid = launch.spawn(argv, env, out_fd, err_fd, pin)
-                except OSError:
-                    self._forget(rec)
-                    raise
+                rec.pid = launch.spawn(argv, env, out_fd, err_fd, pin)  # OSError: the journaled result says so
                 # no start time needed: an unreaped child's pid cannot be reused
-                self._records[rec.task_id] = rec
                 self._by_pid[rec.pid] = rec.task_id
                 self._lock.notify_all()
             self.on_started(p.TaskStarted(rec.task_id, now, rec.stdout, rec.stderr))
@@ -188,25 +164,13 @@ class Supervisor:
             os.close(out_fd)
             os.close(err_fd)
 
-    def _save(self, rec: TaskRecord) -> None:
-        """Persist the record that a restarted runner needs to re-adopt the task."""
-        path = os.path.join(self.records_dir, f"{rec.task_id}.json")
-        try:
-            with open(path + ".tmp", "wb") as fh:
-                fh.write(msgspec.json.encode(msgspec.structs.replace(rec, pid=0, start_time=None)))
-            os.replace(path + ".tmp", path)
-        except OSError as exc:
-            log.error("cannot store the record of task %s (%s): a runner restart could not re-adopt it",
-                      rec.task_id, exc.strerror or exc)
-
     # ---- kill ----------------------------------------------------------------------------
     def kill(self, task_id: str, force: bool = False) -> None:
         with self._lock:
             rec = self._records.get(task_id)
             if rec is None or (rec.killing and not force):
                 return
-            rec.killing = True
-        self._save(rec)
+            self.journal.killing(task_id)
         threading.Thread(target=self._kill_and_report, args=(rec,), name=f"kill-{task_id[:8]}", daemon=True).start()
 
     def _kill_and_report(self, rec: TaskRecord) -> None:
@@ -269,18 +233,13 @@ class Supervisor:
                               started_at=rec.started_at, stdout_path=rec.stdout, stderr_path=rec.stderr)
 
     def _finish(self, rec: TaskRecord, result: p.TaskFinished) -> None:
-        """Result to the outbox first, then forget the task: a crash in between repeats, never loses."""
-        self.outbox.add(result)
+        """Result and the end of the record in one journal line, then clean up the task's files."""
+        self.outbox.add(result)  # also drops the record, in the same journal line
         with self._lock:
-            self._records.pop(rec.task_id, None)
             self._adopted.discard(rec.task_id)
         _remove_folder(rec.temp_dir)
-        self._forget(rec)
-
-    def _forget(self, rec: TaskRecord) -> None:
-        for path in (rec.exit_file, os.path.join(self.records_dir, f"{rec.task_id}.json")):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(rec.exit_file)
 
 
 _OUTPUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC

@@ -1,0 +1,148 @@
+"""The runner's durable state as one append-only file: launches, kills, results, acknowledgements.
+
+One small append per event replaces a file created, renamed and deleted per record: file
+metadata operations were the runners' largest cost per task. The journal is replayed when the
+runner starts, and rewritten with only what is still live whenever it has grown well past that.
+Only the runner process writes it, always under one lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterable
+
+import msgspec
+
+from hakuriver import protocol as p
+
+log = logging.getLogger("hakuriver.runner")
+
+LAUNCHED, KILLING, FINISHED, ACKED = b"L", b"K", b"F", b"A"
+#: rewrite once this many lines beyond the live ones have accumulated
+COMPACT_SLACK = 20_000
+
+
+class TaskRecord(msgspec.Struct):
+    """What a restarted runner needs to re-adopt a task; journaled before the task is spawned."""
+
+    task_id: str
+    started_at: float
+    stdout: str
+    stderr: str
+    temp_dir: str
+    exit_file: str
+    killing: bool = False
+    #: the `sh` wrapper (session leader); never journaled: a restarted runner finds it again
+    pid: int = 0
+    start_time: float | None = None
+
+
+class Journal:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.lock = threading.RLock()
+        #: launched and not finished
+        self.records: dict[str, TaskRecord] = {}
+        #: finished and not yet acknowledged by the host
+        self.results: dict[str, p.TaskFinished] = {}
+        self._fd = -1
+        self._lines = 0
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self._replay()
+        self._rewrite()
+
+    @staticmethod
+    def peek(path: str) -> tuple[dict[str, TaskRecord], dict[str, p.TaskFinished]]:
+        """Read a journal without touching it (for operators and tests): live records and results."""
+        view = Journal.__new__(Journal)
+        view.path, view.records, view.results = path, {}, {}
+        view._replay()
+        return view.records, view.results
+
+    # ---- events ----------------------------------------------------------------------------
+    def launched(self, rec: TaskRecord) -> None:
+        with self.lock:
+            self.records[rec.task_id] = rec
+            self._append(LAUNCHED, msgspec.json.encode(msgspec.structs.replace(rec, pid=0, start_time=None)))
+
+    def killing(self, task_id: str) -> None:
+        with self.lock:
+            rec = self.records.get(task_id)
+            if rec is not None:
+                rec.killing = True
+                self._append(KILLING, msgspec.json.encode(task_id))
+
+    def finished(self, result: p.TaskFinished) -> None:
+        """The result is kept and the record dropped in one append: never neither, never both lost."""
+        with self.lock:
+            self.records.pop(result.task_id, None)
+            self.results[result.task_id] = result
+            self._append(FINISHED, p.encode(result))
+
+    def acked(self, task_ids: Iterable[str]) -> None:
+        with self.lock:
+            done = [t for t in task_ids if self.results.pop(t, None) is not None]
+            if done:
+                self._append(ACKED, msgspec.json.encode(done))
+
+    # ---- file ------------------------------------------------------------------------------
+    def _append(self, kind: bytes, payload: bytes) -> None:
+        try:
+            os.write(self._fd, kind + b" " + payload + b"\n")
+        except OSError as exc:
+            log.error("cannot write the runner journal %s (%s): this event lives in memory only",
+                      self.path, exc.strerror or exc)
+            return
+        self._lines += 1
+        if self._lines > len(self.records) + len(self.results) + COMPACT_SLACK:
+            self._rewrite()
+
+    def _replay(self) -> None:
+        try:
+            with open(self.path, "rb") as fh:
+                for line in fh:
+                    self._apply(line)
+        except FileNotFoundError:
+            pass
+
+    def _apply(self, line: bytes) -> None:
+        kind, _, payload = line.rstrip(b"\n").partition(b" ")
+        try:
+            if kind == LAUNCHED:
+                rec = msgspec.json.decode(payload, type=TaskRecord)
+                self.records[rec.task_id] = rec
+            elif kind == KILLING:
+                rec = self.records.get(msgspec.json.decode(payload, type=str))
+                if rec is not None:
+                    rec.killing = True
+            elif kind == FINISHED:
+                result = p.decode(payload, p.TaskFinished)
+                self.records.pop(result.task_id, None)
+                self.results[result.task_id] = result
+            elif kind == ACKED:
+                for task_id in msgspec.json.decode(payload, type=list[str]):
+                    self.results.pop(task_id, None)
+        except (msgspec.DecodeError, p.DecodeError):
+            log.warning("skipping a torn line in the runner journal %s", self.path)
+
+    def _rewrite(self) -> None:
+        """Replace the file with the live state only (write aside, then rename)."""
+        with self.lock:
+            lines = [LAUNCHED + b" " + msgspec.json.encode(msgspec.structs.replace(r, pid=0, start_time=None)) + b"\n"
+                     for r in self.records.values()]
+            lines += [FINISHED + b" " + p.encode(r) + b"\n" for r in self.results.values()]
+            try:
+                with open(self.path + ".tmp", "wb") as fh:
+                    fh.writelines(lines)
+                os.replace(self.path + ".tmp", self.path)
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            except OSError as exc:
+                log.error("cannot rewrite the runner journal %s (%s)", self.path, exc.strerror or exc)
+                if self._fd < 0:
+                    raise
+                return
+            if self._fd >= 0:
+                os.close(self._fd)
+            self._fd, self._lines = fd, len(lines)
