@@ -60,8 +60,10 @@ class Agent:
         with self._work:
             self._work.notify_all()
 
-    def held(self) -> list[str]:
-        return sorted(self.supervisor.held() | self.outbox.ids())
+    def held_and_ending(self) -> tuple[list[str], list[str]]:
+        """Every task this node holds, and those of them already being killed or already ended."""
+        results = self.outbox.ids()
+        return sorted(self.supervisor.held() | results), sorted(self.supervisor.killing() | results)
 
     # ---- heartbeat + orders --------------------------------------------------------------
     def heartbeat_forever(self) -> None:
@@ -69,8 +71,8 @@ class Agent:
         backoff = Backoff(ceiling=max(1.0, min(10.0, self.interval)))
         connected = False
         while not self.stop.is_set():
-            ending = self.supervisor.killing() | self.outbox.ids()
-            hb = p.Heartbeat(node=self.node, held=self.held(), wait=self.interval, ending=sorted(ending))
+            held, ending = self.held_and_ending()
+            hb = p.Heartbeat(node=self.node, held=held, wait=self.interval, ending=ending)
             try:
                 # the host holds the request up to `wait`; an answer later than that means a dead link
                 raw = conn.call("POST", p.RUNNER_HEARTBEAT, p.encode(hb), timeout=2 * self.interval + 2)

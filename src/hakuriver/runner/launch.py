@@ -153,14 +153,6 @@ def spawn(argv: list[str], env: Mapping[str, str], stdout_fd: int, stderr_fd: in
         os.close(gate_write)
 
 
-def process_start_time(pid: int) -> float | None:
-    """When the process started (to tell it apart from a later process with the same pid)."""
-    try:
-        return psutil.Process(pid).create_time()
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return None
-
-
 def find_task_leader(task_id: str) -> tuple[int, float] | None:
     """The pid and start time of a task's `sh` wrapper, found by the task ID in its environment."""
     for proc in psutil.process_iter(["pid"]):
