@@ -224,12 +224,21 @@ class LocalCluster:
         crashed = [p.name for p in self.procs if not p.alive() and not p.expected_exit and p.popen.returncode != 0]
         for p in self.procs:
             p.stop()
-        for proc in self.task_processes():
+        for proc in self.task_processes() + self.keepers():
             try:
                 proc.kill()
             except psutil.NoSuchProcess:
                 pass
         return crashed
+
+    def keepers(self) -> list[psutil.Process]:
+        """The runners' keepers (they outlive a runner on purpose, for as long as a task runs)."""
+        found = []
+        for proc in psutil.process_iter(["cmdline"]):
+            cmdline = proc.info["cmdline"] or []
+            if "hakuriver.runner.keeper" in cmdline and any(arg.startswith(str(self.root)) for arg in cmdline):
+                found.append(proc)
+        return found
 
 
 def make_cluster(tmp_path: Path, request: pytest.FixtureRequest, **kw: Any):  # noqa: ANN201

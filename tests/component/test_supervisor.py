@@ -1,20 +1,42 @@
-"""The runner's supervisor with real `sh` children: exit codes, signals, kill, re-adoption."""
+"""The runner's supervisor with a real keeper and real children: exit codes, signals, kill, take-over."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
+import psutil
 import pytest
 
 from hakuriver import protocol as p
+from hakuriver.runner import launch
 from hakuriver.runner.journal import Journal
 from hakuriver.runner.outbox import Outbox
 from hakuriver.runner.supervisor import NodeSetup, Supervisor
 from support import wait_until
+
+
+def keepers(state_dir: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if "hakuriver.runner.keeper" in (proc.info["cmdline"] or []) and state_dir in proc.info["cmdline"]:
+            found.append(proc)
+    return found
+
+
+def serve(setup: NodeSetup, started: list[p.TaskStarted] | None = None) -> tuple[Supervisor, Outbox, threading.Event, list]:
+    outbox = Outbox(Journal(os.path.join(setup.state_dir, "journal")))
+    events: list[p.TaskStarted] = [] if started is None else started
+    sup = Supervisor(setup, outbox, events.append)
+    taken_over = sup.start()
+    stop = threading.Event()
+    threading.Thread(target=sup.serve_keeper, args=(stop,), daemon=True).start()
+    return sup, outbox, stop, taken_over
 
 
 @pytest.fixture
@@ -22,13 +44,14 @@ def node(tmp_path):  # noqa: ANN001, ANN201
     (tmp_path / "shared").mkdir()
     (tmp_path / "tmp").mkdir()
     setup = NodeSetup("n", str(tmp_path / "shared"), str(tmp_path / "tmp"), "", 0.5, str(tmp_path / "state"), ())
+    os.makedirs(setup.state_dir, mode=0o700)
     started: list[p.TaskStarted] = []
-    outbox = Outbox(Journal(os.path.join(setup.state_dir, "journal")))
-    sup = Supervisor(setup, outbox, started.append)
-    stop = threading.Event()
-    threading.Thread(target=sup.reap_forever, args=(stop,), daemon=True).start()
+    sup, outbox, stop, _ = serve(setup, started)
     yield setup, sup, outbox, started
     stop.set()
+    sup.keeper.close()
+    for proc in keepers(str(tmp_path)):
+        proc.kill()
 
 
 def order(task_id: str, *argv: str) -> p.LaunchOrder:
@@ -41,8 +64,8 @@ def result(outbox: Outbox, task_id: str) -> p.TaskFinished:
 
 def test_exit_codes_reach_the_outbox(node):
     _, sup, outbox, started = node
-    sup.launch(order("ok", "true"))
-    sup.launch(order("three", "sh", "-c", "exit 3"))
+    sup.launch([order("ok", "true")])
+    sup.launch([order("three", "sh", "-c", "exit 3")])
     assert result(outbox, "ok").exit_code == 0
     assert result(outbox, "three").exit_code == 3
     assert {s.task_id for s in started} == {"ok", "three"}
@@ -51,7 +74,7 @@ def test_exit_codes_reach_the_outbox(node):
 
 def test_signal_death_is_reported(node):
     _, sup, outbox, _ = node
-    sup.launch(order("sig", "sh", "-c", "kill -9 $$"))
+    sup.launch([order("sig", "sh", "-c", "kill -9 $$")])
     r = result(outbox, "sig")
     assert r.signal == 9 and "killed by signal 9" in r.error
 
@@ -60,9 +83,9 @@ def test_repeated_launch_order_runs_once(node):
     setup, sup, outbox, started = node
     counter = os.path.join(setup.shared_dir, "count")
     o = order("once", "sh", "-c", f"echo x >> {counter}")
-    sup.launch(o)
+    sup.launch([o])
     result(outbox, "once")
-    sup.launch(o)  # e.g. an order repeated after a lost answer: the result is still in the outbox
+    sup.launch([o])  # e.g. an order repeated after a lost answer: the result is still in the outbox
     time.sleep(0.2)
     assert open(counter).read() == "x\n" and len(started) == 1
 
@@ -71,50 +94,82 @@ def test_missing_shared_output_fails_with_a_reason(node, tmp_path):
     setup, sup, outbox, _ = node
     os.rename(setup.shared_dir, str(tmp_path / "moved"))
     open(setup.shared_dir, "w").close()  # a file where the folder was: nothing can be written below it
-    sup.launch(order("noout", "true"))
+    sup.launch([order("noout", "true")])
     r = result(outbox, "noout")
     assert r.exit_code is None and "cannot write the task's output" in r.error
 
 
 def test_kill_reports_killed_after_the_tree_is_gone(node):
     _, sup, outbox, _ = node
-    sup.launch(order("k", "sh", "-c", 'trap "" TERM; sleep 30'))
+    sup.launch([order("k", "sh", "-c", 'trap "" TERM; sleep 30')])
     wait_until(lambda: "k" in sup.held(), 5, "launch")
     sup.kill("k")
     r = result(outbox, "k")
     assert r.killed and r.error == "killed by user"
 
 
+def test_exit_codes_above_128_are_exit_codes_and_signals_are_signals(node):
+    _, sup, outbox, _ = node
+    sup.launch([order("high", "sh", "-c", "exit 200"), order("term", "sh", "-c", "kill -TERM $$")])
+    high, term = result(outbox, "high"), result(outbox, "term")
+    assert (high.exit_code, high.signal, high.error) == (200, None, "")
+    assert (term.exit_code, term.signal) == (None, signal.SIGTERM)
+
+
+def test_tasks_start_pinned_and_in_their_own_session(node):
+    setup, sup, outbox, _ = node
+    sup.launch([order("pin", "sh", "-c", "grep Cpus_allowed_list /proc/self/status; ps -o sid= -p $$; echo $$")])
+    assert result(outbox, "pin").exit_code == 0
+    cpus, sid, pid = Path(setup.shared_dir, "task_outputs", "pin.out").read_text().split("\n")[:3]
+    assert cpus.split() == ["Cpus_allowed_list:", "0"]
+    assert sid.strip() == pid.strip()
+
+
 LAUNCH_AND_DIE = """
 import os, sys
 from hakuriver import protocol as p
-from hakuriver.runner.journal import Journal
 from hakuriver.runner.journal import Journal
 from hakuriver.runner.outbox import Outbox
 from hakuriver.runner.supervisor import NodeSetup, Supervisor
 setup = NodeSetup("n", sys.argv[1], sys.argv[2], "", 0.5, sys.argv[3], ())
 os.makedirs(setup.state_dir, exist_ok=True)
 sup = Supervisor(setup, Outbox(Journal(os.path.join(setup.state_dir, "journal"))), lambda e: None)
-sup.launch(p.LaunchOrder(sys.argv[4], "sh", ["-c", sys.argv[5]], {}, [0]))
-os._exit(0)  # like a runner killed with SIGKILL: nothing reaped, nothing cleaned up
+sup.start()
+sup.launch([p.LaunchOrder(sys.argv[4], "sh", ["-c", sys.argv[5]], {}, [0])])
+os._exit(0)  # like a runner killed with SIGKILL: nothing journaled after this, nothing cleaned up
 """
 
 
-def test_a_new_supervisor_adopts_tasks_left_by_a_dead_runner(node):
-    setup, _, _, _ = node
-    gate = f"{setup.shared_dir}/go"
-    script = f"while [ ! -e {gate} ]; do sleep 0.05; done; exit 6"
-    subprocess.run([sys.executable, "-c", LAUNCH_AND_DIE, setup.shared_dir, setup.local_temp_dir, setup.state_dir + "2",
-                    "adopt", script], check=True)
-    fresh_setup = NodeSetup("n", setup.shared_dir, setup.local_temp_dir, "", 0.5, setup.state_dir + "2", ())
-    outbox = Outbox(Journal(os.path.join(fresh_setup.state_dir, "journal")))
-    fresh = Supervisor(fresh_setup, outbox, lambda e: None)
-    assert [s.task_id for s in fresh.adopt_previous()] == ["adopt"]
-    stop = threading.Event()
-    threading.Thread(target=fresh.reap_forever, args=(stop,), daemon=True).start()
+def gated_task_in_a_dead_runner(setup: NodeSetup, task_id: str, code: int) -> tuple[NodeSetup, str]:
+    gate = f"{setup.shared_dir}/go-{task_id}"
+    script = f"while [ ! -e {gate} ]; do sleep 0.05; done; exit {code}"
+    state = setup.state_dir + "-" + task_id
+    subprocess.run([sys.executable, "-c", LAUNCH_AND_DIE, setup.shared_dir, setup.local_temp_dir, state, task_id, script],
+                   check=True)
+    return NodeSetup("n", setup.shared_dir, setup.local_temp_dir, "", 0.5, state, ()), gate
+
+
+def test_a_new_supervisor_takes_over_the_tasks_of_a_dead_runner(node):
+    fresh_setup, gate = gated_task_in_a_dead_runner(node[0], "adopt", 6)
+    fresh, outbox, stop, taken_over = serve(fresh_setup)
+    assert [s.task_id for s in taken_over] == ["adopt"]
     assert fresh.held() == {"adopt"}
     open(gate, "w").close()
     r = result(outbox, "adopt")
     stop.set()
     assert r.exit_code == 6 and r.error == ""
     assert fresh.held() == set()
+
+
+def test_a_task_whose_keeper_was_killed_is_watched_until_it_ends(node):
+    fresh_setup, gate = gated_task_in_a_dead_runner(node[0], "orphan", 0)
+    wait_until(lambda: launch.find_task_leader("orphan"), 10, "the task to run")
+    [keeper] = keepers(fresh_setup.state_dir)
+    keeper.kill()
+    keeper.wait(5)
+    fresh, outbox, stop, taken_over = serve(fresh_setup)  # starts a new keeper, which never heard of the task
+    assert [s.task_id for s in taken_over] == ["orphan"]
+    open(gate, "w").close()
+    r = result(outbox, "orphan")
+    stop.set()
+    assert r.exit_code is None and "keeper was killed" in r.error

@@ -42,8 +42,9 @@ def test_tasks_outlive_their_runner_and_report_real_exit_codes(cluster, sig):
     alive = {p.environ()["HAKURIVER_TASK_ID"] for p in cluster.task_processes() if p.pid == os.getsid(p.pid)}
     assert alive == {early, late, killed_later}  # the tasks were not touched
     open_gate(cluster, "g-early")
-    wait_until(lambda: (cluster.root / "tmp-a" / ".hakuriver-runner-a" / "exit" / early).exists(), 10,
-               "the early task's exit status on local disk")
+    exits_log = cluster.root / "tmp-a" / ".hakuriver-runner-a" / "exits"
+    wait_until(lambda: exits_log.exists() and early in exits_log.read_text(), 10,
+               "the early task's exit status in the keeper's log on local disk")
     cluster.start_runner("a", 3)
     cluster.wait_online("a")
     row = cluster.wait_state(early, "failed")

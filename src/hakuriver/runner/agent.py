@@ -94,9 +94,8 @@ class Agent:
         for task_id in orders.kill:
             log.info("killing task %s", task_id)
             self.supervisor.kill(task_id)
-        for order in orders.launch:
-            self.supervisor.launch(order)
         if orders.launch:
+            self.supervisor.launch(orders.launch)
             self.result_ready()  # a launch that failed at once has a result to send
 
     # ---- reports -------------------------------------------------------------------------
@@ -147,11 +146,12 @@ class Agent:
                 return finished
             self._work.wait(remaining)
 
-    def run(self) -> None:
-        for event in self.supervisor.adopt_previous():
+    def run(self, taken_over: list[p.TaskStarted]) -> None:
+        """Serve until stopped; `taken_over` are the running tasks an earlier runner process left."""
+        for event in taken_over:
             self.task_started(event)
         threads = [
-            threading.Thread(target=self.supervisor.reap_forever, args=(self.stop,), name="reaper", daemon=True),
+            threading.Thread(target=self.supervisor.serve_keeper, args=(self.stop,), name="keeper", daemon=True),
             threading.Thread(target=self.report_forever, name="reports", daemon=True),
         ]
         for t in threads:

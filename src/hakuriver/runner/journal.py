@@ -32,9 +32,8 @@ class TaskRecord(msgspec.Struct):
     stdout: str
     stderr: str
     temp_dir: str
-    exit_file: str
     killing: bool = False
-    #: the `sh` wrapper (session leader); never journaled: a restarted runner finds it again
+    #: only for a task whose keeper was lost: its first process, found again by the task ID
     pid: int = 0
     start_time: float | None = None
 
@@ -62,40 +61,45 @@ class Journal:
         return view.records, view.results
 
     # ---- events ----------------------------------------------------------------------------
-    def launched(self, rec: TaskRecord) -> None:
+    def launched(self, recs: list[TaskRecord]) -> None:
         with self.lock:
-            self.records[rec.task_id] = rec
-            self._append(LAUNCHED, msgspec.json.encode(msgspec.structs.replace(rec, pid=0, start_time=None)))
+            for rec in recs:
+                self.records[rec.task_id] = rec
+            self._append([LAUNCHED + b" " + _record_line(rec) for rec in recs])
 
     def killing(self, task_id: str) -> None:
         with self.lock:
             rec = self.records.get(task_id)
             if rec is not None:
                 rec.killing = True
-                self._append(KILLING, msgspec.json.encode(task_id))
+                self._append([KILLING + b" " + msgspec.json.encode(task_id)])
 
-    def finished(self, result: p.TaskFinished) -> None:
-        """The result is kept and the record dropped in one append: never neither, never both lost."""
+    def finished(self, results: list[p.TaskFinished]) -> None:
+        """Each result is kept and its record dropped in one append: never neither, never both lost."""
         with self.lock:
-            self.records.pop(result.task_id, None)
-            self.results[result.task_id] = result
-            self._append(FINISHED, p.encode(result))
+            for result in results:
+                self.records.pop(result.task_id, None)
+                self.results[result.task_id] = result
+            self._append([FINISHED + b" " + p.encode(result) for result in results])
 
     def acked(self, task_ids: Iterable[str]) -> None:
         with self.lock:
             done = [t for t in task_ids if self.results.pop(t, None) is not None]
             if done:
-                self._append(ACKED, msgspec.json.encode(done))
+                self._append([ACKED + b" " + msgspec.json.encode(done)])
 
     # ---- file ------------------------------------------------------------------------------
-    def _append(self, kind: bytes, payload: bytes) -> None:
+    def _append(self, lines: list[bytes]) -> None:
+        """Lines in one write: a crash tears at most the last line, which replay skips."""
+        if not lines:
+            return
         try:
-            os.write(self._fd, kind + b" " + payload + b"\n")
+            os.write(self._fd, b"\n".join(lines) + b"\n")
         except OSError as exc:
-            log.error("cannot write the runner journal %s (%s): this event lives in memory only",
+            log.error("cannot write the runner journal %s (%s): these events live in memory only",
                       self.path, exc.strerror or exc)
             return
-        self._lines += 1
+        self._lines += len(lines)
         if self._lines > len(self.records) + len(self.results) + COMPACT_SLACK:
             self._rewrite()
 
@@ -130,8 +134,7 @@ class Journal:
     def _rewrite(self) -> None:
         """Replace the file with the live state only (write aside, then rename)."""
         with self.lock:
-            lines = [LAUNCHED + b" " + msgspec.json.encode(msgspec.structs.replace(r, pid=0, start_time=None)) + b"\n"
-                     for r in self.records.values()]
+            lines = [LAUNCHED + b" " + _record_line(r) + b"\n" for r in self.records.values()]
             lines += [FINISHED + b" " + p.encode(r) + b"\n" for r in self.results.values()]
             try:
                 with open(self.path + ".tmp", "wb") as fh:
@@ -146,3 +149,7 @@ class Journal:
             if self._fd >= 0:
                 os.close(self._fd)
             self._fd, self._lines = fd, len(lines)
+
+
+def _record_line(rec: TaskRecord) -> bytes:
+    return msgspec.json.encode(msgspec.structs.replace(rec, pid=0, start_time=None))

@@ -1,9 +1,8 @@
-"""Turning a launch order into a process, and ending a whole process tree.
+"""Turning a launch order into what the keeper starts, and ending a whole process tree.
 
-The builders (`task_env`, `task_argv`, `choose_cwd`) are pure. `spawn` starts the command
-under a tiny `sh` wrapper that stays its parent and writes the exit status to a file on
-node-local disk: that file, not the runner, is what outlives a runner restart, so a restarted
-runner can still report the real exit code of a task it did not start.
+The builders (`task_env`, `task_argv`, `choose_cwd`, `locate_command`) are pure or only read
+the file system. The process itself is started by the node's keeper (`keeper.py`), which stays
+its parent so that its exit status outlives a runner restart.
 """
 
 from __future__ import annotations
@@ -19,15 +18,6 @@ import psutil
 
 from hakuriver.core.cores import format_core_ids
 
-# $1 exit-status file, $2 working directory, then the command and its arguments, untouched.
-# The wrapper first waits for one line on stdin: the runner's go-ahead, sent once the wrapper is
-# pinned. EOF instead means the runner died while launching, and the task is not run. Then the
-# task gets /dev/null as stdin. `cd` failing is reported like a shell does (126); the wrapper
-# never re-parses the command.
-WRAPPER = (
-    'read -r _ || exit 125; exec 0</dev/null; f=$1; cd -- "$2" || exit 126; shift 2; '
-    '"$@"; s=$?; echo "$s" > "$f"; exit "$s"'
-)
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
@@ -36,7 +26,6 @@ class TaskPaths:
     stdout: str
     stderr: str
     temp_dir: str
-    exit_file: str
 
 
 def task_env(
@@ -66,11 +55,12 @@ def task_env(
     return env
 
 
-def task_argv(command: str, args: list[str], *, exit_file: str, cwd: str, cpus: Iterable[int], numactl: str) -> list[str]:
-    argv = ["/bin/sh", "-c", WRAPPER, "hakuriver-task", exit_file, cwd, command, *args]
+def task_argv(program: str, command: str, args: list[str], *, cpus: Iterable[int], numactl: str) -> tuple[str, list[str]]:
+    """The file to execute and its argv: the program itself (argv[0] as the user wrote it), or
+    numactl binding the cores and then executing the program."""
     if numactl:
-        return [numactl, f"--physcpubind={format_core_ids(cpus)}", *argv]
-    return argv
+        return numactl, [numactl, f"--physcpubind={format_core_ids(cpus)}", program, *args]
+    return program, [command, *args]
 
 
 def physical_cpus(core_ids: Iterable[int], cpus: tuple[int, ...]) -> list[int]:
@@ -86,22 +76,23 @@ def choose_cwd(requested: str, temp_dir: str) -> str:
     return requested if requested and os.path.isdir(requested) else temp_dir
 
 
-def find_command(command: str, env: Mapping[str, str], cwd: str) -> str | None:
-    """Why the command cannot be started, or None if it can."""
+def locate_command(command: str, env: Mapping[str, str], cwd: str) -> tuple[str, str | None]:
+    """The program to execute for `command` (looked up on the task's PATH), or why there is none."""
     if "/" in command:
         path = command if os.path.isabs(command) else os.path.join(cwd, command)
         if not os.path.exists(path):
-            return f"command not found: {command}"
+            return "", f"command not found: {command}"
         if os.path.isdir(path) or not os.access(path, os.X_OK):
-            return f"command is not executable: {command}"
-        return None
-    if shutil.which(command, path=env.get("PATH", os.defpath)) is None:
-        return f"command not found: {command} (not in PATH of the task)"
-    return None
+            return "", f"command is not executable: {command}"
+        return path, None
+    found = shutil.which(command, path=env.get("PATH", os.defpath))
+    if found is None:
+        return "", f"command not found: {command} (not in PATH of the task)"
+    return found, None
 
 
 class CommandCheck:
-    """`find_command` with a short memory for commands found on PATH.
+    """`locate_command` with a short memory for commands found on PATH.
 
     A sweep runs the same program thousands of times; looking it up once every few seconds
     instead of once per task saves a stat per PATH entry per task. Misses are never remembered,
@@ -110,61 +101,41 @@ class CommandCheck:
 
     def __init__(self, ttl: float = 5.0) -> None:
         self.ttl = ttl
-        self._found: dict[tuple[str, str], float] = {}
+        self._found: dict[tuple[str, str], tuple[float, str]] = {}
 
-    def problem(self, command: str, env: Mapping[str, str], cwd: str) -> str | None:
+    def locate(self, command: str, env: Mapping[str, str], cwd: str) -> tuple[str, str | None]:
         if "/" in command:
-            return find_command(command, env, cwd)
+            return locate_command(command, env, cwd)
         key = (command, env.get("PATH", ""))
         now = time.monotonic()
-        if self._found.get(key, 0.0) > now:
-            return None
-        problem = find_command(command, env, cwd)
+        expiry, path = self._found.get(key, (0.0, ""))
+        if expiry > now:
+            return path, None
+        path, problem = locate_command(command, env, cwd)
         if problem is None:
-            self._found[key] = now + self.ttl
-        return problem
-
-
-def spawn(argv: list[str], env: Mapping[str, str], stdout_fd: int, stderr_fd: int, core_ids: Iterable[int] | None) -> int:
-    """Start argv in a new session, stdout/stderr on the given fds, pinned to core_ids; its pid.
-
-    The wrapper is pinned while it waits for its go-ahead on stdin, so no instruction of the
-    task runs on other cores. Setting the mask of the waiting child is cheap, where setting the
-    runner's own thread's mask around each spawn forced a migration of the runner every time.
-    """
-    gate_read, gate_write = os.pipe()
-    try:
-        actions = [
-            (os.POSIX_SPAWN_DUP2, gate_read, 0),
-            (os.POSIX_SPAWN_DUP2, stdout_fd, 1),
-            (os.POSIX_SPAWN_DUP2, stderr_fd, 2),
-        ]
-        pid = os.posix_spawn(argv[0], argv, env, file_actions=actions, setsid=True)
-        if core_ids is not None:
-            try:
-                os.sched_setaffinity(pid, set(core_ids))
-            except OSError:
-                os.kill(pid, signal.SIGKILL)  # never run a task unpinned
-                raise
-        os.write(gate_write, b"go\n")
-        return pid
-    finally:
-        os.close(gate_read)
-        os.close(gate_write)
+            self._found[key] = (now + self.ttl, path)
+        return path, problem
 
 
 def find_task_leader(task_id: str) -> tuple[int, float] | None:
-    """The pid and start time of a task's `sh` wrapper, found by the task ID in its environment."""
+    """The pid and start time of a task's first process, found by the task ID in its environment.
+
+    Only needed for a task whose keeper is gone (killed, or the node's state folder lost): the
+    task still runs, but nobody can collect its exit status any more.
+    """
+    found: list[tuple[float, int]] = []
     for proc in psutil.process_iter(["pid"]):
         try:
             if os.getsid(proc.pid) != proc.pid or proc.status() == psutil.STATUS_ZOMBIE:
                 continue
-            # the task's own processes carry the ID too: only the wrapper runs WRAPPER
-            if proc.environ().get("HAKURIVER_TASK_ID") == task_id and proc.cmdline()[2:3] == [WRAPPER]:
-                return proc.pid, proc.create_time()
+            if proc.environ().get("HAKURIVER_TASK_ID") == task_id:
+                found.append((proc.create_time(), proc.pid))
         except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError, PermissionError):
             continue
-    return None
+    if not found:
+        return None
+    start_time, pid = min(found)  # the task's own children may have made sessions of their own
+    return pid, start_time
 
 
 def is_alive(pid: int, start_time: float | None) -> bool:

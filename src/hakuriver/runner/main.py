@@ -1,7 +1,7 @@
 """`hakuriver.runner`: check this node's folders and cores, then serve the host until stopped.
 
-SIGTERM or Ctrl-C stops the runner but not its tasks: they run on in their own sessions and the
-next runner process re-adopts them (an upgrade loses nothing).
+SIGTERM or Ctrl-C stops the runner but not its tasks: their parent is the node's keeper, which
+outlives the runner and serves the next runner process (an upgrade loses nothing).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from hakuriver.cli_common import add_config_flag, config_or_exit, fail
 from hakuriver.config import Config
 from hakuriver.runner.agent import Agent
 from hakuriver.runner.journal import Journal
+from hakuriver.runner.keeper import KeeperGone
 from hakuriver.runner.outbox import Outbox
 from hakuriver.runner.supervisor import NodeSetup, Supervisor
 
@@ -41,11 +42,15 @@ def main(argv: list[str] | None = None) -> None:
     agent_ref.append(agent)
     outbox.on_add = agent.result_ready
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        taken_over = supervisor.start()
+    except KeeperGone as exc:
+        fail(PROG, f"{exc}; check that {setup.state_dir} is on a local disk and writable")
     log.info("runner %s: %d cores %s, host %s", node.name, len(node.core_ids), node.core_ids, config.network.host_url)
     try:
-        agent.run()
+        agent.run(taken_over)
     except (KeyboardInterrupt, SystemExit):
-        log.info("runner %s stopping; its tasks keep running and will be re-adopted", node.name)
+        log.info("runner %s stopping; its tasks keep running under the keeper", node.name)
     finally:
         lock.close()
 
@@ -76,6 +81,7 @@ def _check_node(config: Config) -> tuple[NodeSetup, p.NodeInfo]:
 def _lock_state_dir(state_dir: str, name: str):  # noqa: ANN202 - the open lock file
     try:
         os.makedirs(state_dir, exist_ok=True)
+        os.chmod(state_dir, 0o700)  # the keeper's socket in it starts programs: this user only
         fh = open(os.path.join(state_dir, "runner.lock"), "w")
     except OSError as exc:
         fail(PROG, f"cannot create the runner's state folder {state_dir}: {exc.strerror}")

@@ -14,9 +14,9 @@ class Outbox:
         #: called after each add, so that the sender wakes up
         self.on_add: Callable[[], None] = lambda: None
 
-    def add(self, result: TaskFinished) -> None:
-        """Returns once the result is in the journal (or, if the disk refuses, in memory: logged)."""
-        self.journal.finished(result)
+    def add(self, results: list[TaskFinished]) -> None:
+        """Returns once the results are in the journal (or, if the disk refuses, in memory: logged)."""
+        self.journal.finished(results)
         self.on_add()
 
     def ack(self, task_ids: list[str]) -> None:

@@ -1,16 +1,16 @@
-"""The runner's live tasks: spawn, reap, kill, and re-adopt after a runner restart.
+"""The runner's live tasks: launched through the keeper, their exits journaled, kills, take-over.
 
-Each task has a small record on node-local disk (paths, start time), written *before* it is
-spawned, so that a runner crash can never lead to a second launch of the same task. A restarted
-runner reads the records back, finds each task's process by the HAKURIVER_TASK_ID in its
-environment, and keeps watching it; their `sh` wrapper writes the exit
-status to a file, so the real exit code survives the runner. Results go to the outbox before a
-record is removed, so a crash between the two repeats a report but never loses one.
+Each task's record is journaled on node-local disk *before* the keeper is asked to start it, so
+that a runner crash can never lead to a second launch of the same task. The keeper parents the
+tasks and keeps their exits until the runner has journaled them: a restarted runner connects to
+the same keeper and picks up where the last one stopped. A task whose keeper was lost (killed)
+is found again by the HAKURIVER_TASK_ID in its environment and watched until it ends, without
+an exit status. Results go to the journal before the keeper may forget them, so a crash between
+the two repeats a report but never loses one.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
@@ -22,9 +22,13 @@ from dataclasses import dataclass
 from hakuriver import protocol as p
 from hakuriver.runner import launch
 from hakuriver.runner.journal import TaskRecord
+from hakuriver.runner.keeper import Exit, Forget, KeeperGone, KeeperLink, Kill, Spawn, State
 from hakuriver.runner.outbox import Outbox
 
 log = logging.getLogger("hakuriver.runner")
+
+#: seconds between checks of a task whose keeper was lost
+ORPHAN_POLL = 0.25
 
 
 @dataclass(frozen=True)
@@ -52,15 +56,14 @@ class Supervisor:
         self.outbox = outbox
         self.on_started = on_started
         self.journal = outbox.journal
-        self.exit_dir = os.path.join(setup.state_dir, "exit")
-        os.makedirs(self.exit_dir, exist_ok=True)
-        # one lock for the journal and the live processes: a record and its process change together
+        self.keeper = KeeperLink(setup.state_dir)
+        # one lock for the journal and the task records: a record and its journal line change together
         self._lock = threading.Condition(self.journal.lock)
         #: launched, not finished (the journal's own view, not a copy)
         self._records: dict[str, TaskRecord] = self.journal.records
-        self._by_pid: dict[int, str] = {}
-        #: tasks started by an earlier runner process: not our children, watched by polling
-        self._adopted: set[str] = set()
+        #: tasks still running whose keeper was lost: watched by polling, killed by the runner itself
+        self._orphans: set[str] = set()
+        self._orphan_watch: threading.Thread | None = None
         # os.environ decodes on every access; the runner's environment does not change
         self._base_env = dict(os.environ)
         self._commands = launch.CommandCheck()
@@ -82,40 +85,79 @@ class Supervisor:
         with self._lock:
             return len(self._records)
 
-    # ---- re-adoption ---------------------------------------------------------------------
-    def adopt_previous(self) -> list[p.TaskStarted]:
-        """Take over the tasks an earlier runner process left running (or finished)."""
-        adopted = []
+    # ---- the keeper ----------------------------------------------------------------------
+    def start(self) -> list[p.TaskStarted]:
+        """Connect to this node's keeper (starting it if needed) and take over what an earlier
+        runner process left: its running tasks, and the exits it has not journaled yet."""
+        return self._take_over(self.keeper.connect(self._base_env))
+
+    def serve_keeper(self, stop: threading.Event) -> None:
+        """Journal exits as the keeper reports them; should the keeper die, start a new one and take over again."""
+        while not stop.is_set():
+            try:
+                self.keeper.receive(self._exited)
+            except KeeperGone as exc:
+                if stop.is_set():
+                    return
+                log.error("%s; starting a new keeper", exc)
+            while not stop.is_set():
+                try:
+                    for event in self.start():
+                        self.on_started(event)
+                    break
+                except KeeperGone as exc:
+                    log.error("%s; retrying", exc)
+                    stop.wait(1.0)
+
+    def _take_over(self, state: State) -> list[p.TaskStarted]:
+        self._exited(state.exits)
+        running = set(state.running)
         with self._lock:
-            previous = list(self._records.values())
-        for rec in previous:
-            leader = launch.find_task_leader(rec.task_id)
-            if leader is not None:
-                rec.pid, rec.start_time = leader
-            with self._lock:
-                self._adopted.add(rec.task_id)
-            adopted.append(p.TaskStarted(rec.task_id, rec.started_at, rec.stdout, rec.stderr))
-            if rec.killing:
-                self.kill(rec.task_id, force=True)
+            live = [rec for rec in self._records.values() if rec.task_id in running]
+            lost = [rec for rec in self._records.values() if rec.task_id not in running and rec.task_id not in self._orphans]
+        self._send([Kill(rec.task_id, self.setup.kill_grace) for rec in live if rec.killing])
+        adopted = live + [rec for rec in lost if self._adopt_orphan(rec)]
         if adopted:
-            log.info("re-adopted %d tasks left by the previous runner process", len(adopted))
-        return adopted
+            log.info("took over %d running tasks", len(adopted))
+        return [p.TaskStarted(rec.task_id, rec.started_at, rec.stdout, rec.stderr) for rec in adopted]
+
+    def _send(self, messages: list) -> None:  # noqa: ANN001 - keeper messages
+        try:
+            self.keeper.send(messages)
+        except KeeperGone as exc:
+            log.warning("%s; the new keeper will be told", exc)
 
     # ---- launch --------------------------------------------------------------------------
-    def launch(self, order: p.LaunchOrder) -> None:
-        if order.task_id in self or order.task_id in self.outbox:
-            return  # a repeated order: this task is already ours
+    def launch(self, orders: list[p.LaunchOrder]) -> None:
+        """Journal the new tasks, then hand them to the keeper in one message."""
         now = time.time()
-        paths = self._paths(order.task_id)
-        try:
-            problem = self._start(order, paths, now)
-        except OSError as exc:
-            problem = f"could not start: {exc.strerror or exc}"
-        if problem:
-            _remove_folder(paths.temp_dir)
-            log.warning("task %s failed to start: %s", order.task_id, problem)
-            self.outbox.add(p.TaskFinished(order.task_id, time.time(), error=problem, started_at=None,
-                                           stdout_path=paths.stdout, stderr_path=paths.stderr))
+        with self._lock:
+            new = [o for o in orders if o.task_id not in self._records and o.task_id not in self.journal.results]
+        if not new:
+            return  # repeated orders: these tasks are already ours
+        _ensure_folder(self.setup.output_dir)
+        records, spawns, failed = [], [], []
+        for order in new:
+            paths = self._paths(order.task_id)
+            try:
+                spawn, problem = self._prepare(order, paths)
+            except OSError as exc:
+                spawn, problem = None, f"could not start: {exc.strerror or exc}"
+            if spawn is None:
+                _remove_folder(paths.temp_dir)
+                log.warning("task %s failed to start: %s", order.task_id, problem)
+                failed.append(p.TaskFinished(order.task_id, time.time(), error=problem, started_at=None,
+                                             stdout_path=paths.stdout, stderr_path=paths.stderr))
+                continue
+            records.append(TaskRecord(order.task_id, now, paths.stdout, paths.stderr, paths.temp_dir))
+            spawns.append(spawn)
+        with self._lock:
+            self.journal.launched(records)  # before the keeper hears of them: never a second launch
+        self._send(spawns)
+        for rec in records:
+            self.on_started(p.TaskStarted(rec.task_id, now, rec.stdout, rec.stderr))
+        if failed:
+            self.outbox.add(failed)
 
     def _paths(self, task_id: str) -> launch.TaskPaths:
         s = self.setup
@@ -123,139 +165,117 @@ class Supervisor:
             stdout=os.path.join(s.output_dir, f"{task_id}.out"),
             stderr=os.path.join(s.output_dir, f"{task_id}.err"),
             temp_dir=os.path.join(s.local_temp_dir, f"hakuriver-task-{task_id}"),
-            exit_file=os.path.join(self.exit_dir, task_id),
         )
 
-    def _start(self, order: p.LaunchOrder, paths: launch.TaskPaths, now: float) -> str | None:
-        """Start the task; a reason if it cannot start."""
+    def _prepare(self, order: p.LaunchOrder, paths: launch.TaskPaths) -> tuple[Spawn | None, str]:
+        """What the keeper is to start, or why the task cannot start."""
         s = self.setup
+        problem = _scratch_problem(s.local_temp_dir)
+        if problem:
+            return None, problem
         try:
-            out_fd, err_fd = _open_outputs(paths)
+            os.mkdir(paths.temp_dir)
         except OSError as exc:
-            return f"cannot write the task's output under {s.output_dir}: {exc.strerror}"
-        try:
-            problem = _scratch_problem(s.local_temp_dir)
-            if problem:
-                return problem
-            try:
-                os.mkdir(paths.temp_dir)
-            except OSError as exc:
-                return f"cannot create the task's temp folder {paths.temp_dir}: {exc.strerror}"
-            env = launch.task_env(self._base_env, order.env, task_id=order.task_id, node=s.node, core_ids=order.core_ids,
-                                  shared_dir=s.shared_dir, temp_dir=paths.temp_dir)
-            cwd = launch.choose_cwd(order.cwd, paths.temp_dir)
-            problem = self._commands.problem(order.command, env, cwd)
-            if problem:
-                os.write(err_fd, f"hakuriver: {problem}\n".encode())
-                return problem
-            argv = launch.task_argv(order.command, order.args, exit_file=paths.exit_file, cwd=cwd,
-                                    cpus=s.physical(order.core_ids), numactl=s.numactl_path)
-            rec = TaskRecord(order.task_id, now, paths.stdout, paths.stderr, paths.temp_dir, paths.exit_file)
-            with self._lock:
-                self.journal.launched(rec)  # before the spawn: a crash can never lead to a second launch
-                pin = None if s.numactl_path else s.physical(order.core_ids)
-                rec.pid = launch.spawn(argv, env, out_fd, err_fd, pin)  # OSError: the journaled result says so
-                # no start time needed: an unreaped child's pid cannot be reused
-                self._by_pid[rec.pid] = rec.task_id
-                self._lock.notify_all()
-            self.on_started(p.TaskStarted(rec.task_id, now, rec.stdout, rec.stderr))
-            return None
-        finally:
-            os.close(out_fd)
-            os.close(err_fd)
+            return None, f"cannot create the task's temp folder {paths.temp_dir}: {exc.strerror}"
+        env = launch.task_env({}, order.env, task_id=order.task_id, node=s.node, core_ids=order.core_ids,
+                              shared_dir=s.shared_dir, temp_dir=paths.temp_dir)
+        cwd = launch.choose_cwd(order.cwd, paths.temp_dir)
+        program, problem = self._commands.locate(order.command, env if "PATH" in env else self._base_env, cwd)
+        if problem:
+            _note_in_stderr(paths.stderr, problem)
+            return None, problem
+        cpus = s.physical(order.core_ids)
+        path, argv = launch.task_argv(program, order.command, order.args, cpus=cpus, numactl=s.numactl_path)
+        return Spawn(order.task_id, path, argv, env, cwd, paths.stdout, paths.stderr,
+                     None if s.numactl_path else cpus), ""
+
+    # ---- exits ---------------------------------------------------------------------------
+    def _exited(self, exits: list[Exit]) -> None:
+        """Journal the results (one append), then let the keeper forget them."""
+        results = []
+        with self._lock:
+            for ex in exits:
+                rec = self._records.get(ex.task_id)
+                if rec is not None:  # else journaled before a runner restart: only the keeper's copy was left
+                    results.append(self._result(rec, ex))
+        if results:
+            self.outbox.add(results)  # also drops the records, in the same journal append
+        if exits:
+            self._send([Forget([ex.task_id for ex in exits])])
+        for rec_result in results:
+            _remove_folder(os.path.join(self.setup.local_temp_dir, f"hakuriver-task-{rec_result.task_id}"))
+
+    @staticmethod
+    def _result(rec: TaskRecord, ex: Exit) -> p.TaskFinished:
+        return p.TaskFinished(rec.task_id, ex.ended_at, exit_code=ex.exit_code, signal=ex.signal, error=ex.error,
+                              killed=ex.killed, started_at=None if ex.not_started else rec.started_at,
+                              stdout_path=rec.stdout, stderr_path=rec.stderr)
 
     # ---- kill ----------------------------------------------------------------------------
-    def kill(self, task_id: str, force: bool = False) -> None:
+    def kill(self, task_id: str) -> None:
         with self._lock:
             rec = self._records.get(task_id)
-            if rec is None or (rec.killing and not force):
+            if rec is None or rec.killing:
                 return
             self.journal.killing(task_id)
-        threading.Thread(target=self._kill_and_report, args=(rec,), name=f"kill-{task_id[:8]}", daemon=True).start()
+            orphan = task_id in self._orphans
+        if orphan:
+            threading.Thread(target=self._kill_orphan, args=(rec,), name=f"kill-{task_id[:8]}", daemon=True).start()
+        else:
+            self._send([Kill(task_id, self.setup.kill_grace)])
 
-    def _kill_and_report(self, rec: TaskRecord) -> None:
-        if rec.pid and launch.is_alive(rec.pid, rec.start_time):
-            launch.kill_tree(rec.pid, self.setup.kill_grace)
-        self._finish(rec, p.TaskFinished(rec.task_id, time.time(), killed=True, error="killed by user",
-                                         started_at=rec.started_at, stdout_path=rec.stdout, stderr_path=rec.stderr))
-
-    # ---- reaping -------------------------------------------------------------------------
-    def reap_forever(self, stop: threading.Event) -> None:
-        """Collect our children as they exit; poll the adopted ones."""
-        threading.Thread(target=self._watch_adopted, args=(stop,), name="adopted", daemon=True).start()
-        while not stop.is_set():
-            try:
-                info = os.waitid(os.P_ALL, 0, os.WEXITED)
-            except ChildProcessError:
-                with self._lock:
-                    if not self._by_pid:
-                        self._lock.wait(0.5)
-                continue
-            except InterruptedError:
-                continue
-            if info is not None:
-                self._child_exited(info.si_pid, info.si_code, info.si_status)
-
-    def _child_exited(self, pid: int, code: int, status: int) -> None:
+    # ---- tasks whose keeper was lost -----------------------------------------------------
+    def _adopt_orphan(self, rec: TaskRecord) -> bool:
+        """Watch a task the keeper does not know; False (and its result) if it is not running."""
+        leader = launch.find_task_leader(rec.task_id)
+        if leader is None:
+            self._finish_orphan(rec, "ended without an exit status: it never started, or its keeper was killed")
+            return False
+        rec.pid, rec.start_time = leader
         with self._lock:
-            task_id = self._by_pid.pop(pid, None)
-            rec = self._records.get(task_id) if task_id else None
-        if rec is None or rec.killing:
-            return  # the kill thread reports killed tasks once the whole tree is gone
-        signaled = code in (os.CLD_KILLED, os.CLD_DUMPED)
-        self._finish(rec, self._result(rec, signal=status if signaled else None))
+            self._orphans.add(rec.task_id)
+            if self._orphan_watch is None:
+                self._orphan_watch = threading.Thread(target=self._watch_orphans, name="orphans", daemon=True)
+                self._orphan_watch.start()
+        if rec.killing:
+            threading.Thread(target=self._kill_orphan, args=(rec,), daemon=True).start()
+        return True
 
-    def _watch_adopted(self, stop: threading.Event) -> None:
-        while not stop.wait(0.25):
+    def _watch_orphans(self) -> None:
+        while True:
+            time.sleep(ORPHAN_POLL)
             with self._lock:
-                candidates = [self._records[t] for t in self._adopted if t in self._records]
-            for rec in candidates:
-                if not rec.killing and not (rec.pid and launch.is_alive(rec.pid, rec.start_time)):
-                    with self._lock:
-                        self._adopted.discard(rec.task_id)
-                    self._finish(rec, self._result(rec, signal=None, adopted=True))
+                watched = [self._records[t] for t in self._orphans if t in self._records]
+            for rec in watched:
+                if not rec.killing and not launch.is_alive(rec.pid, rec.start_time):
+                    self._finish_orphan(rec, "ended after its keeper was killed: no exit status")
 
-    def _result(self, rec: TaskRecord, signal: int | None, adopted: bool = False) -> p.TaskFinished:
-        exit_code, error = _read_exit_file(rec.exit_file), ""
-        if exit_code is None:
-            if signal is not None:
-                error = f"killed by signal {signal} (not by HakuRiver)"
-            elif adopted:
-                error = "ended while its runner was down and left no exit status (killed by a signal?)"
-            else:
-                error = "ended without an exit status"
-        elif exit_code > 128:
-            signal = exit_code - 128
-            error = f"killed by signal {signal} (not by HakuRiver)"
-        elif exit_code == 126 and not os.path.isdir(rec.temp_dir):
-            error = "its working directory disappeared"
-        return p.TaskFinished(rec.task_id, time.time(), exit_code=exit_code, signal=signal, error=error,
-                              started_at=rec.started_at, stdout_path=rec.stdout, stderr_path=rec.stderr)
+    def _kill_orphan(self, rec: TaskRecord) -> None:
+        if launch.is_alive(rec.pid, rec.start_time):
+            launch.kill_tree(rec.pid, self.setup.kill_grace)
+        self._finish_orphan(rec, "killed by user", killed=True)
 
-    def _finish(self, rec: TaskRecord, result: p.TaskFinished) -> None:
-        """Result and the end of the record in one journal line, then clean up the task's files."""
-        self.outbox.add(result)  # also drops the record, in the same journal line
+    def _finish_orphan(self, rec: TaskRecord, error: str, killed: bool = False) -> None:
         with self._lock:
-            self._adopted.discard(rec.task_id)
+            self._orphans.discard(rec.task_id)
+        self.outbox.add([p.TaskFinished(rec.task_id, time.time(), error=error, killed=killed, started_at=rec.started_at,
+                                        stdout_path=rec.stdout, stderr_path=rec.stderr)])
         _remove_folder(rec.temp_dir)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(rec.exit_file)
 
 
-_OUTPUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-
-
-def _open_outputs(paths: launch.TaskPaths) -> tuple[int, int]:
+def _ensure_folder(path: str) -> None:
     try:
-        out_fd = os.open(paths.stdout, _OUTPUT_FLAGS, 0o644)
-    except FileNotFoundError:  # the first task (or someone removed the folder)
-        os.makedirs(os.path.dirname(paths.stdout), exist_ok=True)
-        out_fd = os.open(paths.stdout, _OUTPUT_FLAGS, 0o644)
-    try:
-        return out_fd, os.open(paths.stderr, _OUTPUT_FLAGS, 0o644)
+        os.makedirs(path, exist_ok=True)
     except OSError:
-        os.close(out_fd)
-        raise
+        pass  # the keeper's open of each output file then says what is wrong
+
+
+def _note_in_stderr(path: str, problem: str) -> None:
+    try:
+        with open(path, "w") as fh:
+            fh.write(f"hakuriver: {problem}\n")
+    except OSError:
+        pass
 
 
 def _remove_folder(path: str) -> None:
@@ -280,11 +300,3 @@ def _scratch_problem(folder: str) -> str | None:
     if free < MIN_SCRATCH_BYTES or st.f_favail == 0:
         return f"local_temp_dir {folder} is full ({free} bytes free); free some space on this node"
     return None
-
-
-def _read_exit_file(path: str) -> int | None:
-    try:
-        with open(path) as fh:
-            return int(fh.read().strip())
-    except (OSError, ValueError):
-        return None

@@ -23,14 +23,15 @@ def test_user_thread_counts_win():
     assert e["OMP_NUM_THREADS"] == "1" and e["MKL_NUM_THREADS"] == "2"
 
 
-def test_argv_keeps_arguments_as_they_are_behind_the_wrapper():
-    argv = launch.task_argv("echo", ["a b", "-x", "$Y"], exit_file="/e", cwd="/w", cpus=[2, 3], numactl="")
-    assert argv[:2] == ["/bin/sh", "-c"] and argv[3:] == ["hakuriver-task", "/e", "/w", "echo", "a b", "-x", "$Y"]
+def test_argv_keeps_arguments_as_they_are_and_argv0_as_written():
+    path, argv = launch.task_argv("/bin/echo", "echo", ["a b", "-x", "$Y"], cpus=[2, 3], numactl="")
+    assert path == "/bin/echo" and argv == ["echo", "a b", "-x", "$Y"]
 
 
 def test_argv_with_numactl_binds_the_cores():
-    argv = launch.task_argv("echo", [], exit_file="/e", cwd="/w", cpus=[2, 3], numactl="/usr/bin/numactl")
-    assert argv[:2] == ["/usr/bin/numactl", "--physcpubind=2,3"] and argv[2] == "/bin/sh"
+    path, argv = launch.task_argv("/bin/echo", "echo", ["x"], cpus=[2, 3], numactl="/usr/bin/numactl")
+    assert path == "/usr/bin/numactl"
+    assert argv == ["/usr/bin/numactl", "--physcpubind=2,3", "/bin/echo", "x"]
 
 
 def test_physical_cpus_identity_or_round_robin_when_oversubscribed():
@@ -45,11 +46,12 @@ def test_choose_cwd(tmp_path):
     assert launch.choose_cwd("", "/t") == "/t"
 
 
-def test_find_command(tmp_path):
-    assert launch.find_command("sh", {"PATH": os.defpath}, "/") is None
-    assert "command not found: nope-x" in launch.find_command("nope-x", {"PATH": "/bin"}, "/")
+def test_locate_command(tmp_path):
+    path, problem = launch.locate_command("sh", {"PATH": "/usr/bin:/bin"}, "/")
+    assert problem is None and os.path.basename(path) == "sh" and os.access(path, os.X_OK)
+    assert "command not found: nope-x" in launch.locate_command("nope-x", {"PATH": "/bin"}, "/")[1]
     script = tmp_path / "s.sh"
     script.write_text("#!/bin/sh\n")
-    assert "not executable" in launch.find_command("./s.sh", {}, str(tmp_path))
+    assert "not executable" in launch.locate_command("./s.sh", {}, str(tmp_path))[1]
     script.chmod(0o755)
-    assert launch.find_command("./s.sh", {}, str(tmp_path)) is None
+    assert launch.locate_command("./s.sh", {}, str(tmp_path)) == (os.path.join(str(tmp_path), "./s.sh"), None)

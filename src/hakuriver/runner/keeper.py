@@ -1,0 +1,621 @@
+"""The keeper: one small process per node that parents the tasks and outlives the runner.
+
+A task's exit status can only be collected by its parent. Making the runner the parent would
+lose the status of every task that ends while the runner is down (a crash, an upgrade); a
+per-task `sh` wrapper that writes the status to a file costs a second program start per task,
+more than the task itself when the task is short. The keeper is the middle way: it runs in its
+own session, spawns each task pinned to its cores, reaps it, appends its exit to a log on
+node-local disk, and tells the runner. It outlives the runner and serves the next one; it exits
+once no runner is connected and no task is left.
+
+The runner talks to it over a Unix socket in the runner's state folder (mode 0700: only this
+user), one JSON message per line. The runner's journal stays the authority on which tasks exist:
+the keeper only ever holds what the runner asked it to run and the exits not yet forgotten.
+
+    python -m hakuriver.runner.keeper STATE_DIR     (started by the runner; not a user command)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import queue
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+
+import msgspec
+
+log = logging.getLogger("hakuriver.keeper")
+
+SOCKET_NAME, LOCK_NAME, EXITS_NAME, LOG_NAME = "keeper.sock", "keeper.lock", "exits", "keeper.log"
+#: seconds the keeper stays with no runner connected and no task left (a restarting runner comes back sooner)
+IDLE_EXIT = 5.0
+#: spawner threads kept at most, one per CPU set in use
+MAX_SPAWNERS = 64
+#: the exits log is rewritten with only the unforgotten exits once it has this many lines
+EXITS_LOG_LIMIT = 50_000
+_OUTPUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+
+
+# ---- the wire (runner <-> keeper), private to this node --------------------------------------
+class Hello(msgspec.Struct, tag="hello"):
+    """First message of a runner: the environment every task starts from."""
+
+    env: dict[str, str]
+
+
+class Spawn(msgspec.Struct, tag="spawn", omit_defaults=True):
+    task_id: str
+    #: the program to execute, already looked up on the task's PATH
+    path: str
+    argv: list[str]
+    #: on top of the runner's environment (Hello.env)
+    env: dict[str, str]
+    cwd: str
+    stdout: str
+    stderr: str
+    #: CPUs to pin to before the program starts; None when numactl in argv does it
+    cpus: list[int] | None = None
+
+
+class Kill(msgspec.Struct, tag="kill"):
+    task_id: str
+    grace: float
+
+
+class Forget(msgspec.Struct, tag="forget"):
+    """The runner has journaled these exits: the keeper may drop them."""
+
+    task_ids: list[str]
+
+
+class Exit(msgspec.Struct, tag="exit", omit_defaults=True):
+    task_id: str
+    ended_at: float
+    exit_code: int | None = None
+    signal: int | None = None
+    error: str = ""
+    killed: bool = False
+    #: the task never ran (it could not be started)
+    not_started: bool = False
+
+
+class State(msgspec.Struct, tag="state"):
+    """The keeper's answer to Hello: what it runs, and the exits the runner has not forgotten."""
+
+    running: list[str]
+    exits: list[Exit]
+
+
+ToKeeper = Hello | Spawn | Kill | Forget
+FromKeeper = State | Exit
+_encode = msgspec.json.Encoder().encode
+_to_keeper = msgspec.json.Decoder(ToKeeper).decode
+_from_keeper = msgspec.json.Decoder(FromKeeper).decode
+_exit_line = msgspec.json.Decoder(Exit).decode
+
+
+def encode_lines(messages: Iterable[msgspec.Struct]) -> bytes:
+    return b"".join(_encode(m) + b"\n" for m in messages)
+
+
+def socket_address(state_dir: str) -> str:
+    """The socket's path; through /proc/self/fd when the real one is too long for a Unix socket."""
+    path = os.path.join(state_dir, SOCKET_NAME)
+    if len(path.encode()) < 100:
+        return path
+    fd = os.open(state_dir, os.O_PATH | os.O_DIRECTORY)  # kept open: the short path goes through it
+    return f"/proc/self/fd/{fd}/{SOCKET_NAME}"
+
+
+def exit_of(task_id: str, code: int, status: int, now: float) -> Exit:
+    """An Exit from waitid's si_code and si_status."""
+    if code == os.CLD_EXITED:
+        return Exit(task_id, now, exit_code=status)
+    return Exit(task_id, now, signal=status, error=f"killed by signal {status} (not by HakuRiver)")
+
+
+# ---- the keeper process --------------------------------------------------------------------
+class Keeper:
+    """One event loop (the runner's connection, SIGCHLD, posted exits) plus helper threads:
+    a spawner thread per CPU set and a thread per kill. Shared state is under `lock`."""
+
+    def __init__(self, state_dir: str) -> None:
+        self.state_dir = state_dir
+        #: the environment tasks start from: the runner's (Hello), until then the keeper's own
+        self.env: dict[str, str] = dict(os.environ)
+        self.lock = threading.Lock()
+        #: handed to a spawner, not started yet
+        self.starting: set[str] = set()
+        #: started and not yet reaped (or, when killed, not yet gone with its whole tree)
+        self.pids: dict[str, int] = {}
+        self._task_of: dict[int, str] = {}
+        #: tasks being killed, with their grace: their exit comes from the kill thread once the tree is gone
+        self.killing: dict[str, float] = {}
+        #: exits the runner has not forgotten yet (also in the exits log); the loop's thread only
+        self.exits: dict[str, Exit] = {}
+        self._posted: queue.SimpleQueue[Exit] = queue.SimpleQueue()
+        self._spawners: OrderedDict[tuple[int, ...] | None, _Spawner] = OrderedDict()
+        self._cwd = ""
+        self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.conn: socket.socket | None = None
+        self._inbox = b""
+        self._outbox = bytearray()
+        self._exits_path = os.path.join(state_dir, EXITS_NAME)
+        self._exits_lines = 0
+        self._exits_fd = -1
+        self._load_exits()
+        self._exits_fd = os.open(self._exits_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self.sel = selectors.DefaultSelector()
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def serve(self, listener: socket.socket) -> None:
+        self.listener = listener
+        listener.setblocking(False)
+        # SIGCHLD only wakes the loop (through the wake-up socket); reaping happens in the loop
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        self.sel.register(listener, selectors.EVENT_READ, self._accept)
+        self.sel.register(self._wake_r, selectors.EVENT_READ, self._woken)
+        idle_since = time.monotonic()
+        while True:
+            self._reap()
+            self._collect_posted()
+            if self.conn is not None or self._busy():
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since >= IDLE_EXIT:
+                log.info("no runner and no task left: keeper exits")
+                return
+            for key, mask in self.sel.select(timeout=1.0):
+                key.data(mask)
+
+    def _busy(self) -> bool:
+        with self.lock:
+            return bool(self.pids or self.starting or self.killing)
+
+    def _woken(self, _mask: int) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while self._wake_r.recv(4096):
+                pass
+
+    def _post(self, ex: Exit) -> None:
+        """An exit found off the loop's thread (a failed start, a finished kill): the loop records it."""
+        self._posted.put(ex)
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+
+    def _accept(self, _mask: int) -> None:
+        try:
+            conn, _ = self.listener.accept()
+        except BlockingIOError:
+            return
+        conn.setblocking(False)
+        self.conn, self._inbox, self._outbox = conn, b"", bytearray()
+        # one runner at a time: the next is accepted once this one is gone and fully read
+        self.sel.unregister(self.listener)
+        self.sel.register(conn, selectors.EVENT_READ, self._on_conn)
+        with self.lock:
+            running = [*self.pids, *self.starting]
+        self._send([State(running=running, exits=list(self.exits.values()))])
+
+    def _on_conn(self, mask: int) -> None:
+        if mask & selectors.EVENT_WRITE:
+            self._flush()
+        if not mask & selectors.EVENT_READ or self.conn is None:
+            return
+        try:
+            data = self.conn.recv(1 << 20)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop_conn()
+            return
+        lines = (self._inbox + data).split(b"\n")
+        self._inbox = lines.pop()
+        for line in lines:
+            try:
+                self._handle(_to_keeper(line))
+            except msgspec.DecodeError:
+                log.warning("ignoring a malformed message from the runner")
+            except Exception:  # the keeper parents every task of the node: it must not die of one message
+                log.exception("could not handle a message from the runner")
+
+    def _drop_conn(self) -> None:
+        if self.conn is None:
+            return
+        self.sel.unregister(self.conn)
+        self.conn.close()
+        self.conn = None
+        self.sel.register(self.listener, selectors.EVENT_READ, self._accept)
+
+    def _send(self, messages: list[msgspec.Struct]) -> None:
+        if self.conn is None:
+            return  # kept in self.exits and the log: the next runner gets them in State
+        self._outbox += encode_lines(messages)
+        self._flush()
+
+    def _flush(self) -> None:
+        assert self.conn is not None
+        try:
+            sent = self.conn.send(self._outbox)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._drop_conn()
+            return
+        del self._outbox[:sent]
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self._outbox else 0)
+        self.sel.modify(self.conn, events, self._on_conn)
+
+    # ---- messages ----------------------------------------------------------------------------
+    def _handle(self, msg: msgspec.Struct) -> None:
+        if isinstance(msg, Spawn):
+            self._spawn(msg)
+        elif isinstance(msg, Forget):
+            self._forget(msg.task_ids)
+        elif isinstance(msg, Kill):
+            self._kill(msg)
+        elif isinstance(msg, Hello):
+            self.env = msg.env
+
+    def _spawn(self, msg: Spawn) -> None:
+        task_id = msg.task_id
+        with self.lock:
+            if task_id in self.pids or task_id in self.starting or task_id in self.killing or task_id in self.exits:
+                return  # a repeated order: never a second run
+            self.starting.add(task_id)
+        self._spawner(msg.cpus).jobs.put((msg, self.env))
+
+    def _spawner(self, cpus: list[int] | None) -> _Spawner:
+        key = tuple(cpus) if cpus is not None else None
+        spawner = self._spawners.get(key)
+        if spawner is None:
+            spawner = self._spawners[key] = _Spawner(self, key)
+            if len(self._spawners) > MAX_SPAWNERS:
+                _, oldest = self._spawners.popitem(last=False)
+                oldest.jobs.put(None)
+        else:
+            self._spawners.move_to_end(key)
+        return spawner
+
+    def start_task(self, msg: Spawn, env: dict[str, str], pin_problem: str | None) -> None:
+        """On a spawner thread: open the outputs, start the program, register it."""
+        if pin_problem:
+            self._not_started(msg.task_id, pin_problem)
+            return
+        try:
+            out_fd = os.open(msg.stdout, _OUTPUT_FLAGS, 0o644)
+            try:
+                err_fd = os.open(msg.stderr, _OUTPUT_FLAGS, 0o644)
+            except OSError:
+                os.close(out_fd)
+                raise
+        except OSError as exc:
+            self._not_started(msg.task_id, f"cannot write the task's output under {os.path.dirname(msg.stdout)}: {exc.strerror}")
+            return
+        try:
+            with self.lock:  # the reaper looks a pid up under this lock: it is registered before that
+                pid = self._posix_spawn(msg, env | msg.env, out_fd, err_fd)
+                self.pids[msg.task_id] = pid
+                self._task_of[pid] = msg.task_id
+                self.starting.discard(msg.task_id)
+                grace = self.killing.get(msg.task_id)
+        except OSError as exc:
+            problem = f"could not start {msg.argv[0]}: {exc.strerror or exc}"
+            with contextlib.suppress(OSError):
+                os.write(err_fd, f"hakuriver: {problem}\n".encode())
+            self._not_started(msg.task_id, problem)
+            return
+        finally:
+            os.close(out_fd)
+            os.close(err_fd)
+        if grace is not None:  # killed while it was being started
+            self._start_kill(msg.task_id, pid, grace)
+
+    def _posix_spawn(self, msg: Spawn, env: dict[str, str], out_fd: int, err_fd: int) -> int:
+        """posix_spawn has no "change directory" action in Python: the keeper changes its own
+        (under the lock, which every spawn holds), and only when it differs from the last task's."""
+        if msg.cwd != self._cwd:
+            os.chdir(msg.cwd)
+            self._cwd = msg.cwd
+        actions = [(os.POSIX_SPAWN_DUP2, self._devnull, 0), (os.POSIX_SPAWN_DUP2, out_fd, 1),
+                   (os.POSIX_SPAWN_DUP2, err_fd, 2)]
+        # its own session: a task's whole tree can be signalled, and a terminal's Ctrl-C spares it
+        return os.posix_spawn(msg.path, msg.argv, env, file_actions=actions, setsid=True)
+
+    def _not_started(self, task_id: str, problem: str) -> None:
+        with self.lock:
+            self.starting.discard(task_id)
+            self.killing.pop(task_id, None)
+        self._post(Exit(task_id, time.time(), not_started=True, error=problem))
+
+    def _forget(self, task_ids: list[str]) -> None:
+        for task_id in task_ids:
+            self.exits.pop(task_id, None)
+        if not self.exits:
+            os.ftruncate(self._exits_fd, 0)
+            self._exits_lines = 0
+
+    def _kill(self, msg: Kill) -> None:
+        task_id = msg.task_id
+        if task_id in self.exits:
+            return  # already ended: its exit stands
+        with self.lock:
+            if task_id in self.killing:
+                return
+            pid = self.pids.get(task_id)
+            if pid is not None or task_id in self.starting:
+                self.killing[task_id] = msg.grace
+        if pid is not None:
+            self._start_kill(task_id, pid, msg.grace)
+        elif task_id not in self.killing:  # never handed to this keeper (the runner died before it could)
+            self._post(Exit(task_id, time.time(), killed=True, not_started=True, error="killed by user"))
+
+    def _start_kill(self, task_id: str, pid: int, grace: float) -> None:
+        threading.Thread(target=self._kill_tree, args=(task_id, pid, grace), name=f"kill-{task_id[:8]}",
+                         daemon=True).start()
+
+    def _kill_tree(self, task_id: str, pid: int, grace: float) -> None:
+        from hakuriver.runner.launch import kill_tree  # psutil: loaded only by a keeper that kills
+
+        try:
+            kill_tree(pid, grace)
+        finally:
+            self._post(Exit(task_id, time.time(), killed=True, error="killed by user"))
+
+    def _collect_posted(self) -> None:
+        done = []
+        while True:
+            try:
+                done.append(self._posted.get_nowait())
+            except queue.Empty:
+                break
+        if not done:
+            return
+        with self.lock:
+            for ex in done:
+                if ex.killed:
+                    self.killing.pop(ex.task_id, None)
+                    self.pids.pop(ex.task_id, None)
+        self._record(done)
+
+    # ---- children ----------------------------------------------------------------------------
+    def _reap(self) -> None:
+        ended = []
+        now = time.time()
+        while True:
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG)
+            except ChildProcessError:
+                break
+            if info is None:
+                break
+            with self.lock:
+                task_id = self._task_of.pop(info.si_pid, None)
+                if task_id is None or task_id in self.killing:
+                    continue
+                del self.pids[task_id]
+            ended.append(exit_of(task_id, info.si_code, info.si_status, now))
+        if ended:
+            self._record(ended)
+
+    def _record(self, exits: list[Exit]) -> None:
+        """On local disk first (the runner may be gone), then to the runner if one is connected."""
+        exits = [ex for ex in exits if ex.task_id not in self.exits]
+        if not exits:
+            return
+        try:
+            os.write(self._exits_fd, encode_lines(exits))
+            self._exits_lines += len(exits)
+        except OSError as exc:
+            log.error("cannot append to %s (%s): these exits live in memory only", self._exits_path, exc.strerror)
+        for ex in exits:
+            self.exits[ex.task_id] = ex
+        if self._exits_lines > EXITS_LOG_LIMIT:
+            self._rewrite_exits()
+        self._send(exits)
+
+    def _load_exits(self) -> None:
+        try:
+            with open(self._exits_path, "rb") as fh:
+                for line in fh:
+                    try:
+                        ex = _exit_line(line)
+                    except msgspec.DecodeError:
+                        continue  # a torn last line
+                    self.exits[ex.task_id] = ex
+        except FileNotFoundError:
+            return
+        self._rewrite_exits()
+
+    def _rewrite_exits(self) -> None:
+        tmp = self._exits_path + ".tmp"
+        with open(tmp, "wb") as fh:
+            fh.write(encode_lines(self.exits.values()))
+        os.replace(tmp, self._exits_path)
+        if self._exits_fd >= 0:
+            os.close(self._exits_fd)
+            self._exits_fd = os.open(self._exits_path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        self._exits_lines = len(self.exits)
+
+
+class _Spawner:
+    """A thread pinned once to one CPU set, which starts the tasks of that set: a child inherits
+    its parent thread's CPU mask, so the task is pinned before its first instruction, and no
+    thread of the keeper hops between CPUs from one task to the next."""
+
+    def __init__(self, keeper: Keeper, cpus: tuple[int, ...] | None) -> None:
+        self.keeper = keeper
+        self.cpus = cpus
+        self.jobs: queue.SimpleQueue[tuple[Spawn, dict[str, str]] | None] = queue.SimpleQueue()
+        threading.Thread(target=self._run, name=f"spawn-{cpus}", daemon=True).start()
+
+    def _run(self) -> None:
+        problem = None
+        if self.cpus is not None:
+            try:
+                os.sched_setaffinity(0, self.cpus)
+            except OSError as exc:
+                problem = f"cannot pin to CPUs {list(self.cpus)}: {exc.strerror}"
+        while (job := self.jobs.get()) is not None:
+            msg, env = job
+            try:
+                self.keeper.start_task(msg, env, problem)
+            except Exception:  # never lose the thread, and never leave a task in limbo
+                log.exception("could not start task %s", msg.task_id)
+                self.keeper._not_started(msg.task_id, "the keeper failed to start it (see keeper.log)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        sys.exit("usage: python -m hakuriver.runner.keeper STATE_DIR (the runner starts it)")
+    state_dir = args[0]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    lock = open(os.path.join(state_dir, LOCK_NAME), "w")  # noqa: SIM115 - held for the keeper's life
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        log.info("another keeper serves %s", state_dir)
+        return
+    address = socket_address(state_dir)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(address)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(address)
+    listener.listen(8)
+    log.info("keeper %d serving %s", os.getpid(), state_dir)
+    try:
+        Keeper(state_dir).serve(listener)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(address)
+
+
+# ---- the runner's side ---------------------------------------------------------------------
+class KeeperGone(Exception):
+    """The keeper could not be started or reached, or its connection broke."""
+
+
+class KeeperLink:
+    """The runner's connection to its keeper; starts the keeper when there is none."""
+
+    def __init__(self, state_dir: str, start_timeout: float = 15.0) -> None:
+        self.state_dir = state_dir
+        self.start_timeout = start_timeout
+        self._sock: socket.socket | None = None
+        self._send_lock = threading.Lock()
+        self._buf = b""
+        self._proc: subprocess.Popen | None = None
+
+    def connect(self, env: dict[str, str]) -> State:
+        """Connect (starting the keeper if needed), say Hello, and return the keeper's State."""
+        self.close()
+        sock = self._open() or self._start_and_open()
+        self._sock, self._buf = sock, b""
+        self.send([Hello(env)])
+        for msg in self._read():
+            if isinstance(msg, State):
+                return msg
+        raise KeeperGone("the keeper hung up before saying what it runs")
+
+    def send(self, messages: list[msgspec.Struct]) -> None:
+        sock = self._sock
+        if sock is None or not messages:
+            if messages:
+                raise KeeperGone("not connected to the keeper")
+            return
+        data = encode_lines(messages)
+        with self._send_lock:
+            try:
+                sock.sendall(data)
+            except OSError as exc:
+                raise KeeperGone(f"lost the keeper: {exc.strerror or exc}") from exc
+
+    def receive(self, on_exits: Callable[[list[Exit]], None]) -> None:
+        """Deliver exits as they come, until the connection breaks (KeeperGone)."""
+        while True:
+            batch = [m for m in self._read() if isinstance(m, Exit)]
+            if batch:
+                on_exits(batch)
+
+    def _read(self) -> list[msgspec.Struct]:
+        sock = self._sock
+        if sock is None:
+            raise KeeperGone("not connected to the keeper")
+        while True:
+            try:
+                data = sock.recv(1 << 20)
+            except OSError as exc:
+                raise KeeperGone(f"lost the keeper: {exc.strerror or exc}") from exc
+            if not data:
+                raise KeeperGone("the keeper closed the connection")
+            lines = (self._buf + data).split(b"\n")
+            self._buf = lines.pop()
+            messages = []
+            for line in lines:
+                try:
+                    messages.append(_from_keeper(line))
+                except msgspec.DecodeError:
+                    log.warning("ignoring a malformed message from the keeper")
+            if messages:
+                return messages
+
+    def close(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
+            self._sock.close()
+            self._sock = None
+
+    def _open(self) -> socket.socket | None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(socket_address(self.state_dir))
+        except OSError:
+            sock.close()
+            return None
+        return sock
+
+    def _start_and_open(self) -> socket.socket:
+        log_path = os.path.join(self.state_dir, LOG_NAME)
+        deadline = time.monotonic() + self.start_timeout
+        proc = self._start(log_path)
+        while time.monotonic() < deadline:
+            sock = self._open()
+            if sock is not None:
+                return sock
+            code = proc.poll()
+            if code == 0:  # an old keeper still held the lock, on its way out: start another
+                proc = self._start(log_path)
+            elif code is not None:
+                break
+            time.sleep(0.02)
+        raise KeeperGone(f"the task keeper did not start; see {log_path}")
+
+    def _start(self, log_path: str) -> subprocess.Popen:
+        if self._proc is not None:
+            self._proc.poll()  # reap an earlier keeper of ours
+        with open(log_path, "ab") as log_fh:
+            self._proc = subprocess.Popen([sys.executable, "-m", "hakuriver.runner.keeper", self.state_dir],
+                                          stdin=subprocess.DEVNULL, stdout=log_fh, stderr=subprocess.STDOUT,
+                                          start_new_session=True, close_fds=True)
+        return self._proc
+
+
+if __name__ == "__main__":
+    main()
