@@ -208,11 +208,10 @@ class Report(Message):
     node: str
     started: list[TaskStarted] = []
     finished: list[TaskFinished] = []
-
-
-class Ack(Message):
-    #: finished results the host has committed; the runner may forget them
-    task_ids: list[str]
+    #: given, the runner takes orders in the Ack (like a heartbeat's `held`): the cores freed by
+    #: these results are given their next tasks in the same round trip
+    held: list[str] | None = None
+    ending: list[str] = []
 
 
 # ---- host -> runner ----------------------------------------------------------------------
@@ -228,6 +227,15 @@ class LaunchOrder(Message):
 class Orders(Message):
     launch: list[LaunchOrder] = []
     kill: list[str] = []
+
+
+class Ack(Message):
+    """The host's answer to a Report."""
+
+    #: finished results the host has committed; the runner may forget them
+    task_ids: list[str]
+    #: for a Report with `held`: what to do next
+    orders: Orders | None = None
 
 
 # ---- validation ----------------------------------------------------------------------------

@@ -62,9 +62,25 @@ def test_runner_receives_launch_orders_then_reports(api):
     assert heartbeat(api, held=[task_id])["launch"] == []  # held: not sent again
     report = p.Report("a", [p.TaskStarted(task_id, 1.0, "/o", "/e")], [p.TaskFinished(task_id, 2.0, exit_code=0)])
     r = api.post(p.RUNNER_REPORT, content=p.encode(report))
-    assert r.json() == {"task_ids": [task_id]}
+    assert r.json() == {"task_ids": [task_id], "orders": None}  # no `held`: no orders wanted
     view = api.get(p.TASK.format(task_id=task_id)).json()
     assert view["state"] == "completed" and view["stdout_path"] == "/o"
+
+
+def test_a_report_with_held_gets_the_freed_cores_next_task_in_its_ack(api):
+    heartbeat(api, cores=1)
+    first, second = submit(api, p.TaskSpec("true"), p.TaskSpec("true"))
+    assert [o["task_id"] for o in heartbeat(api, cores=1)["launch"]] == [first]
+    report = p.Report("a", [p.TaskStarted(first, 1.0)], [p.TaskFinished(first, 2.0, exit_code=0)], held=[first])
+    ack = api.post(p.RUNNER_REPORT, content=p.encode(report)).json()
+    assert ack["task_ids"] == [first]
+    assert [o["task_id"] for o in ack["orders"]["launch"]] == [second]
+    assert api.get(p.TASK.format(task_id=second)).json()["node"] == "a"
+    # a runner reporting again before it took the order is not sent it twice ...
+    again = p.Report("a", held=[])
+    assert api.post(p.RUNNER_REPORT, content=p.encode(again)).json()["orders"]["launch"] == []
+    # ... but a heartbeat says what the node really holds: without `second`, it is sent again
+    assert [o["task_id"] for o in heartbeat(api, cores=1)["launch"]] == [second]
 
 
 def test_wait_returns_when_the_task_ends(api):

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from hakuriver import protocol as p
 from hakuriver.core.cluster import (
+    Orders as CoreOrders,
     Cluster,
     Effect,
     Finished,
@@ -46,6 +47,8 @@ class HostService:
         self.clock = clock
         self._task_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._node_wakeups: dict[str, asyncio.Event] = {}
+        #: launches sent to a node since its last heartbeat (see `_orders`)
+        self._offered: dict[str, set[str]] = {}
         self._schedule_requested = False
         self._staged_tasks: dict[str, Task] = {}
         self._staged_nodes: dict[str, Node] = {}
@@ -226,16 +229,15 @@ class HostService:
         if any(isinstance(e, NodeChanged) for e in effects):
             self.request_schedule()
         self._apply(effects)
+        self._offered.pop(report.name, None)  # this heartbeat says what the node holds now
         event = self._node_event(report.name)
         deadline = self.clock() + min(max(hb.wait, 0.0), p.MAX_WAIT_SECONDS)
+        ending = frozenset(hb.ending)
         while True:
             event.clear()
-            orders, effects = self.cluster.orders_for(report.name, held, self.clock(), frozenset(hb.ending))
-            if effects:
-                self._apply(effects)
-                self.request_schedule()
+            orders = self._orders(report.name, held, ending)
             remaining = deadline - self.clock()
-            if orders or remaining <= 0:
+            if orders.launch or orders.kill or remaining <= 0:
                 await self.settled()
                 return _orders_message(orders)
             with contextlib.suppress(TimeoutError):
@@ -248,9 +250,30 @@ class HostService:
         for f in r.finished:
             effects += self.cluster.on_finished(r.node, _finished_event(f))
         self._apply(effects)
+        acked = [f.task_id for f in r.finished]
+        if r.held is None:
+            if r.finished:
+                self.request_schedule()
+            return p.Ack(task_ids=acked)
         if r.finished:
+            self._run_schedule()  # now, so that the freed cores' next tasks ride on this answer
+        return p.Ack(task_ids=acked, orders=_orders_message(self._orders(r.node, set(r.held), frozenset(r.ending))))
+
+    def _orders(self, node: str, held: set[str], ending: frozenset[str]) -> CoreOrders:
+        """The node's orders, leaving out launches already offered since its last heartbeat.
+
+        Orders go out on heartbeat answers and on report acknowledgements; without this, a
+        heartbeat waiting at the host would wake for the launches an acknowledgement just
+        carried, and send them a second time. A heartbeat resets the offers: its `held` is the
+        truth, so an order that got lost is sent again (the runner ignores a repeated launch).
+        """
+        offered = self._offered.setdefault(node, set())
+        orders, effects = self.cluster.orders_for(node, held | offered, self.clock(), ending)
+        if effects:
+            self._apply(effects)
             self.request_schedule()
-        return p.Ack(task_ids=[f.task_id for f in r.finished])
+        offered.update(t.task_id for t in orders.launch)
+        return orders
 
     # ---- periodic ------------------------------------------------------------------------
     async def watch_heartbeats(self, interval: float) -> None:
@@ -297,7 +320,7 @@ def _finished_event(f: p.TaskFinished) -> Finished:
     )
 
 
-def _orders_message(orders) -> p.Orders:  # noqa: ANN001 - core Orders
+def _orders_message(orders: CoreOrders) -> p.Orders:
     return p.Orders(
         launch=[
             p.LaunchOrder(t.task_id, t.command, t.args, t.env, list(t.core_ids), t.cwd) for t in orders.launch

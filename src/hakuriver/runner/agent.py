@@ -2,7 +2,9 @@
 
 Two loops, each on its own keep-alive connection. The heartbeat loop tells the host what this
 node holds and receives launch and kill orders. The report loop sends "started" and durable
-"finished" reports and drops a result only once the host acknowledged it. Both retry with
+"finished" reports and drops a result only once the host acknowledged it; the acknowledgement
+also carries orders, so a core freed by a result gets its next task without waiting for the
+heartbeat loop. Both retry with
 backoff for as long as the host is away: the runner never exits or spins because of it.
 """
 
@@ -63,7 +65,7 @@ class Agent:
     def held_and_ending(self) -> tuple[list[str], list[str]]:
         """Every task this node holds, and those of them already being killed or already ended."""
         results = self.outbox.ids()
-        return sorted(self.supervisor.held() | results), sorted(self.supervisor.killing() | results)
+        return list(self.supervisor.held() | results), list(self.supervisor.killing() | results)
 
     # ---- heartbeat + orders --------------------------------------------------------------
     def heartbeat_forever(self) -> None:
@@ -112,8 +114,9 @@ class Agent:
                 if not started and not finished:
                     self._work.wait(0.5)
                     continue
+            held, ending = self.held_and_ending()
             try:
-                report = p.encode(p.Report(self.node.name, started, finished))
+                report = p.encode(p.Report(self.node.name, started, finished, held=held, ending=ending))
                 ack = p.decode(conn.call("POST", p.RUNNER_REPORT, report, timeout=2 * self.interval + 5), p.Ack)
             except (HostUnreachable, ApiError, p.DecodeError) as exc:
                 if backoff.delay == 0:
@@ -122,6 +125,8 @@ class Agent:
                 continue
             backoff.succeeded()
             self.outbox.ack(ack.task_ids)
+            if ack.orders is not None:
+                self._obey(ack.orders)
             with self._work:
                 for s in started:
                     if self._started.get(s.task_id) is s:

@@ -64,6 +64,8 @@ class Supervisor:
         #: tasks still running whose keeper was lost: watched by polling, killed by the runner itself
         self._orphans: set[str] = set()
         self._orphan_watch: threading.Thread | None = None
+        #: being launched right now, by the thread that claimed them
+        self._launching: set[str] = set()
         # os.environ decodes on every access; the runner's environment does not change
         self._base_env = dict(os.environ)
         self._commands = launch.CommandCheck()
@@ -131,10 +133,19 @@ class Supervisor:
     def launch(self, orders: list[p.LaunchOrder]) -> None:
         """Journal the new tasks, then hand them to the keeper in one message."""
         now = time.time()
-        with self._lock:
-            new = [o for o in orders if o.task_id not in self._records and o.task_id not in self.journal.results]
+        with self._lock:  # orders come from heartbeats and acknowledgements: claim each task once
+            new = [o for o in orders if o.task_id not in self._records and o.task_id not in self.journal.results
+                   and o.task_id not in self._launching]
+            self._launching.update(o.task_id for o in new)
         if not new:
             return  # repeated orders: these tasks are already ours
+        try:
+            self._launch(new, now)
+        finally:
+            with self._lock:
+                self._launching.difference_update(o.task_id for o in new)
+
+    def _launch(self, new: list[p.LaunchOrder], now: float) -> None:
         _ensure_folder(self.setup.output_dir)
         records, spawns, failed = [], [], []
         for order in new:
