@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/bench.py            # full run (a few minutes)
     .venv/bin/python benchmarks/bench.py --quick    # tiny sizes, seconds (what the test suite runs)
     .venv/bin/python benchmarks/bench.py --json out.json
+    .venv/bin/python benchmarks/bench.py --dir /some/disk   # cluster files there, not on tmpfs
 
 It prints a table and a JSON document with:
   a. spawn ceiling: /bin/true spawned and reaped by as many threads as there are cores;
@@ -15,6 +16,12 @@ It prints a table and a JSON document with:
      p50/p99 of submit, status and node-list requests, host CPU and RSS;
   f. RSS of an idle host and an idle runner.
 Numbers are measured, never asserted: the tests only check that this runs and is well-formed.
+
+The cluster's files (shared_dir, local_temp_dir, database) go to a tmpfs (/dev/shm) when there
+is one, unless --dir says otherwise: every task creates two output files and a scratch folder,
+and on some file systems (ext4 without a journal, as on the VM these numbers come from) the
+cost of creating a file grows with the number of files deleted in the last few minutes, so
+numbers measured there swing with whatever ran before. The file system used is in the output.
 """
 
 from __future__ import annotations
@@ -290,7 +297,26 @@ SIZES = {
 }
 
 
-def run(quick: bool) -> dict:
+def default_dir() -> str | None:
+    """A tmpfs if there is a writable one (see the module docstring), else the system's temp folder."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK) and filesystem(str(shm)) == "tmpfs":
+        return str(shm)
+    return None
+
+
+def filesystem(path: str) -> str:
+    """The type of the file system holding `path`, from the longest matching mount point."""
+    best, kind = "", "unknown"
+    real = os.path.realpath(path)
+    for part in psutil.disk_partitions(all=True):
+        mount = part.mountpoint.rstrip("/") + "/"
+        if (real + "/").startswith(mount) and len(mount) > len(best):
+            best, kind = mount, part.fstype
+    return kind
+
+
+def run(quick: bool, folder: str | None) -> dict:
     size = SIZES["quick" if quick else "full"]
     cores = os.cpu_count() or 1
     result: dict = {
@@ -299,7 +325,8 @@ def run(quick: bool) -> dict:
         "size": "quick" if quick else "full",
     }
     result["spawn_ceiling"] = spawn_ceiling(size["ceiling"])
-    with tempfile.TemporaryDirectory(prefix="hakuriver-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="hakuriver-bench-", dir=folder) as tmp:
+        result["cluster_files"] = {"folder": tmp, "filesystem": filesystem(tmp)}
         cluster = Cluster(Path(tmp, "cluster"), RUNNERS, cores)
         try:
             time.sleep(1.0)  # let start-up settle before measuring idle memory
@@ -333,7 +360,8 @@ def table(r: dict) -> str:
     rows.append(("idle RSS: host / runner", f"{r['idle_rss_mb']['host']:.0f} / {r['idle_rss_mb']['runner']:.0f} MB"))
     width = max(len(k) for k, _ in rows)
     m = r["machine"]
-    head = f"HakuRiver benchmark ({r['size']}) on {m['cpus']} CPUs, {m['memory_gb']} GB, Python {m['python']}"
+    head = (f"HakuRiver benchmark ({r['size']}) on {m['cpus']} CPUs, {m['memory_gb']} GB, Python {m['python']}; "
+            f"cluster files on {r['cluster_files']['filesystem']}")
     return "\n".join([head] + [f"  {k:<{width}}  {v}" for k, v in rows])
 
 
@@ -344,10 +372,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that everything runs")
     parser.add_argument("--json", metavar="FILE", help="also write the JSON document here")
+    parser.add_argument("--dir", metavar="FOLDER", help="put the cluster's files here (default: /dev/shm if it is a tmpfs)")
     args = parser.parse_args()
+    if args.dir and not os.path.isdir(args.dir):
+        raise SystemExit(f"bench: --dir {args.dir} is not a folder")
     if shutil.which("true") is None:
         raise SystemExit("bench: /bin/true is needed")
-    result = run(args.quick)
+    result = run(args.quick, args.dir or default_dir())
     print(table(result))
     text = json.dumps(result, indent=2)
     print(text)

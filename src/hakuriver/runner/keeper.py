@@ -29,7 +29,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
 import msgspec
@@ -39,8 +38,6 @@ log = logging.getLogger("hakuriver.keeper")
 SOCKET_NAME, LOCK_NAME, EXITS_NAME, LOG_NAME = "keeper.sock", "keeper.lock", "exits", "keeper.log"
 #: seconds the keeper stays with no runner connected and no task left (a restarting runner comes back sooner)
 IDLE_EXIT = 5.0
-#: spawner threads kept at most, one per CPU set in use
-MAX_SPAWNERS = 64
 #: the exits log is rewritten with only the unforgotten exits once it has this many lines
 EXITS_LOG_LIMIT = 50_000
 _OUTPUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
@@ -126,26 +123,24 @@ def exit_of(task_id: str, code: int, status: int, now: float) -> Exit:
 
 # ---- the keeper process --------------------------------------------------------------------
 class Keeper:
-    """One event loop (the runner's connection, SIGCHLD, posted exits) plus helper threads:
-    a spawner thread per CPU set and a thread per kill. Shared state is under `lock`."""
+    """One thread does everything (the runner's connection, starting tasks, reaping them), so
+    the keeper's state needs no lock; only a kill runs on a thread of its own, and posts its
+    result back to the loop."""
 
     def __init__(self, state_dir: str) -> None:
         self.state_dir = state_dir
         #: the environment tasks start from: the runner's (Hello), until then the keeper's own
         self.env: dict[str, str] = dict(os.environ)
-        self.lock = threading.Lock()
-        #: handed to a spawner, not started yet
-        self.starting: set[str] = set()
         #: started and not yet reaped (or, when killed, not yet gone with its whole tree)
         self.pids: dict[str, int] = {}
         self._task_of: dict[int, str] = {}
-        #: tasks being killed, with their grace: their exit comes from the kill thread once the tree is gone
-        self.killing: dict[str, float] = {}
-        #: exits the runner has not forgotten yet (also in the exits log); the loop's thread only
+        #: tasks being killed: their exit comes from the kill thread once the whole tree is gone
+        self.killing: set[str] = set()
+        #: exits the runner has not forgotten yet (also in the exits log)
         self.exits: dict[str, Exit] = {}
         self._posted: queue.SimpleQueue[Exit] = queue.SimpleQueue()
-        self._spawners: OrderedDict[tuple[int, ...] | None, _Spawner] = OrderedDict()
         self._cwd = ""
+        self._cpus = os.sched_getaffinity(0)
         self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -173,7 +168,7 @@ class Keeper:
         while True:
             self._reap()
             self._collect_posted()
-            if self.conn is not None or self._busy():
+            if self.conn is not None or self.pids or self.killing:
                 idle_since = time.monotonic()
             elif time.monotonic() - idle_since >= IDLE_EXIT:
                 log.info("no runner and no task left: keeper exits")
@@ -181,17 +176,13 @@ class Keeper:
             for key, mask in self.sel.select(timeout=1.0):
                 key.data(mask)
 
-    def _busy(self) -> bool:
-        with self.lock:
-            return bool(self.pids or self.starting or self.killing)
-
     def _woken(self, _mask: int) -> None:
         with contextlib.suppress(BlockingIOError):
             while self._wake_r.recv(4096):
                 pass
 
     def _post(self, ex: Exit) -> None:
-        """An exit found off the loop's thread (a failed start, a finished kill): the loop records it."""
+        """An exit found by a kill thread: the loop records it."""
         self._posted.put(ex)
         with contextlib.suppress(OSError):
             self._wake_w.send(b"x")
@@ -206,9 +197,7 @@ class Keeper:
         # one runner at a time: the next is accepted once this one is gone and fully read
         self.sel.unregister(self.listener)
         self.sel.register(conn, selectors.EVENT_READ, self._on_conn)
-        with self.lock:
-            running = [*self.pids, *self.starting]
-        self._send([State(running=running, exits=list(self.exits.values()))])
+        self._send([State(running=list(self.pids), exits=list(self.exits.values()))])
 
     def _on_conn(self, mask: int) -> None:
         if mask & selectors.EVENT_WRITE:
@@ -273,30 +262,8 @@ class Keeper:
             self.env = msg.env
 
     def _spawn(self, msg: Spawn) -> None:
-        task_id = msg.task_id
-        with self.lock:
-            if task_id in self.pids or task_id in self.starting or task_id in self.killing or task_id in self.exits:
-                return  # a repeated order: never a second run
-            self.starting.add(task_id)
-        self._spawner(msg.cpus).jobs.put((msg, self.env))
-
-    def _spawner(self, cpus: list[int] | None) -> _Spawner:
-        key = tuple(cpus) if cpus is not None else None
-        spawner = self._spawners.get(key)
-        if spawner is None:
-            spawner = self._spawners[key] = _Spawner(self, key)
-            if len(self._spawners) > MAX_SPAWNERS:
-                _, oldest = self._spawners.popitem(last=False)
-                oldest.jobs.put(None)
-        else:
-            self._spawners.move_to_end(key)
-        return spawner
-
-    def start_task(self, msg: Spawn, env: dict[str, str], pin_problem: str | None) -> None:
-        """On a spawner thread: open the outputs, start the program, register it."""
-        if pin_problem:
-            self._not_started(msg.task_id, pin_problem)
-            return
+        if msg.task_id in self.pids or msg.task_id in self.exits or msg.task_id in self.killing:
+            return  # a repeated order: never a second run
         try:
             out_fd = os.open(msg.stdout, _OUTPUT_FLAGS, 0o644)
             try:
@@ -308,12 +275,7 @@ class Keeper:
             self._not_started(msg.task_id, f"cannot write the task's output under {os.path.dirname(msg.stdout)}: {exc.strerror}")
             return
         try:
-            with self.lock:  # the reaper looks a pid up under this lock: it is registered before that
-                pid = self._posix_spawn(msg, env | msg.env, out_fd, err_fd)
-                self.pids[msg.task_id] = pid
-                self._task_of[pid] = msg.task_id
-                self.starting.discard(msg.task_id)
-                grace = self.killing.get(msg.task_id)
+            pid = self._start(msg, out_fd, err_fd)
         except OSError as exc:
             problem = f"could not start {msg.argv[0]}: {exc.strerror or exc}"
             with contextlib.suppress(OSError):
@@ -323,25 +285,31 @@ class Keeper:
         finally:
             os.close(out_fd)
             os.close(err_fd)
-        if grace is not None:  # killed while it was being started
-            self._start_kill(msg.task_id, pid, grace)
+        self.pids[msg.task_id] = pid
+        self._task_of[pid] = msg.task_id
 
-    def _posix_spawn(self, msg: Spawn, env: dict[str, str], out_fd: int, err_fd: int) -> int:
-        """posix_spawn has no "change directory" action in Python: the keeper changes its own
-        (under the lock, which every spawn holds), and only when it differs from the last task's."""
+    def _start(self, msg: Spawn, out_fd: int, err_fd: int) -> int:
+        """posix_spawn has no "change directory" or "set CPU mask" action in Python. A child
+        inherits its parent thread's directory and mask, so the keeper sets its own around the
+        spawn: the task is pinned before its first instruction. (The directory is left as the
+        last task's; the mask goes back at once, or the keeper would then wait for busy CPUs.)"""
         if msg.cwd != self._cwd:
             os.chdir(msg.cwd)
             self._cwd = msg.cwd
-        actions = [(os.POSIX_SPAWN_DUP2, self._devnull, 0), (os.POSIX_SPAWN_DUP2, out_fd, 1),
-                   (os.POSIX_SPAWN_DUP2, err_fd, 2)]
-        # its own session: a task's whole tree can be signalled, and a terminal's Ctrl-C spares it
-        return os.posix_spawn(msg.path, msg.argv, env, file_actions=actions, setsid=True)
+        pinned = msg.cpus is not None and set(msg.cpus) != self._cpus
+        if pinned:
+            os.sched_setaffinity(0, msg.cpus)
+        try:
+            actions = [(os.POSIX_SPAWN_DUP2, self._devnull, 0), (os.POSIX_SPAWN_DUP2, out_fd, 1),
+                       (os.POSIX_SPAWN_DUP2, err_fd, 2)]
+            # its own session: a task's whole tree can be signalled, and a terminal's Ctrl-C spares it
+            return os.posix_spawn(msg.path, msg.argv, self.env | msg.env, file_actions=actions, setsid=True)
+        finally:
+            if pinned:
+                os.sched_setaffinity(0, self._cpus)
 
     def _not_started(self, task_id: str, problem: str) -> None:
-        with self.lock:
-            self.starting.discard(task_id)
-            self.killing.pop(task_id, None)
-        self._post(Exit(task_id, time.time(), not_started=True, error=problem))
+        self._record([Exit(task_id, time.time(), not_started=True, error=problem)])
 
     def _forget(self, task_ids: list[str]) -> None:
         for task_id in task_ids:
@@ -351,22 +319,14 @@ class Keeper:
             self._exits_lines = 0
 
     def _kill(self, msg: Kill) -> None:
-        task_id = msg.task_id
-        if task_id in self.exits:
-            return  # already ended: its exit stands
-        with self.lock:
-            if task_id in self.killing:
-                return
-            pid = self.pids.get(task_id)
-            if pid is not None or task_id in self.starting:
-                self.killing[task_id] = msg.grace
-        if pid is not None:
-            self._start_kill(task_id, pid, msg.grace)
-        elif task_id not in self.killing:  # never handed to this keeper (the runner died before it could)
-            self._post(Exit(task_id, time.time(), killed=True, not_started=True, error="killed by user"))
-
-    def _start_kill(self, task_id: str, pid: int, grace: float) -> None:
-        threading.Thread(target=self._kill_tree, args=(task_id, pid, grace), name=f"kill-{task_id[:8]}",
+        if msg.task_id in self.killing or msg.task_id in self.exits:
+            return  # already being killed, or already ended: its exit stands
+        pid = self.pids.get(msg.task_id)
+        if pid is None:  # never spawned here (the runner died between its journal and the keeper)
+            self._record([Exit(msg.task_id, time.time(), killed=True, not_started=True, error="killed by user")])
+            return
+        self.killing.add(msg.task_id)
+        threading.Thread(target=self._kill_tree, args=(msg.task_id, pid, msg.grace), name=f"kill-{msg.task_id[:8]}",
                          daemon=True).start()
 
     def _kill_tree(self, task_id: str, pid: int, grace: float) -> None:
@@ -384,14 +344,11 @@ class Keeper:
                 done.append(self._posted.get_nowait())
             except queue.Empty:
                 break
-        if not done:
-            return
-        with self.lock:
-            for ex in done:
-                if ex.killed:
-                    self.killing.pop(ex.task_id, None)
-                    self.pids.pop(ex.task_id, None)
-        self._record(done)
+        for ex in done:
+            self.killing.discard(ex.task_id)
+            self.pids.pop(ex.task_id, None)
+        if done:
+            self._record(done)
 
     # ---- children ----------------------------------------------------------------------------
     def _reap(self) -> None:
@@ -404,20 +361,16 @@ class Keeper:
                 break
             if info is None:
                 break
-            with self.lock:
-                task_id = self._task_of.pop(info.si_pid, None)
-                if task_id is None or task_id in self.killing:
-                    continue
-                del self.pids[task_id]
+            task_id = self._task_of.pop(info.si_pid, None)
+            if task_id is None or task_id in self.killing:
+                continue  # a killed task's exit comes from its kill thread, once the whole tree is gone
+            del self.pids[task_id]
             ended.append(exit_of(task_id, info.si_code, info.si_status, now))
         if ended:
             self._record(ended)
 
     def _record(self, exits: list[Exit]) -> None:
         """On local disk first (the runner may be gone), then to the runner if one is connected."""
-        exits = [ex for ex in exits if ex.task_id not in self.exits]
-        if not exits:
-            return
         try:
             os.write(self._exits_fd, encode_lines(exits))
             self._exits_lines += len(exits)
@@ -451,33 +404,6 @@ class Keeper:
             os.close(self._exits_fd)
             self._exits_fd = os.open(self._exits_path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         self._exits_lines = len(self.exits)
-
-
-class _Spawner:
-    """A thread pinned once to one CPU set, which starts the tasks of that set: a child inherits
-    its parent thread's CPU mask, so the task is pinned before its first instruction, and no
-    thread of the keeper hops between CPUs from one task to the next."""
-
-    def __init__(self, keeper: Keeper, cpus: tuple[int, ...] | None) -> None:
-        self.keeper = keeper
-        self.cpus = cpus
-        self.jobs: queue.SimpleQueue[tuple[Spawn, dict[str, str]] | None] = queue.SimpleQueue()
-        threading.Thread(target=self._run, name=f"spawn-{cpus}", daemon=True).start()
-
-    def _run(self) -> None:
-        problem = None
-        if self.cpus is not None:
-            try:
-                os.sched_setaffinity(0, self.cpus)
-            except OSError as exc:
-                problem = f"cannot pin to CPUs {list(self.cpus)}: {exc.strerror}"
-        while (job := self.jobs.get()) is not None:
-            msg, env = job
-            try:
-                self.keeper.start_task(msg, env, problem)
-            except Exception:  # never lose the thread, and never leave a task in limbo
-                log.exception("could not start task %s", msg.task_id)
-                self.keeper._not_started(msg.task_id, "the keeper failed to start it (see keeper.log)")
 
 
 def main(argv: list[str] | None = None) -> None:
