@@ -73,6 +73,7 @@ class Agent:
         backoff = Backoff(ceiling=max(1.0, min(10.0, self.interval)))
         connected = False
         while not self.stop.is_set():
+            self.supervisor.flush_forgets()
             held, ending = self.held_and_ending()
             hb = p.Heartbeat(node=self.node, held=held, wait=self.interval, ending=ending)
             try:

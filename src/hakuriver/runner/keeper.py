@@ -178,8 +178,7 @@ class Keeper:
 
     def _woken(self, _mask: int) -> None:
         with contextlib.suppress(BlockingIOError):
-            while self._wake_r.recv(4096):
-                pass
+            self._wake_r.recv(4096)  # a byte per signal: more than this many just wakes the loop again
 
     def _post(self, ex: Exit) -> None:
         """An exit found by a kill thread: the loop records it."""

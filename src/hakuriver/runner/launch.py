@@ -92,11 +92,11 @@ def locate_command(command: str, env: Mapping[str, str], cwd: str) -> tuple[str,
 
 
 class CommandCheck:
-    """`locate_command` with a short memory for commands found on PATH.
+    """`locate_command` with a short memory for commands found.
 
     A sweep runs the same program thousands of times; looking it up once every few seconds
-    instead of once per task saves a stat per PATH entry per task. Misses are never remembered,
-    so a just-installed program is found at once.
+    instead of once per task saves a few stats per task. Misses are never remembered, so a
+    just-installed program is found at once.
     """
 
     def __init__(self, ttl: float = 5.0) -> None:
@@ -104,9 +104,7 @@ class CommandCheck:
         self._found: dict[tuple[str, str], tuple[float, str]] = {}
 
     def locate(self, command: str, env: Mapping[str, str], cwd: str) -> tuple[str, str | None]:
-        if "/" in command:
-            return locate_command(command, env, cwd)
-        key = (command, env.get("PATH", ""))
+        key = (command, cwd if "/" in command and not os.path.isabs(command) else env.get("PATH", ""))
         now = time.monotonic()
         expiry, path = self._found.get(key, (0.0, ""))
         if expiry > now:

@@ -66,6 +66,8 @@ class Supervisor:
         self._orphan_watch: threading.Thread | None = None
         #: being launched right now, by the thread that claimed them
         self._launching: set[str] = set()
+        #: exits journaled here that the keeper has not been told to forget yet
+        self._forgettable: list[str] = []
         # os.environ decodes on every access; the runner's environment does not change
         self._base_env = dict(os.environ)
         self._commands = launch.CommandCheck()
@@ -124,10 +126,26 @@ class Supervisor:
         return [p.TaskStarted(rec.task_id, rec.started_at, rec.stdout, rec.stderr) for rec in adopted]
 
     def _send(self, messages: list) -> None:  # noqa: ANN001 - keeper messages
+        """To the keeper, with the exits it may forget riding along (see `flush_forgets`)."""
+        with self._lock:
+            forget, self._forgettable = self._forgettable, []
+        if forget:
+            messages = [Forget(forget), *messages]
+        if not messages:
+            return
         try:
             self.keeper.send(messages)
         except KeeperGone as exc:
             log.warning("%s; the new keeper will be told", exc)
+
+    def flush_forgets(self) -> None:
+        """Tell the keeper which exits are journaled now, if nothing else went to it since.
+
+        A Forget of its own per batch of exits would cost the keeper a wake-up per batch; it
+        rides on the next launch or kill instead, or goes with the next heartbeat. Until then
+        the keeper merely keeps the exits a little longer (and would resend them, harmlessly).
+        """
+        self._send([])
 
     # ---- launch --------------------------------------------------------------------------
     def launch(self, orders: list[p.LaunchOrder]) -> None:
@@ -147,11 +165,14 @@ class Supervisor:
 
     def _launch(self, new: list[p.LaunchOrder], now: float) -> None:
         _ensure_folder(self.setup.output_dir)
+        # checked once per batch of orders: a batch is a few milliseconds of the node's life
+        scratch_problem = _scratch_problem(self.setup.local_temp_dir)
+        cwds: dict[str, str] = {}
         records, spawns, failed = [], [], []
         for order in new:
             paths = self._paths(order.task_id)
             try:
-                spawn, problem = self._prepare(order, paths)
+                spawn, problem = self._prepare(order, paths, cwds) if not scratch_problem else (None, scratch_problem)
             except OSError as exc:
                 spawn, problem = None, f"could not start: {exc.strerror or exc}"
             if spawn is None:
@@ -178,19 +199,18 @@ class Supervisor:
             temp_dir=os.path.join(s.local_temp_dir, f"hakuriver-task-{task_id}"),
         )
 
-    def _prepare(self, order: p.LaunchOrder, paths: launch.TaskPaths) -> tuple[Spawn | None, str]:
+    def _prepare(self, order: p.LaunchOrder, paths: launch.TaskPaths, cwds: dict[str, str]) -> tuple[Spawn | None, str]:
         """What the keeper is to start, or why the task cannot start."""
         s = self.setup
-        problem = _scratch_problem(s.local_temp_dir)
-        if problem:
-            return None, problem
         try:
             os.mkdir(paths.temp_dir)
         except OSError as exc:
             return None, f"cannot create the task's temp folder {paths.temp_dir}: {exc.strerror}"
         env = launch.task_env({}, order.env, task_id=order.task_id, node=s.node, core_ids=order.core_ids,
                               shared_dir=s.shared_dir, temp_dir=paths.temp_dir)
-        cwd = launch.choose_cwd(order.cwd, paths.temp_dir)
+        if order.cwd not in cwds:
+            cwds[order.cwd] = launch.choose_cwd(order.cwd, "")
+        cwd = cwds[order.cwd] or paths.temp_dir
         program, problem = self._commands.locate(order.command, env if "PATH" in env else self._base_env, cwd)
         if problem:
             _note_in_stderr(paths.stderr, problem)
@@ -211,8 +231,8 @@ class Supervisor:
                     results.append(self._result(rec, ex))
         if results:
             self.outbox.add(results)  # also drops the records, in the same journal append
-        if exits:
-            self._send([Forget([ex.task_id for ex in exits])])
+        with self._lock:
+            self._forgettable += [ex.task_id for ex in exits]
         for rec_result in results:
             _remove_folder(os.path.join(self.setup.local_temp_dir, f"hakuriver-task-{rec_result.task_id}"))
 
