@@ -40,6 +40,8 @@ SOCKET_NAME, LOCK_NAME, EXITS_NAME, LOG_NAME = "keeper.sock", "keeper.lock", "ex
 IDLE_EXIT = 5.0
 #: the exits log is rewritten with only the unforgotten exits once it has this many lines
 EXITS_LOG_LIMIT = 50_000
+#: bytes per read from the other side: below malloc's mmap threshold (a 1 MiB buffer cost an mmap per read)
+RECV_SIZE = 65536
 _OUTPUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
 
 
@@ -204,7 +206,7 @@ class Keeper:
         if not mask & selectors.EVENT_READ or self.conn is None:
             return
         try:
-            data = self.conn.recv(1 << 20)
+            data = self.conn.recv(RECV_SIZE)
         except BlockingIOError:
             return
         except OSError:
@@ -484,7 +486,7 @@ class KeeperLink:
             raise KeeperGone("not connected to the keeper")
         while True:
             try:
-                data = sock.recv(1 << 20)
+                data = sock.recv(RECV_SIZE)
             except OSError as exc:
                 raise KeeperGone(f"lost the keeper: {exc.strerror or exc}") from exc
             if not data:
