@@ -9,6 +9,7 @@ from pathlib import Path
 
 from hakuriver import protocol as p
 from hakuriver.client.api import HostClient
+from support import wait_until
 
 
 def _out(row) -> str:  # noqa: ANN001
@@ -98,6 +99,14 @@ def test_per_task_temp_folder_is_fresh_and_removed(cluster):
     count, folder, _ = _out(cluster.task(res.stdout.splitlines()[0])).split("\n", 2)
     assert count.strip() == "0"
     assert not os.path.exists(folder)
+
+
+def test_a_temp_folder_left_full_is_removed_too(cluster):
+    script = 'mkdir "$HAKURIVER_LOCAL_TEMP_DIR/sub"; echo x > "$HAKURIVER_LOCAL_TEMP_DIR/sub/f"; echo "$HAKURIVER_LOCAL_TEMP_DIR"'
+    res = cluster.client("--wait", "--", "sh", "-c", script)
+    assert res.returncode == 0, res.stderr
+    folder = _out(cluster.task(res.stdout.splitlines()[0])).strip()
+    wait_until(lambda: not os.path.exists(folder), 10, f"{folder} to be removed")
 
 
 def test_working_directory_is_the_clients_when_it_exists(cluster, tmp_path):

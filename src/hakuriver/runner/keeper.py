@@ -23,6 +23,7 @@ import logging
 import os
 import queue
 import selectors
+import shutil
 import signal
 import socket
 import subprocess
@@ -62,6 +63,8 @@ class Spawn(msgspec.Struct, tag="spawn", omit_defaults=True):
     cwd: str
     stdout: str
     stderr: str
+    #: the task's fresh scratch folder: created before it starts, removed once it has ended
+    scratch: str
     #: CPUs to pin to before the program starts; None when numactl in argv does it
     cpus: list[int] | None = None
 
@@ -135,6 +138,8 @@ class Keeper:
         self.env: dict[str, str] = dict(os.environ)
         #: started and not yet reaped (or, when killed, not yet gone with its whole tree)
         self.pids: dict[str, int] = {}
+        #: the scratch folders of those tasks
+        self._scratch: dict[str, str] = {}
         self._task_of: dict[int, str] = {}
         #: tasks being killed: their exit comes from the kill thread once the whole tree is gone
         self.killing: set[str] = set()
@@ -266,6 +271,12 @@ class Keeper:
         if msg.task_id in self.pids or msg.task_id in self.exits or msg.task_id in self.killing:
             return  # a repeated order: never a second run
         try:
+            os.mkdir(msg.scratch)
+        except OSError as exc:
+            self._not_started(msg.task_id, f"cannot create the task's temp folder {msg.scratch}: {exc.strerror}")
+            return
+        self._scratch[msg.task_id] = msg.scratch
+        try:
             out_fd = os.open(msg.stdout, _OUTPUT_FLAGS, 0o644)
             try:
                 err_fd = os.open(msg.stderr, _OUTPUT_FLAGS, 0o644)
@@ -311,6 +322,17 @@ class Keeper:
 
     def _not_started(self, task_id: str, problem: str) -> None:
         self._record([Exit(task_id, time.time(), not_started=True, error=problem)])
+
+    def _remove_scratch(self, task_id: str) -> None:
+        folder = self._scratch.pop(task_id, None)
+        if folder is None:
+            return
+        try:
+            os.rmdir(folder)  # the common case: the task left its scratch folder empty
+        except FileNotFoundError:
+            pass
+        except OSError:  # left files behind: removed off the loop, which must not wait on a big tree
+            threading.Thread(target=shutil.rmtree, args=(folder,), kwargs={"ignore_errors": True}, daemon=True).start()
 
     def _forget(self, task_ids: list[str]) -> None:
         for task_id in task_ids:
@@ -372,6 +394,8 @@ class Keeper:
 
     def _record(self, exits: list[Exit]) -> None:
         """On local disk first (the runner may be gone), then to the runner if one is connected."""
+        for ex in exits:
+            self._remove_scratch(ex.task_id)
         try:
             os.write(self._exits_fd, encode_lines(exits))
             self._exits_lines += len(exits)
@@ -540,7 +564,7 @@ class KeeperLink:
         with open(log_path, "ab") as log_fh:
             self._proc = subprocess.Popen([sys.executable, "-m", "hakuriver.runner.keeper", self.state_dir],
                                           stdin=subprocess.DEVNULL, stdout=log_fh, stderr=subprocess.STDOUT,
-                                          start_new_session=True, close_fds=True)
+                                          start_new_session=True, close_fds=True, cwd="/")
         return self._proc
 
 

@@ -176,7 +176,6 @@ class Supervisor:
             except OSError as exc:
                 spawn, problem = None, f"could not start: {exc.strerror or exc}"
             if spawn is None:
-                _remove_folder(paths.temp_dir)
                 log.warning("task %s failed to start: %s", order.task_id, problem)
                 failed.append(p.TaskFinished(order.task_id, time.time(), error=problem, started_at=None,
                                              stdout_path=paths.stdout, stderr_path=paths.stderr))
@@ -202,10 +201,6 @@ class Supervisor:
     def _prepare(self, order: p.LaunchOrder, paths: launch.TaskPaths, cwds: dict[str, str]) -> tuple[Spawn | None, str]:
         """What the keeper is to start, or why the task cannot start."""
         s = self.setup
-        try:
-            os.mkdir(paths.temp_dir)
-        except OSError as exc:
-            return None, f"cannot create the task's temp folder {paths.temp_dir}: {exc.strerror}"
         env = launch.task_env({}, order.env, task_id=order.task_id, node=s.node, core_ids=order.core_ids,
                               shared_dir=s.shared_dir, temp_dir=paths.temp_dir)
         if order.cwd not in cwds:
@@ -217,12 +212,12 @@ class Supervisor:
             return None, problem
         cpus = s.physical(order.core_ids)
         path, argv = launch.task_argv(program, order.command, order.args, cpus=cpus, numactl=s.numactl_path)
-        return Spawn(order.task_id, path, argv, env, cwd, paths.stdout, paths.stderr,
+        return Spawn(order.task_id, path, argv, env, cwd, paths.stdout, paths.stderr, paths.temp_dir,
                      None if s.numactl_path else cpus), ""
 
     # ---- exits ---------------------------------------------------------------------------
     def _exited(self, exits: list[Exit]) -> None:
-        """Journal the results (one append), then let the keeper forget them."""
+        """Journal the results (one append), then let the keeper forget them (it removed their scratch folders)."""
         results = []
         with self._lock:
             for ex in exits:
@@ -233,8 +228,6 @@ class Supervisor:
             self.outbox.add(results)  # also drops the records, in the same journal append
         with self._lock:
             self._forgettable += [ex.task_id for ex in exits]
-        for rec_result in results:
-            _remove_folder(os.path.join(self.setup.local_temp_dir, f"hakuriver-task-{rec_result.task_id}"))
 
     @staticmethod
     def _result(rec: TaskRecord, ex: Exit) -> p.TaskFinished:
