@@ -224,11 +224,13 @@ class LocalCluster:
         crashed = [p.name for p in self.procs if not p.alive() and not p.expected_exit and p.popen.returncode != 0]
         for p in self.procs:
             p.stop()
-        for proc in self.task_processes() + self.keepers():
+        leftovers = self.task_processes() + self.keepers()
+        for proc in leftovers:
             try:
                 proc.kill()
             except psutil.NoSuchProcess:
                 pass
+        psutil.wait_procs(leftovers, timeout=10)  # gone, with their open files and working folders
         return crashed
 
     def keepers(self) -> list[psutil.Process]:

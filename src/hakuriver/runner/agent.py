@@ -1,11 +1,11 @@
-"""The runner's network side: heartbeat long-poll for orders, and delivery of reports.
+"""The runner's network side: heartbeat long-poll for orders, and delivery of results.
 
-Two loops, each on its own keep-alive connection. The heartbeat loop tells the host what this
-node holds and receives launch and kill orders. The report loop sends "started" and durable
-"finished" reports and drops a result only once the host acknowledged it; the acknowledgement
-also carries orders, so a core freed by a result gets its next task without waiting for the
-heartbeat loop. Both retry with
-backoff for as long as the host is away: the runner never exits or spins because of it.
+Two loops, each on its own keep-alive connection to the host. The heartbeat loop tells the
+host what this node holds and receives launch and kill orders. The results loop journals the
+exits the keeper reports, sends "started" and "finished" reports, and drops a result only once
+the host acknowledged it; the acknowledgement also carries orders, so a core freed by a result
+gets its next task in the same round trip. Both retry with backoff for as long as the host is
+away: the runner never exits or spins because of it.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ log = logging.getLogger("hakuriver.runner")
 REPORT_BATCH = 2000
 #: seconds a report waits for more results while other tasks of this node are running
 LINGER = 0.004
+#: seconds the results loop waits for the keeper when there is nothing to report
+IDLE_POLL = 1.0
 
 
 class Backoff:
@@ -49,18 +51,21 @@ class Agent:
         self.supervisor = supervisor
         self.outbox = outbox
         self.stop = threading.Event()
-        self._work = threading.Condition()
+        self._lock = threading.Lock()
         self._started: dict[str, p.TaskStarted] = {}
+        #: when the oldest report item still unsent was first seen (monotonic), None if none
+        self._waiting_since: float | None = None
+        self._results_thread = 0
 
-    # called by the supervisor's threads
+    # called by the supervisor, from any thread
     def task_started(self, event: p.TaskStarted) -> None:
-        with self._work:
+        with self._lock:
             self._started[event.task_id] = event
-            self._work.notify_all()
+        self.result_ready()
 
     def result_ready(self) -> None:
-        with self._work:
-            self._work.notify_all()
+        if threading.get_ident() != self._results_thread:
+            self.supervisor.wake()
 
     def held_and_ending(self) -> tuple[list[str], list[str]]:
         """Every task this node holds, and those of them already being killed or already ended."""
@@ -99,22 +104,29 @@ class Agent:
             self.supervisor.kill(task_id)
         if orders.launch:
             self.supervisor.launch(orders.launch)
-            self.result_ready()  # a launch that failed at once has a result to send
 
-    # ---- reports -------------------------------------------------------------------------
-    def report_forever(self) -> None:
+    # ---- results and reports -----------------------------------------------------------
+    def results_forever(self) -> None:
+        """Journal the keeper's exits as they come and report them to the host.
+
+        One thread does both, so a task's exit reaches the host without a hand-off between
+        threads; the acknowledgement's orders are launched from here too. Results are
+        journaled even while the host is away: reports are retried with backoff.
+        """
+        self._results_thread = threading.get_ident()
         conn = HostConnection(self.host_url)
         backoff = Backoff(ceiling=5.0)
+        retry_at = 0.0
         while not self.stop.is_set():
-            with self._work:
-                finished = self._gather()
+            self.supervisor.pump(self._until_report(retry_at))
+            if self._until_report(retry_at) > 0:
+                continue
+            with self._lock:
+                finished = self.outbox.pending(REPORT_BATCH)
                 done = {f.task_id for f in finished}
                 started = [s for s in self._started.values() if s.task_id not in done]
                 for task_id in done:
                     self._started.pop(task_id, None)
-                if not started and not finished:
-                    self._work.wait(0.5)
-                    continue
             held, ending = self.held_and_ending()
             try:
                 report = p.encode(p.Report(self.node.name, started, finished, held=held, ending=ending))
@@ -122,46 +134,44 @@ class Agent:
             except (HostUnreachable, ApiError, p.DecodeError) as exc:
                 if backoff.delay == 0:
                     log.warning("report failed, will retry: %s", exc)
-                self.stop.wait(backoff.failed())
+                retry_at = time.monotonic() + backoff.failed()
                 continue
             backoff.succeeded()
+            retry_at, self._waiting_since = 0.0, None
             self.outbox.ack(ack.task_ids)
-            if ack.orders is not None:
-                self._obey(ack.orders)
-            with self._work:
+            with self._lock:
                 for s in started:
                     if self._started.get(s.task_id) is s:
                         del self._started[s.task_id]
+            if ack.orders is not None:
+                self._obey(ack.orders)
 
-    def _gather(self) -> list[p.TaskFinished]:
-        """The results to send now, after a few milliseconds' wait when more are about to come.
+    def _until_report(self, retry_at: float) -> float:
+        """Seconds until the next report is due (0: now); IDLE_POLL when there is nothing to report.
 
-        A short task's result usually follows its "started" within milliseconds, and on a busy
-        node more results follow the first: one report for several saves a round trip per task
-        on both sides. A result is sent at once when nothing else runs here.
+        A result goes at once when nothing else runs here. Otherwise the report waits a few
+        milliseconds for more: a short task's result follows its "started" within milliseconds,
+        and on a busy node more results follow the first, so one report carries several.
         """
-        deadline = time.monotonic() + LINGER
-        while True:
-            finished = self.outbox.pending(REPORT_BATCH)
-            if not finished and not self._started:
-                return finished
-            if finished and self.supervisor.running_count() == 0:
-                return finished
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return finished
-            self._work.wait(remaining)
+        with self._lock:
+            started = bool(self._started)
+        results = self.outbox.has_pending()
+        now = time.monotonic()
+        if not started and not results:
+            self._waiting_since = None
+            return IDLE_POLL
+        if self._waiting_since is None:
+            self._waiting_since = now
+        retry = max(0.0, retry_at - now)
+        if results and self.supervisor.running_count() == 0:
+            return retry
+        return max(retry, self._waiting_since + LINGER - now)
 
     def run(self, taken_over: list[p.TaskStarted]) -> None:
         """Serve until stopped; `taken_over` are the running tasks an earlier runner process left."""
         for event in taken_over:
             self.task_started(event)
-        threads = [
-            threading.Thread(target=self.supervisor.serve_keeper, args=(self.stop,), name="keeper", daemon=True),
-            threading.Thread(target=self.report_forever, name="reports", daemon=True),
-        ]
-        for t in threads:
-            t.start()
+        threading.Thread(target=self.results_forever, name="results", daemon=True).start()
         try:
             self.heartbeat_forever()
         finally:

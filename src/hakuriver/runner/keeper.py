@@ -22,6 +22,7 @@ import fcntl
 import logging
 import os
 import queue
+import select
 import selectors
 import shutil
 import signal
@@ -30,7 +31,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import msgspec
 
@@ -472,6 +473,9 @@ class KeeperLink:
         self._send_lock = threading.Lock()
         self._buf = b""
         self._proc: subprocess.Popen | None = None
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
 
     def connect(self, env: dict[str, str]) -> State:
         """Connect (starting the keeper if needed), say Hello, and return the keeper's State."""
@@ -479,10 +483,10 @@ class KeeperLink:
         sock = self._open() or self._start_and_open()
         self._sock, self._buf = sock, b""
         self.send([Hello(env)])
-        for msg in self._read():
-            if isinstance(msg, State):
-                return msg
-        raise KeeperGone("the keeper hung up before saying what it runs")
+        while True:  # the keeper's first message is its State
+            for msg in self._read():
+                if isinstance(msg, State):
+                    return msg
 
     def send(self, messages: list[msgspec.Struct]) -> None:
         sock = self._sock
@@ -497,34 +501,44 @@ class KeeperLink:
             except OSError as exc:
                 raise KeeperGone(f"lost the keeper: {exc.strerror or exc}") from exc
 
-    def receive(self, on_exits: Callable[[list[Exit]], None]) -> None:
-        """Deliver exits as they come, until the connection breaks (KeeperGone)."""
-        while True:
-            batch = [m for m in self._read() if isinstance(m, Exit)]
-            if batch:
-                on_exits(batch)
+    def wake(self) -> None:
+        """Make a `poll` in progress on another thread return now."""
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"w")
 
-    def _read(self) -> list[msgspec.Struct]:
+    def poll(self, timeout: float) -> list[Exit]:
+        """The exits the keeper sent, waiting up to `timeout` for some (or for `wake`)."""
         sock = self._sock
         if sock is None:
             raise KeeperGone("not connected to the keeper")
-        while True:
+        readable, _, _ = select.select([sock, self._wake_r], [], [], timeout)
+        if self._wake_r in readable:
+            with contextlib.suppress(BlockingIOError):
+                self._wake_r.recv(4096)
+        if sock not in readable:
+            return []
+        return [m for m in self._read() if isinstance(m, Exit)]
+
+    def _read(self) -> list[msgspec.Struct]:
+        """The messages completed by one read (possibly none: a line can arrive in parts)."""
+        sock = self._sock
+        if sock is None:
+            raise KeeperGone("not connected to the keeper")
+        try:
+            data = sock.recv(RECV_SIZE)
+        except OSError as exc:
+            raise KeeperGone(f"lost the keeper: {exc.strerror or exc}") from exc
+        if not data:
+            raise KeeperGone("the keeper closed the connection")
+        lines = (self._buf + data).split(b"\n")
+        self._buf = lines.pop()
+        messages = []
+        for line in lines:
             try:
-                data = sock.recv(RECV_SIZE)
-            except OSError as exc:
-                raise KeeperGone(f"lost the keeper: {exc.strerror or exc}") from exc
-            if not data:
-                raise KeeperGone("the keeper closed the connection")
-            lines = (self._buf + data).split(b"\n")
-            self._buf = lines.pop()
-            messages = []
-            for line in lines:
-                try:
-                    messages.append(_from_keeper(line))
-                except msgspec.DecodeError:
-                    log.warning("ignoring a malformed message from the keeper")
-            if messages:
-                return messages
+                messages.append(_from_keeper(line))
+            except msgspec.DecodeError:
+                log.warning("ignoring a malformed message from the keeper")
+        return messages
 
     def close(self) -> None:
         if self._sock is not None:

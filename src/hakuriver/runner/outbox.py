@@ -30,6 +30,9 @@ class Outbox:
         with self.journal.lock:
             return task_id in self.journal.results
 
+    def has_pending(self) -> bool:
+        return bool(self.journal.results)  # a read of one dict's size: no lock needed
+
     def pending(self, limit: int) -> list[TaskFinished]:
         with self.journal.lock:
             return list(self.journal.results.values())[:limit]

@@ -95,23 +95,30 @@ class Supervisor:
         runner process left: its running tasks, and the exits it has not journaled yet."""
         return self._take_over(self.keeper.connect(self._base_env))
 
-    def serve_keeper(self, stop: threading.Event) -> None:
-        """Journal exits as the keeper reports them; should the keeper die, start a new one and take over again."""
-        while not stop.is_set():
+    def pump(self, timeout: float) -> None:
+        """Journal what the keeper reports, waiting up to `timeout` for it (or for `wake`).
+
+        Should the keeper be gone, a new one is started and takes over. Called by one thread
+        only, the one that also reports to the host: exits go from the keeper to the journal to
+        the host without a hand-off between threads.
+        """
+        try:
+            exits = self.keeper.poll(timeout)
+        except KeeperGone as exc:
+            log.error("%s; starting a new keeper", exc)
             try:
-                self.keeper.receive(self._exited)
-            except KeeperGone as exc:
-                if stop.is_set():
-                    return
-                log.error("%s; starting a new keeper", exc)
-            while not stop.is_set():
-                try:
-                    for event in self.start():
-                        self.on_started(event)
-                    break
-                except KeeperGone as exc:
-                    log.error("%s; retrying", exc)
-                    stop.wait(1.0)
+                for event in self.start():
+                    self.on_started(event)
+            except KeeperGone as again:
+                log.error("%s; retrying in a second", again)
+                time.sleep(1.0)
+            return
+        if exits:
+            self._exited(exits)
+
+    def wake(self) -> None:
+        """Make a `pump` in progress return now (there is something to report)."""
+        self.keeper.wake()
 
     def _take_over(self, state: State) -> list[p.TaskStarted]:
         self._exited(state.exits)
