@@ -230,7 +230,7 @@ class LocalCluster:
                 proc.kill()
             except psutil.NoSuchProcess:
                 pass
-        psutil.wait_procs(leftovers, timeout=10)  # gone, with their open files and working folders
+        wait_until(lambda: not any(_alive(p) for p in leftovers), 10, "killed processes to die")
         return crashed
 
     def keepers(self) -> list[psutil.Process]:
@@ -241,6 +241,14 @@ class LocalCluster:
             if "hakuriver.runner.keeper" in cmdline and any(arg.startswith(str(self.root)) for arg in cmdline):
                 found.append(proc)
         return found
+
+
+def _alive(proc: psutil.Process) -> bool:
+    """Running, and not a zombie: a zombie's files and working folder are already released."""
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def make_cluster(tmp_path: Path, request: pytest.FixtureRequest, **kw: Any):  # noqa: ANN201
