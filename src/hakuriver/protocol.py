@@ -271,7 +271,14 @@ class DecodeError(ValueError):
 def encode(obj: Any) -> bytes:
     import msgspec  # host and runners only; see the module docstring
 
-    return msgspec.json.encode(obj, enc_hook=_plain)
+    return msgspec.json.encode(obj, enc_hook=_fields_of)
+
+
+def _fields_of(obj: Any) -> Any:
+    """msgspec's hook for types it does not know: a message is its fields (msgspec recurses)."""
+    if isinstance(obj, Message):
+        return obj.__dict__
+    raise NotImplementedError(f"cannot encode {type(obj).__name__}")
 
 
 def decode(data: bytes, kind: Any) -> Any:
@@ -339,7 +346,8 @@ def _nested(cls: type[Message]) -> dict[str, Any]:
 # msgspec Struct twins of the messages, built on first use by the host or a runner: msgspec
 # validates against them, then `_from_struct` hands back the Message classes everyone uses.
 _STRUCTS: dict[type, Any] = {}
-_FROM_STRUCT: dict[Any, type[Message]] = {}
+#: Struct twin -> (its Message class, the fields that may hold messages or lists of them)
+_FROM_STRUCT: dict[Any, tuple[type[Message], frozenset[str]]] = {}
 
 
 def _validator(kind: Any) -> Any:
@@ -368,15 +376,21 @@ def _build_structs() -> None:
         struct = msgspec.defstruct(name, fields)
         namespace[name] = struct
         _STRUCTS[cls] = struct
-        _FROM_STRUCT[struct] = cls
+        nested = frozenset(f for f, annotation in cls.__annotations__.items()
+                           if any(re.search(rf"\b{other}\b", annotation) for other in _messages()))
+        _FROM_STRUCT[struct] = (cls, nested)
 
 
 def _from_struct(value: Any) -> Any:
-    cls = _FROM_STRUCT.get(type(value))
-    if cls is not None:
+    """The Message for a validated Struct twin, converting only the fields that can hold messages."""
+    plan = _FROM_STRUCT.get(type(value))
+    if plan is not None:
+        cls, nested = plan
         obj = cls.__new__(cls)
+        fields = obj.__dict__
         for f in cls._fields:
-            setattr(obj, f, _from_struct(getattr(value, f)))
+            v = getattr(value, f)
+            fields[f] = _from_struct(v) if f in nested else v
         return obj
     if isinstance(value, list):
         return [_from_struct(v) for v in value]

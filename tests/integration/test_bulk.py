@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 
@@ -16,7 +18,7 @@ def test_array_replaces_braces_and_sets_the_index(cluster):
     assert "6 tasks: 6 completed" in res.stdout
     rows = batch_rows(cluster, batch_id)
     assert [Path(r["stdout_path"]).read_text() for r in rows] == [f"{i} {i}\n" for i in (1, 2, 3, 4, 5, 8)]
-    assert [r["args"] for r in rows][0] == '["-c", "echo \\"1 $HAKURIVER_ARRAY_INDEX\\"", "x1y"]'
+    assert json.loads(rows[0]["args"]) == ["-c", 'echo "1 $HAKURIVER_ARRAY_INDEX"', "x1y"]
 
 
 def test_file_of_commands(cluster, tmp_path):

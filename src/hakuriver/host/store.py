@@ -11,6 +11,8 @@ import os
 import sqlite3
 from collections.abc import Iterable
 
+import msgspec
+
 from hakuriver.core.cores import CoreSet, format_core_ids, parse_core_ids
 from hakuriver.core.model import Node, Task
 from hakuriver.core.states import NodeState, TaskState
@@ -145,9 +147,13 @@ class _transaction:
         self.db.execute("ROLLBACK" if exc_type else "COMMIT")
 
 
+def _json_text(value: object) -> str:
+    return msgspec.json.encode(value).decode()  # several times faster than json.dumps: a batch holds thousands
+
+
 def _task_row(t: Task) -> tuple:
     return (
-        t.task_id, t.batch_id, t.state.value, t.command, json.dumps(t.args), json.dumps(t.env), t.cores,
+        t.task_id, t.batch_id, t.state.value, t.command, _json_text(t.args), _json_text(t.env), t.cores,
         t.cwd, t.target_node, t.node, format_core_ids(t.core_ids), t.exit_code, t.signal, t.error,
         t.submitted_at, t.started_at, t.finished_at, t.stdout_path, t.stderr_path, int(t.kill_requested),
     )
