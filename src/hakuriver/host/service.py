@@ -257,7 +257,10 @@ class HostService:
             return p.Ack(task_ids=acked)
         if r.finished:
             self._run_schedule()  # now, so that the freed cores' next tasks ride on this answer
-        return p.Ack(task_ids=acked, orders=_orders_message(self._orders(r.node, set(r.held), frozenset(r.ending))))
+        orders = self._orders(r.node, set(r.held), frozenset(r.ending))
+        # everything pending for this node goes out in this answer: its waiting heartbeat need not wake for it
+        self._staged_orders.discard(r.node)
+        return p.Ack(task_ids=acked, orders=_orders_message(orders))
 
     def _orders(self, node: str, held: set[str], ending: frozenset[str]) -> CoreOrders:
         """The node's orders, leaving out launches already offered since its last heartbeat.
