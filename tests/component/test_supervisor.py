@@ -21,27 +21,40 @@ from hakuriver.runner.supervisor import NodeSetup, Supervisor
 from support import wait_until
 
 
-def keepers(state_dir: str) -> list[psutil.Process]:
+def keepers(below: str) -> list[psutil.Process]:
+    """The keepers whose state folder is `below` or inside it."""
     found = []
     for proc in psutil.process_iter(["cmdline"]):
-        if "hakuriver.runner.keeper" in (proc.info["cmdline"] or []) and state_dir in proc.info["cmdline"]:
+        cmdline = proc.info["cmdline"] or []
+        if "hakuriver.runner.keeper" in cmdline and any(arg == below or arg.startswith(below + "/") for arg in cmdline):
             found.append(proc)
     return found
 
 
-def serve(setup: NodeSetup, started: list[p.TaskStarted] | None = None) -> tuple[Supervisor, Outbox, threading.Event, list]:
+class Pump:
+    """What the runner's results loop does, without the host: journal the keeper's exits."""
+
+    def __init__(self, sup: Supervisor) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(sup,), daemon=True)
+        self._thread.start()
+
+    def _run(self, sup: Supervisor) -> None:
+        while not self._stop.is_set():
+            sup.pump(0.05)
+
+    def stop(self) -> None:
+        """Stopped for good: no keeper is restarted after this, even if the test kills it."""
+        self._stop.set()
+        self._thread.join(5)
+
+
+def serve(setup: NodeSetup, started: list[p.TaskStarted] | None = None) -> tuple[Supervisor, Outbox, Pump, list]:
     outbox = Outbox(Journal(os.path.join(setup.state_dir, "journal")))
     events: list[p.TaskStarted] = [] if started is None else started
     sup = Supervisor(setup, outbox, events.append)
     taken_over = sup.start()
-    stop = threading.Event()
-
-    def pump() -> None:  # what the runner's results loop does, without the host
-        while not stop.is_set():
-            sup.pump(0.05)
-
-    threading.Thread(target=pump, daemon=True).start()
-    return sup, outbox, stop, taken_over
+    return sup, outbox, Pump(sup), taken_over
 
 
 @pytest.fixture
@@ -51,9 +64,9 @@ def node(tmp_path):  # noqa: ANN001, ANN201
     setup = NodeSetup("n", str(tmp_path / "shared"), str(tmp_path / "tmp"), "", 0.5, str(tmp_path / "state"), ())
     os.makedirs(setup.state_dir, mode=0o700)
     started: list[p.TaskStarted] = []
-    sup, outbox, stop, _ = serve(setup, started)
+    sup, outbox, pump, _ = serve(setup, started)
     yield setup, sup, outbox, started
-    stop.set()
+    pump.stop()
     sup.keeper.close()
     for proc in keepers(str(tmp_path)):
         proc.kill()
@@ -156,12 +169,12 @@ def gated_task_in_a_dead_runner(setup: NodeSetup, task_id: str, code: int) -> tu
 
 def test_a_new_supervisor_takes_over_the_tasks_of_a_dead_runner(node):
     fresh_setup, gate = gated_task_in_a_dead_runner(node[0], "adopt", 6)
-    fresh, outbox, stop, taken_over = serve(fresh_setup)
+    fresh, outbox, pump, taken_over = serve(fresh_setup)
     assert [s.task_id for s in taken_over] == ["adopt"]
     assert fresh.held() == {"adopt"}
     open(gate, "w").close()
     r = result(outbox, "adopt")
-    stop.set()
+    pump.stop()
     assert r.exit_code == 6 and r.error == ""
     assert fresh.held() == set()
 
@@ -172,9 +185,26 @@ def test_a_task_whose_keeper_was_killed_is_watched_until_it_ends(node):
     [keeper] = keepers(fresh_setup.state_dir)
     keeper.kill()
     keeper.wait(5)
-    fresh, outbox, stop, taken_over = serve(fresh_setup)  # starts a new keeper, which never heard of the task
+    fresh, outbox, pump, taken_over = serve(fresh_setup)  # starts a new keeper, which never heard of the task
     assert [s.task_id for s in taken_over] == ["orphan"]
     open(gate, "w").close()
     r = result(outbox, "orphan")
-    stop.set()
+    pump.stop()
     assert r.exit_code is None and "keeper was killed" in r.error
+
+
+def test_a_state_folder_too_long_for_a_unix_socket_path_still_works(tmp_path):
+    deep = tmp_path / ("d" * 60) / ("e" * 60)  # the socket's own path would pass the 108-byte limit
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "tmp").mkdir()
+    deep.mkdir(parents=True, mode=0o700)
+    setup = NodeSetup("n", str(tmp_path / "shared"), str(tmp_path / "tmp"), "", 0.5, str(deep), ())
+    sup, outbox, pump, _ = serve(setup)
+    try:
+        sup.launch([order("long", "sh", "-c", "exit 5")])
+        assert result(outbox, "long").exit_code == 5
+    finally:
+        pump.stop()
+        sup.keeper.close()
+        for proc in keepers(str(tmp_path)):
+            proc.kill()

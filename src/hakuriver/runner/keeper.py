@@ -178,7 +178,8 @@ class Keeper:
             self._collect_posted()
             if self.conn is not None or self.pids or self.killing:
                 idle_since = time.monotonic()
-            elif time.monotonic() - idle_since >= IDLE_EXIT:
+            elif time.monotonic() - idle_since >= IDLE_EXIT and not select.select([listener], [], [], 0)[0]:
+                # (a runner that connected just now is served first, not left with a closed socket)
                 log.info("no runner and no task left: keeper exits")
                 return
             for key, mask in self.sel.select(timeout=1.0):
@@ -468,6 +469,7 @@ class KeeperLink:
 
     def __init__(self, state_dir: str, start_timeout: float = 15.0) -> None:
         self.state_dir = state_dir
+        self._address = socket_address(state_dir)
         self.start_timeout = start_timeout
         self._sock: socket.socket | None = None
         self._send_lock = threading.Lock()
@@ -477,11 +479,26 @@ class KeeperLink:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
 
-    def connect(self, env: dict[str, str]) -> State:
-        """Connect (starting the keeper if needed), say Hello, and return the keeper's State."""
-        self.close()
-        sock = self._open() or self._start_and_open()
-        self._sock, self._buf = sock, b""
+    def connect(self, env: dict[str, str], attempts: int = 3) -> State:
+        """Connect (starting the keeper if needed), say Hello, and return the keeper's State.
+
+        A keeper may be on its way out (idle) just as a runner connects: then a new one is
+        started, a few times at most.
+        """
+        attempt = 1
+        while True:
+            self.close()
+            sock = self._open() or self._start_and_open()
+            self._sock, self._buf = sock, b""
+            try:
+                return self._handshake(env)
+            except KeeperGone:
+                if attempt == attempts:
+                    raise
+            attempt += 1
+            time.sleep(0.1)
+
+    def _handshake(self, env: dict[str, str]) -> State:
         self.send([Hello(env)])
         while True:  # the keeper's first message is its State
             for msg in self._read():
@@ -550,7 +567,7 @@ class KeeperLink:
     def _open(self) -> socket.socket | None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.connect(socket_address(self.state_dir))
+            sock.connect(self._address)
         except OSError:
             sock.close()
             return None
