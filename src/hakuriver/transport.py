@@ -76,7 +76,8 @@ class HostConnection:
         if self._sock is None:
             self._sock = socket.create_connection((self._host, self._port), timeout=timeout)
             self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._sock.settimeout(timeout)
+        if self._sock.gettimeout() != timeout:  # each settimeout is a system call
+            self._sock.settimeout(timeout)
         head = b"%s %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % (
             method.encode(), path.encode(), self._host_header, len(data))
         self._sock.sendall(head + data)

@@ -256,7 +256,8 @@ class Keeper:
             return
         del self._outbox[:sent]
         events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self._outbox else 0)
-        self.sel.modify(self.conn, events, self._on_conn)
+        if events != self.sel.get_key(self.conn).events:  # usually all is sent: no epoll call then
+            self.sel.modify(self.conn, events, self._on_conn)
 
     # ---- messages ----------------------------------------------------------------------------
     def _handle(self, msg: msgspec.Struct) -> None:
