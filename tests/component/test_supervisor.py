@@ -208,3 +208,19 @@ def test_a_state_folder_too_long_for_a_unix_socket_path_still_works(tmp_path):
         sup.keeper.close()
         for proc in keepers(str(tmp_path)):
             proc.kill()
+
+
+def test_an_exit_logged_by_a_keeper_that_then_died_still_reaches_the_journal(node):
+    fresh_setup, gate = gated_task_in_a_dead_runner(node[0], "logged", 4)
+    open(gate, "w").close()  # the task ends while no runner listens: only the keeper's log has its exit
+    exits_log = Path(fresh_setup.state_dir, "exits")
+    wait_until(lambda: exits_log.exists() and '"logged"' in exits_log.read_text(), 10, "the exit in the keeper's log")
+    [keeper] = keepers(fresh_setup.state_dir)
+    keeper.kill()
+    keeper.wait(5)
+    fresh, outbox, pump, taken_over = serve(fresh_setup)  # a new keeper, which reads the log
+    try:
+        r = result(outbox, "logged")
+        assert (r.exit_code, r.error, taken_over) == (4, "", [])
+    finally:
+        pump.stop()

@@ -58,7 +58,7 @@ class Supervisor:
         self.journal = outbox.journal
         self.keeper = KeeperLink(setup.state_dir)
         # one lock for the journal and the task records: a record and its journal line change together
-        self._lock = threading.Condition(self.journal.lock)
+        self._lock = self.journal.lock
         #: launched, not finished (the journal's own view, not a copy)
         self._records: dict[str, TaskRecord] = self.journal.records
         #: tasks still running whose keeper was lost: watched by polling, killed by the runner itself
