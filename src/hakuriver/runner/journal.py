@@ -25,7 +25,7 @@ COMPACT_SLACK = 20_000
 
 
 class TaskRecord(msgspec.Struct):
-    """What a restarted runner needs to re-adopt a task; journaled before the task is spawned."""
+    """What a restarted runner needs to take a task over; journaled before the keeper is asked to start it."""
 
     task_id: str
     started_at: float
