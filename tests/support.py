@@ -235,12 +235,17 @@ class LocalCluster:
 
     def keepers(self) -> list[psutil.Process]:
         """The runners' keepers (they outlive a runner on purpose, for as long as a task runs)."""
-        found = []
-        for proc in psutil.process_iter(["cmdline"]):
-            cmdline = proc.info["cmdline"] or []
-            if "hakuriver.runner.keeper" in cmdline and any(arg.startswith(str(self.root)) for arg in cmdline):
-                found.append(proc)
-        return found
+        return keepers_below(str(self.root))
+
+
+def keepers_below(folder: str) -> list[psutil.Process]:
+    """The keepers whose state folder is `folder` or inside it."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if "hakuriver.runner.keeper" in cmdline and any(a == folder or a.startswith(folder + "/") for a in cmdline):
+            found.append(proc)
+    return found
 
 
 def _alive(proc: psutil.Process) -> bool:

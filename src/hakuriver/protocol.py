@@ -331,11 +331,11 @@ _NESTED_CACHE: dict[type, dict[str, Any]] = {}
 
 
 def _nested(cls: type[Message]) -> dict[str, Any]:
-    """Fields holding other messages, e.g. BatchView.problems -> list[TaskBrief]."""
+    """Fields holding other messages, e.g. BatchView.problems -> list[TaskBrief], Ack.orders -> Orders."""
     if cls not in _NESTED_CACHE:
         by_name, found = _messages(), {}
         for name, annotation in cls.__annotations__.items():
-            match = re.fullmatch(r"list\[(\w+)\]|(\w+)", str(annotation))
+            match = re.fullmatch(r"list\[(\w+)\]|(\w+)(?: \| None)?", str(annotation))
             target = match and by_name.get(match.group(1) or match.group(2))
             if target:
                 found[name] = list[target] if match.group(1) else target
@@ -376,9 +376,7 @@ def _build_structs() -> None:
         struct = msgspec.defstruct(name, fields)
         namespace[name] = struct
         _STRUCTS[cls] = struct
-        nested = frozenset(f for f, annotation in cls.__annotations__.items()
-                           if any(re.search(rf"\b{other}\b", annotation) for other in _messages()))
-        _FROM_STRUCT[struct] = (cls, nested)
+        _FROM_STRUCT[struct] = (cls, frozenset(_nested(cls)))
 
 
 def _from_struct(value: Any) -> Any:

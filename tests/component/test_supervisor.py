@@ -10,7 +10,6 @@ import threading
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from hakuriver import protocol as p
@@ -18,17 +17,7 @@ from hakuriver.runner import launch
 from hakuriver.runner.journal import Journal
 from hakuriver.runner.outbox import Outbox
 from hakuriver.runner.supervisor import NodeSetup, Supervisor
-from support import wait_until
-
-
-def keepers(below: str) -> list[psutil.Process]:
-    """The keepers whose state folder is `below` or inside it."""
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = proc.info["cmdline"] or []
-        if "hakuriver.runner.keeper" in cmdline and any(arg == below or arg.startswith(below + "/") for arg in cmdline):
-            found.append(proc)
-    return found
+from support import keepers_below, wait_until
 
 
 class Pump:
@@ -68,7 +57,7 @@ def node(tmp_path):  # noqa: ANN001, ANN201
     yield setup, sup, outbox, started
     pump.stop()
     sup.keeper.close()
-    for proc in keepers(str(tmp_path)):
+    for proc in keepers_below(str(tmp_path)):
         proc.kill()
 
 
@@ -182,7 +171,7 @@ def test_a_new_supervisor_takes_over_the_tasks_of_a_dead_runner(node):
 def test_a_task_whose_keeper_was_killed_is_watched_until_it_ends(node):
     fresh_setup, gate = gated_task_in_a_dead_runner(node[0], "orphan", 0)
     wait_until(lambda: launch.find_task_leader("orphan"), 10, "the task to run")
-    [keeper] = keepers(fresh_setup.state_dir)
+    [keeper] = keepers_below(fresh_setup.state_dir)
     keeper.kill()
     keeper.wait(5)
     fresh, outbox, pump, taken_over = serve(fresh_setup)  # starts a new keeper, which never heard of the task
@@ -206,7 +195,7 @@ def test_a_state_folder_too_long_for_a_unix_socket_path_still_works(tmp_path):
     finally:
         pump.stop()
         sup.keeper.close()
-        for proc in keepers(str(tmp_path)):
+        for proc in keepers_below(str(tmp_path)):
             proc.kill()
 
 
@@ -215,7 +204,7 @@ def test_an_exit_logged_by_a_keeper_that_then_died_still_reaches_the_journal(nod
     open(gate, "w").close()  # the task ends while no runner listens: only the keeper's log has its exit
     exits_log = Path(fresh_setup.state_dir, "exits")
     wait_until(lambda: exits_log.exists() and '"logged"' in exits_log.read_text(), 10, "the exit in the keeper's log")
-    [keeper] = keepers(fresh_setup.state_dir)
+    [keeper] = keepers_below(fresh_setup.state_dir)
     keeper.kill()
     keeper.wait(5)
     fresh, outbox, pump, taken_over = serve(fresh_setup)  # a new keeper, which reads the log

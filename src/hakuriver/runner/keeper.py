@@ -40,8 +40,8 @@ log = logging.getLogger("hakuriver.keeper")
 SOCKET_NAME, LOCK_NAME, EXITS_NAME, LOG_NAME = "keeper.sock", "keeper.lock", "exits", "keeper.log"
 #: seconds the keeper stays with no runner connected and no task left (a restarting runner comes back sooner)
 IDLE_EXIT = 5.0
-#: the exits log is rewritten with only the unforgotten exits once it has this many lines
-EXITS_LOG_LIMIT = 50_000
+#: the exits log is rewritten with only the unforgotten exits once it holds this many lines beyond them
+EXITS_LOG_SLACK = 10_000
 #: bytes per read from the other side: below malloc's mmap threshold (a 1 MiB buffer cost an mmap per read)
 RECV_SIZE = 65536
 _OUTPUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
@@ -340,9 +340,7 @@ class Keeper:
     def _forget(self, task_ids: list[str]) -> None:
         for task_id in task_ids:
             self.exits.pop(task_id, None)
-        if not self.exits:
-            os.ftruncate(self._exits_fd, 0)
-            self._exits_lines = 0
+        self._compact_exits_if_due()
 
     def _kill(self, msg: Kill) -> None:
         if msg.task_id in self.killing or msg.task_id in self.exits:
@@ -406,9 +404,12 @@ class Keeper:
             log.error("cannot append to %s (%s): these exits live in memory only", self._exits_path, exc.strerror)
         for ex in exits:
             self.exits[ex.task_id] = ex
-        if self._exits_lines > EXITS_LOG_LIMIT:
-            self._rewrite_exits()
+        self._compact_exits_if_due()
         self._send(exits)
+
+    def _compact_exits_if_due(self) -> None:
+        if self._exits_lines > len(self.exits) + EXITS_LOG_SLACK:
+            self._rewrite_exits()
 
     def _load_exits(self) -> None:
         try:

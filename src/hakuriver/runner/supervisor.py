@@ -77,10 +77,6 @@ class Supervisor:
         with self._lock:
             return set(self._records)
 
-    def __contains__(self, task_id: str) -> bool:
-        with self._lock:
-            return task_id in self._records
-
     def killing(self) -> set[str]:
         with self._lock:
             return {task_id for task_id, rec in self._records.items() if rec.killing}
@@ -159,7 +155,7 @@ class Supervisor:
         """Journal the new tasks, then hand them to the keeper in one message."""
         now = time.time()
         with self._lock:  # orders come from heartbeats and acknowledgements: claim each task once
-            new = [o for o in orders if o.task_id not in self._records and o.task_id not in self.journal.results
+            new = [o for o in orders if o.task_id not in self._records and o.task_id not in self.outbox
                    and o.task_id not in self._launching]
             self._launching.update(o.task_id for o in new)
         if not new:
