@@ -53,6 +53,10 @@ class Message:
             else:
                 raise TypeError(f"{cls.__name__}: missing field {name!r}")
 
+    def replace(self, **changes: Any) -> Any:
+        """A copy with some fields changed: bulk paths copy every field, including ones added later."""
+        return type(self)(**{**{f: getattr(self, f) for f in self._fields}, **changes})
+
     def __eq__(self, other: object) -> bool:
         return type(self) is type(other) and all(getattr(self, f) == getattr(other, f) for f in self._fields)
 
@@ -61,8 +65,9 @@ class Message:
 
 
 # ---- routes ------------------------------------------------------------------------------
-TASKS = "/api/tasks"                       # POST SubmitRequest -> SubmitReply
-TASK = "/api/tasks/{task_id}"              # GET -> TaskView
+TASKS = "/api/tasks"                       # POST SubmitRequest -> SubmitReply; GET ?filters -> TaskList
+TASK = "/api/tasks/{task_id}"              # GET -> TaskView (a unique ID prefix works too, here and below)
+TASK_LOGS = "/api/tasks/{task_id}/logs"    # GET ?stream=stdout|stderr&offset=&tail=&wait= -> the bytes (see LOG_*)
 TASK_WAIT = "/api/tasks/{task_id}/wait"    # GET ?timeout=s -> TaskView (long-poll until final)
 TASK_KILL = "/api/tasks/{task_id}/kill"    # POST -> KillReply
 BATCH = "/api/batches/{batch_id}"          # GET -> BatchView (counts by state)
@@ -78,6 +83,14 @@ HEALTH = "/api/health"                     # GET -> {"ok": true}
 MAX_BODY_BYTES = 32 * 1024 * 1024
 #: the longest a long-poll may be asked to wait, seconds
 MAX_WAIT_SECONDS = 60.0
+#: reply headers of TASK_LOGS: the file offset of the body's first byte (read on from offset + its
+#: length), and the task's state before the file was read (final: the body reaches the log's end)
+LOG_OFFSET_HEADER = "x-hakuriver-offset"
+LOG_STATE_HEADER = "x-hakuriver-state"
+#: a short ID: at least this many leading characters of a task or batch ID
+MIN_PREFIX = 8
+#: --list's default page size
+DEFAULT_LIST_LIMIT = 50
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -98,12 +111,16 @@ class TaskSpec(Message):
     cwd: str = ""
     #: run only on this node; empty = any
     node: str = ""
+    #: a label to find it by (--name); empty = none
+    name: str = ""
 
 
 class SubmitRequest(Message):
     tasks: list[TaskSpec]
     #: give the tasks one batch ID (always so when there is more than one)
     batch: bool = False
+    #: who submits (the client's login name), recorded as each task's owner
+    user: str = ""
 
 
 class SubmitReply(Message):
@@ -132,6 +149,31 @@ class TaskView(Message):
     target_node: str = ""
     batch_id: str = ""
     kill_requested: bool = False
+    name: str = ""
+    owner: str = ""
+    #: CPU time of its process tree, in user and kernel mode, and its peak resident memory; None until known
+    cpu_user_seconds: float | None = None
+    cpu_system_seconds: float | None = None
+    max_rss_bytes: int | None = None
+
+
+class TaskList(Message):
+    """One page of `--list`: newest first."""
+
+    tasks: list[TaskView]
+    #: how many tasks match the filters in all
+    total: int
+    limit: int
+    offset: int = 0
+
+
+class LogView(Message):
+    """`--logs --json`: the text read, and the offset to read on from."""
+
+    task_id: str
+    stream: str
+    text: str
+    offset: int
 
 
 class NodeView(Message):
@@ -149,6 +191,9 @@ class TaskBrief(Message):
     state: str
     exit_code: int | None
     error: str
+    name: str = ""
+    #: its --array index, if it has one
+    array_index: str | None = None
 
 
 class BatchView(Message):
@@ -202,6 +247,9 @@ class TaskFinished(Message):
     started_at: float | None = None
     stdout_path: str = ""
     stderr_path: str = ""
+    cpu_user_seconds: float | None = None
+    cpu_system_seconds: float | None = None
+    max_rss_bytes: int | None = None
 
 
 class Report(Message):
@@ -240,11 +288,23 @@ class Ack(Message):
 
 # ---- validation ----------------------------------------------------------------------------
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_ID_PREFIX = re.compile(r"^[0-9a-fA-F]{8}(?:-[0-9a-fA-F-]{0,27})?$")
 
 
 def is_task_id(text: str) -> bool:
     """A canonical UUID, as task and batch IDs are (checked without the uuid module: start-up time)."""
     return _UUID.match(text) is not None
+
+
+def is_id_or_prefix(text: str) -> bool:
+    """A full ID, or its first MIN_PREFIX or more characters (a short ID, like git's)."""
+    return _UUID.match(text) is not None or _ID_PREFIX.match(text) is not None
+
+
+def name_problem(name: str) -> str | None:
+    if not 1 <= len(name) <= 128 or not name.isprintable():
+        return f"a name is 1 to 128 printable characters, got {name!r}"
+    return None
 
 
 def spec_problem(spec: TaskSpec) -> str | None:
@@ -260,7 +320,7 @@ def spec_problem(spec: TaskSpec) -> str | None:
             return f"invalid environment variable name {name!r} (letters, digits, _; not starting with a digit)"
         if "\0" in value:
             return f"environment variable {name} may not contain NUL bytes"
-    return None
+    return name_problem(spec.name) if spec.name else None
 
 
 # ---- codecs --------------------------------------------------------------------------------
@@ -314,33 +374,51 @@ def _plain(obj: Any) -> Any:
 
 
 def _build(value: Any, kind: Any) -> Any:
-    if getattr(kind, "__origin__", None) is list:
+    if getattr(kind, "__origin__", None) is list:  # list[SomeMessage]
         return [_build(v, kind.__args__[0]) for v in value]
     if not (isinstance(kind, type) and issubclass(kind, Message)):
         return value
     nested = _nested(kind)
-    return kind(**{k: (_build(v, nested[k]) if k in nested else v) for k, v in value.items() if k in kind._fields})
+    return kind(**{k: (_build(v, nested[k]) if k in nested and v is not None else v)
+                   for k, v in value.items() if k in kind._fields})
 
 
-def _messages() -> dict[str, type[Message]]:
-    return {name: obj for name, obj in globals().items()
-            if isinstance(obj, type) and issubclass(obj, Message) and obj is not Message}
+def _field_types(cls: type[Message]) -> dict[str, Any]:
+    """The evaluated annotations of a message's own fields."""
+    import typing
+
+    hints = typing.get_type_hints(cls, globalns={**globals(), "Any": typing.Any})
+    return {name: hints[name] for name in cls._fields}
+
+
+def _message_in(tp: Any) -> Any:
+    """The message class a field holds (directly, optionally, or as a list of them), else None."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is list:
+        item = _message_in(args[0])
+        return list[item] if item is not None else None
+    if origin in (typing.Union, types.UnionType):
+        present = [a for a in args if a is not type(None)]
+        return _message_in(present[0]) if len(present) == 1 else None
+    return tp if isinstance(tp, type) and issubclass(tp, Message) else None
 
 
 _NESTED_CACHE: dict[type, dict[str, Any]] = {}
 
 
 def _nested(cls: type[Message]) -> dict[str, Any]:
-    """Fields holding other messages, e.g. BatchView.problems -> list[TaskBrief], Ack.orders -> Orders."""
+    """Fields holding other messages, e.g. BatchView.problems -> list of TaskBrief, Ack.orders -> Orders."""
     if cls not in _NESTED_CACHE:
-        by_name, found = _messages(), {}
-        for name, annotation in cls.__annotations__.items():
-            match = re.fullmatch(r"list\[(\w+)\]|(\w+)(?: \| None)?", str(annotation))
-            target = match and by_name.get(match.group(1) or match.group(2))
-            if target:
-                found[name] = list[target] if match.group(1) else target
-        _NESTED_CACHE[cls] = found
+        found = {name: _message_in(tp) for name, tp in _field_types(cls).items()}
+        _NESTED_CACHE[cls] = {name: target for name, target in found.items() if target is not None}
     return _NESTED_CACHE[cls]
+
+
+def _messages() -> list[type[Message]]:
+    return [obj for obj in globals().values() if isinstance(obj, type) and issubclass(obj, Message) and obj is not Message]
 
 
 # msgspec Struct twins of the messages, built on first use by the host or a runner: msgspec
@@ -351,30 +429,43 @@ _FROM_STRUCT: dict[Any, tuple[type[Message], frozenset[str]]] = {}
 
 
 def _validator(kind: Any) -> Any:
-    if getattr(kind, "__origin__", None) is list:
-        return list[_validator(kind.__args__[0])]
     if not _STRUCTS:
         _build_structs()
-    return _STRUCTS.get(kind, kind)
+    return _twin(kind)
+
+
+def _twin(tp: Any) -> Any:
+    """The type msgspec validates against: each message class replaced by its Struct twin."""
+    import functools
+    import operator
+    import typing
+
+    if isinstance(tp, type) and issubclass(tp, Message):
+        return _STRUCTS[tp]
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is list:
+        return list[_twin(args[0])]
+    if origin is dict:
+        return dict[_twin(args[0]), _twin(args[1])]
+    if args:  # a union
+        return functools.reduce(operator.or_, (_twin(a) for a in args))
+    return tp
 
 
 def _build_structs() -> None:
     import msgspec
 
-    namespace: dict[str, Any] = {"list": list, "dict": dict, "str": str, "int": int, "float": float, "bool": bool}
-    for name, cls in _messages().items():  # definition order: a message's parts come before it
+    for cls in _messages():  # definition order: a message's parts come before it
         fields = []
-        for fname, annotation in cls.__annotations__.items():
-            ftype = eval(annotation, namespace)  # noqa: S307 - our own annotations, not input
-            if fname in cls._defaults:
-                default = cls._defaults[fname]
+        for name, ftype in _field_types(cls).items():
+            if name in cls._defaults:
+                default = cls._defaults[name]
                 if isinstance(default, (list, dict)):
                     default = msgspec.field(default_factory=type(default))
-                fields.append((fname, ftype, default))
+                fields.append((name, _twin(ftype), default))
             else:
-                fields.append((fname, ftype))
-        struct = msgspec.defstruct(name, fields)
-        namespace[name] = struct
+                fields.append((name, _twin(ftype)))
+        struct = msgspec.defstruct(cls.__name__, fields)
         _STRUCTS[cls] = struct
         _FROM_STRUCT[struct] = (cls, frozenset(_nested(cls)))
 

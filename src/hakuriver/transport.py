@@ -9,9 +9,13 @@ per thread.
 
 from __future__ import annotations
 
+import json
 import socket
 
-import json
+# annotations only: importing typing would cost the client start-up time
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 _MAX_HEADER = 64 * 1024
 
@@ -72,7 +76,45 @@ class HostConnection:
             raise ApiError(status, _error_message(raw, status))
         return raw
 
-    def _roundtrip(self, method: str, path: str, data: bytes, timeout: float) -> tuple[int, bytes]:
+    def stream(self, path: str, timeout: float | None = None) -> tuple[dict[bytes, bytes], Iterator[bytes]]:
+        """GET a body piece by piece (e.g. a log of gigabytes): its headers, and its pieces as they come.
+
+        Read the pieces to the end before the next call on this connection.
+        """
+        try:
+            status, headers = self._send_and_read_head("GET", path, b"", timeout or self.timeout)
+            if status >= 400:
+                raise ApiError(status, _error_message(self._read_body(headers), status))
+        except (OSError, _Closed) as exc:
+            self.close()
+            raise HostUnreachable(self.url, _reason(exc)) from None
+        return headers, self._pieces(headers)
+
+    def _pieces(self, headers: dict[bytes, bytes]) -> Iterator[bytes]:
+        try:
+            yield from self._body_pieces(headers)
+        except (OSError, _Closed) as exc:
+            self.close()
+            raise HostUnreachable(self.url, _reason(exc)) from None
+        if headers.get(b"connection", b"").lower() == b"close":
+            self.close()
+
+    def _body_pieces(self, headers: dict[bytes, bytes]) -> Iterator[bytes]:
+        if headers.get(b"transfer-encoding", b"").lower() == b"chunked":
+            while size := int(self._read_line().split(b";")[0], 16):
+                yield self._read_exactly(size)
+                self._read_line()
+            self._read_line()
+            return
+        left = int(headers.get(b"content-length", b"0"))
+        while left > 0:
+            if not self._buf:
+                self._fill()
+            piece, self._buf = self._buf[:left], self._buf[left:]
+            left -= len(piece)
+            yield piece
+
+    def _send_and_read_head(self, method: str, path: str, data: bytes, timeout: float) -> tuple[int, dict[bytes, bytes]]:
         if self._sock is None:
             self._sock = socket.create_connection((self._host, self._port), timeout=timeout)
             self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -81,14 +123,17 @@ class HostConnection:
         head = b"%s %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % (
             method.encode(), path.encode(), self._host_header, len(data))
         self._sock.sendall(head + data)
-        status, headers = self._read_head()
-        if headers.get(b"transfer-encoding", b"").lower() == b"chunked":
-            body = self._read_chunked()
-        else:
-            body = self._read_exactly(int(headers.get(b"content-length", b"0")))
+        return self._read_head()
+
+    def _roundtrip(self, method: str, path: str, data: bytes, timeout: float) -> tuple[int, bytes]:
+        status, headers = self._send_and_read_head(method, path, data, timeout)
+        body = self._read_body(headers)
         if headers.get(b"connection", b"").lower() == b"close":
             self.close()
         return status, body
+
+    def _read_body(self, headers: dict[bytes, bytes]) -> bytes:
+        return b"".join(self._body_pieces(headers))
 
     def _read_head(self) -> tuple[int, dict[bytes, bytes]]:
         while b"\r\n\r\n" not in self._buf:
@@ -124,16 +169,6 @@ class HostConnection:
             self._fill()
         line, self._buf = self._buf.split(b"\r\n", 1)
         return line
-
-    def _read_chunked(self) -> bytes:
-        parts = []
-        while True:
-            size = int(self._read_line().split(b";")[0], 16)
-            if size == 0:
-                self._read_line()
-                return b"".join(parts)
-            parts.append(self._read_exactly(size))
-            self._read_line()
 
 
 def _host_and_port(url: str) -> tuple[str, int]:

@@ -96,7 +96,7 @@ def test_wait_returns_when_the_task_ends(api):
 def test_unknown_and_malformed_ids(api):
     assert api.get(p.TASK.format(task_id=str(uuid.uuid4()))).status_code == 404
     r = api.get(p.TASK.format(task_id="x"))
-    assert r.status_code == 400 and "malformed task ID" in r.json()["error"]
+    assert r.status_code == 400 and "malformed ID" in r.json()["error"]
     assert api.get(p.TASK_WAIT.format(task_id=str(uuid.uuid4())) + "?timeout=abc").status_code == 400
 
 

@@ -15,7 +15,8 @@ def test_round_trip_every_field(tmp_path):
              state=TaskState.RUNNING, node="n", core_ids=(2, 3), exit_code=None, signal=None, error="",
              started_at=2.0, stdout_path="/o", stderr_path="/e", kill_requested=True)
     n = Node("n", CoreSet([0, 1, 2, 3]), 1024, NodeState.ONLINE, 9.0)
-    store.save(created=[t], nodes=[n])
+    store.insert([t])
+    store.save(nodes=[n])
     store.close()
     reopened = Store(path)
     assert reopened.get_task("id1") == t
@@ -30,14 +31,14 @@ def test_active_tasks_exclude_final_ones_and_keep_submission_order(tmp_path):
     tasks = [Task(f"t{i}", "true", [], {}, 1, float(10 - i)) for i in range(4)]
     tasks[1].state = TaskState.COMPLETED
     tasks[2].state = TaskState.LOST
-    store.save(created=tasks)
+    store.insert(tasks)
     assert [t.task_id for t in store.active_tasks()] == ["t3", "t2", "t0"]
 
 
 def test_changes_update_only_what_can_change_and_keep_submission_order(tmp_path):
     store = Store(str(tmp_path / "h.db"))
     tasks = [Task(f"t{i}", "echo", [str(i)], {"I": str(i)}, 1, 5.0, batch_id="b") for i in range(3)]
-    store.save(created=tasks)
+    store.insert(tasks)
     tasks[0].state, tasks[0].node, tasks[0].core_ids, tasks[0].exit_code = TaskState.FAILED, "n", (1,), 3
     tasks[0].error, tasks[0].finished_at = "boom", 9.0
     store.save(changed=[tasks[0]])

@@ -48,3 +48,61 @@ def test_task_ids_are_canonical_uuids():
     assert p.is_task_id("123e4567-e89b-12d3-a456-426614174000")
     assert not p.is_task_id("123e4567e89b12d3a456426614174000")
     assert not p.is_task_id("nope")
+
+
+# ---- every message, both codecs -------------------------------------------------------------
+def _sample(tp, depth: int = 0):  # noqa: ANN001, ANN202 - a value of the annotated type, nothing left at its default
+    import types
+    import typing
+
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if isinstance(tp, type) and issubclass(tp, p.Message):
+        return tp(**{name: _sample(ftype, depth + 1) for name, ftype in p._field_types(tp).items()})
+    if origin is list:
+        return [_sample(args[0], depth + 1), _sample(args[0], depth + 1)]
+    if origin is dict:
+        return {"KEY_A": _sample(args[1], depth + 1)}
+    if origin in (typing.Union, types.UnionType):
+        return _sample(next(a for a in args if a is not type(None)), depth + 1)
+    return {str: "text é", int: 7 + depth, float: 2.5 + depth, bool: True}[tp]
+
+
+MESSAGES = p._messages()
+
+
+@pytest.mark.parametrize("kind", MESSAGES, ids=lambda k: k.__name__)
+def test_every_message_round_trips_through_both_codecs(kind):
+    message = _sample(kind)
+    assert p.decode(p.encode(message), kind) == message
+    assert p.loads(p.dumps(message), kind) == message
+    assert p.decode(p.dumps(message), kind) == message  # what the client sends, the host reads
+    assert p.loads(p.encode(message), kind) == message  # and the other way round
+
+
+@pytest.mark.parametrize("kind", [k for k in MESSAGES if any(v is None for v in k._defaults.values())],
+                         ids=lambda k: k.__name__)
+def test_optional_fields_round_trip_when_absent(kind):
+    message = _sample(kind).replace(**{f: None for f, v in kind._defaults.items() if v is None})
+    assert p.decode(p.encode(message), kind) == message
+    assert p.loads(p.dumps(message), kind) == message
+
+
+def test_nested_messages_come_back_as_messages():
+    ack = p.decode(p.encode(_sample(p.Ack)), p.Ack)
+    assert isinstance(ack.orders, p.Orders) and isinstance(ack.orders.launch[0], p.LaunchOrder)
+    page = p.loads(p.dumps(_sample(p.TaskList)), p.TaskList)
+    assert isinstance(page.tasks[0], p.TaskView)
+    assert [type(x) for x in p.loads(p.dumps([_sample(p.NodeView)]), list[p.NodeView])] == [p.NodeView]
+
+
+@pytest.mark.parametrize("text, ok", [
+    ("123e4567", True), ("123E4567-e8", True), ("123e4567-e89b-12d3-a456-426614174000", True),
+    ("123e456", False), ("123e4567x", False), ("", False), ("zzzzzzzz", False),
+])
+def test_short_ids_are_8_or_more_leading_characters(text, ok):
+    assert p.is_id_or_prefix(text) is ok
+
+
+@pytest.mark.parametrize("name, ok", [("a", True), ("x" * 128, True), ("x" * 129, False), ("tab\there", False)])
+def test_names_are_1_to_128_printable_characters(name, ok):
+    assert (p.spec_problem(p.TaskSpec("true", name=name)) is None) is ok

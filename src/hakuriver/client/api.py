@@ -9,6 +9,7 @@ from hakuriver.transport import ApiError, HostConnection, HostUnreachable
 # annotations only: importing typing would cost the client ~3 ms of start-up
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from typing import Any
 
 __all__ = ["HostClient", "ApiError", "HostUnreachable"]
@@ -29,9 +30,22 @@ class HostClient:
         except p.DecodeError as exc:
             raise ApiError(200, f"unexpected answer from the host at {self.url}: {exc}") from None
 
-    def submit(self, specs: list[p.TaskSpec], batch: bool = False) -> p.SubmitReply:
-        return self._call("POST", p.TASKS, p.SubmitReply, p.SubmitRequest(tasks=specs, batch=batch),
+    def submit(self, specs: list[p.TaskSpec], batch: bool = False, user: str = "") -> p.SubmitReply:
+        return self._call("POST", p.TASKS, p.SubmitReply, p.SubmitRequest(tasks=specs, batch=batch, user=user),
                           idempotent=False)
+
+    def list_tasks(self, filters: dict[str, str], limit: int, offset: int = 0) -> p.TaskList:
+        """One page of tasks, newest first; `filters` are the query parameters of p.TASKS (state, node, ...)."""
+        query = _query({**filters, "limit": str(limit), "offset": str(offset)})
+        return self._call("GET", f"{p.TASKS}?{query}", p.TaskList)
+
+    def logs(self, task_id: str, stream: str, offset: int = 0, tail: int = 0,
+             wait: float = 0.0) -> tuple[int, str, Iterator[bytes]]:
+        """(start offset, task state, the bytes as they arrive) of a task's stdout or stderr."""
+        query = _query({"stream": stream, "offset": str(offset), "tail": str(tail), "wait": f"{wait:g}"})
+        headers, pieces = self.conn.stream(f"{p.TASK_LOGS.format(task_id=task_id)}?{query}", timeout=wait + 30)
+        start = int(headers.get(p.LOG_OFFSET_HEADER.encode(), b"0"))
+        return start, headers.get(p.LOG_STATE_HEADER.encode(), b"").decode(), pieces
 
     def task(self, task_id: str) -> p.TaskView:
         return self._call("GET", p.TASK.format(task_id=task_id), p.TaskView)
@@ -59,3 +73,15 @@ class HostClient:
 
     def nodes(self) -> list[p.NodeView]:
         return self._call("GET", p.NODES, list[p.NodeView])
+
+
+_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def _quote(text: str) -> str:
+    """Percent-encoding (urllib.parse would add 6 ms of start-up for this one function)."""
+    return "".join(chr(b) if b in _SAFE else f"%{b:02X}" for b in text.encode())
+
+
+def _query(params: dict[str, str]) -> str:
+    return "&".join(f"{k}={_quote(v)}" for k, v in params.items() if v)

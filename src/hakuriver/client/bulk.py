@@ -38,22 +38,23 @@ def parse_array(text: str) -> list[int]:
 
 
 def array_specs(base: p.TaskSpec, indices: Iterable[int]) -> list[p.TaskSpec]:
-    """One spec per index: `{}` in the command and arguments becomes the index, and so does
-    HAKURIVER_ARRAY_INDEX in the environment."""
+    """One spec per index, every other field copied from `base`: `{}` in the command, arguments
+    and name becomes the index, and so does HAKURIVER_ARRAY_INDEX in the environment."""
     specs = []
     for i in indices:
         text = str(i)
-        specs.append(p.TaskSpec(
+        specs.append(base.replace(
             command=base.command.replace("{}", text),
             args=[a.replace("{}", text) for a in base.args],
             env={**base.env, ARRAY_INDEX: text},
-            cores=base.cores, cwd=base.cwd, node=base.node,
+            name=base.name.replace("{}", text),
         ))
     return specs
 
 
 def file_specs(base: p.TaskSpec, lines: Iterable[str], source: str) -> list[p.TaskSpec]:
-    """One spec per command line (shell-style quoting; blank lines and # comments skipped)."""
+    """One spec per command line (shell-style quoting; blank lines and # comments skipped), every
+    other field copied from `base`; `{}` in the name becomes the line number."""
     specs = []
     for number, line in enumerate(lines, 1):
         try:
@@ -64,8 +65,8 @@ def file_specs(base: p.TaskSpec, lines: Iterable[str], source: str) -> list[p.Ta
             continue
         if len(specs) >= MAX_TASKS:
             raise BulkError(f"{source}: more than {MAX_TASKS} commands in one submission")
-        specs.append(p.TaskSpec(command=argv[0], args=argv[1:], env=dict(base.env), cores=base.cores,
-                                cwd=base.cwd, node=base.node))
+        specs.append(base.replace(command=argv[0], args=argv[1:], env=dict(base.env),
+                                  name=base.name.replace("{}", str(number))))
     if not specs:
         raise BulkError(f"{source} has no commands (one per line)")
     return specs

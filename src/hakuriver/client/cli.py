@@ -1,30 +1,22 @@
-"""`hakuriver.client`: the seed's flags, one action per run, one-line errors, srun-like exit codes.
-
-Exit codes: 0 success; with --wait, the task's own exit code (128+N for a signal, 143 when
-killed, 1 when it failed without one or was lost); 1 for an error from or reaching the host;
-2 for bad flags or config.
-"""
+"""`hakuriver.client`: the flags, one action per run, one-line errors (exit codes: client/commands.py)."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-import time
 
 from hakuriver import protocol as p
 from hakuriver.cli_common import EXIT_USAGE, add_config_flag, config_or_exit, fail
-from hakuriver.client import render
 from hakuriver.client.api import ApiError, HostClient, HostUnreachable
+from hakuriver.client.commands import PROG, dispatch
 
 # annotations only: importing typing would cost the client ~3 ms of start-up
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import NoReturn
 
-PROG = "hakuriver.client"
-WAIT_SLICE = 30.0  # seconds per long-poll request while waiting
-EXIT_KILLED = 143
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, like a shell tool killed by it
 
 
@@ -53,29 +45,68 @@ def _env(text: str) -> tuple[str, str]:
 
 
 def _task_id(text: str) -> str:
-    if not p.is_task_id(text):
-        raise argparse.ArgumentTypeError(f"malformed task ID {text!r}: expected a UUID like 123e4567-e89b-12d3-a456-426614174000")
+    if not p.is_id_or_prefix(text):
+        raise argparse.ArgumentTypeError(
+            f"malformed ID {text!r}: expected a task or batch ID (a UUID like 123e4567-e89b-12d3-a456-426614174000) "
+            f"or at least its first {p.MIN_PREFIX} characters")
     return text.lower()
+
+
+def _count(flag: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        if not text.isdigit():
+            raise argparse.ArgumentTypeError(f"{flag} must be a whole number >= 0, got {text!r}")
+        return int(text)
+
+    return parse
+
+
+def _name(text: str) -> str:
+    problem = p.name_problem(text) if text else None  # "" is the default: no name
+    if problem:
+        raise argparse.ArgumentTypeError(f"--name: {problem}")
+    return text
+
+
+#: flags that only mean something with one action, and that action's flag
+_ONLY_WITH = {"state": "list", "batch": "list", "user": "list", "limit": "list",
+              "stderr": "logs", "tail": "logs", "follow": "logs"}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
-        description="Submit commands to a HakuRiver cluster, wait for them, check, kill, list nodes.",
-        usage=f"{PROG} [--config FILE] (--list-nodes | --status ID | --kill ID | [options] -- COMMAND [ARGS...] "
-              "| [options] --file FILE)",
+        description="Submit commands to a HakuRiver cluster, wait for them, find and read them, kill, list nodes. "
+                    "Wherever an ID is asked for, its first 8 or more characters will do.",
+        usage=f"{PROG} [--config FILE] (--list-nodes | --list [filters] | --status ID | --logs ID | --kill ID "
+              "| [options] -- COMMAND [ARGS...] | [options] --file FILE) [--json]",
     )
     add_config_flag(parser)
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--list-nodes", action="store_true", help="show every node: state, cores, free cores, tasks")
+    action.add_argument("--list", action="store_true",
+                        help="list tasks, newest first (filters: --state --node --batch --name --user --limit)")
     action.add_argument("--status", metavar="ID", type=_task_id,
-                        help="show every field of a task's record, or a batch's counts by state")
+                        help="show every field of a task's record and its usage, or a batch's counts by state")
+    action.add_argument("--logs", metavar="ID", type=_task_id,
+                        help="print a task's stdout through the host (--stderr, --tail N, --follow)")
     action.add_argument("--kill", metavar="ID", type=_task_id,
                         help="kill a task (its whole process tree), or every unfinished task of a batch")
+    _submit_flags(parser)
+    _read_flags(parser)
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments, after --")
+    return parser
+
+
+def _submit_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cores", type=_cores, default=1, metavar="N", help="cores the task needs (default 1)")
     parser.add_argument("--env", type=_env, action="append", default=[], metavar="NAME=VALUE",
                         help="set a variable in the task's environment (repeatable)")
-    parser.add_argument("--node", metavar="NAME", default="", help="run only on this node (default: best fit)")
+    parser.add_argument("--node", metavar="NAME", default="",
+                        help="run only on this node (default: best fit); with --list: tasks placed on it")
+    parser.add_argument("--name", metavar="NAME", type=_name, default="",
+                        help="label the task (1-128 characters; {} becomes the --array index or --file line); "
+                             "with --list: a shell-style pattern, e.g. 'sweep-*'")
     parser.add_argument("--wait", action="store_true", help="wait for the task to end; exit with its exit code")
     bulk = parser.add_mutually_exclusive_group()
     bulk.add_argument("--array", metavar="RANGE",
@@ -85,18 +116,36 @@ def build_parser() -> argparse.ArgumentParser:
                       help="submit one task per line of FILE ('-' for stdin); shell-style quoting, # comments")
     parser.add_argument("--progress", action="store_true",
                         help="with --wait on a batch: show counts by state as they change (default on a terminal)")
-    parser.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments, after --")
-    return parser
+
+
+def _read_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--state", metavar="S[,S...]", default="",
+                        help="with --list: only tasks in these states (pending, running, completed, failed, ...)")
+    parser.add_argument("--batch", metavar="ID", type=_task_id, help="with --list: only this batch's tasks")
+    parser.add_argument("--user", metavar="NAME", default="", help="with --list: only tasks this user submitted")
+    parser.add_argument("--limit", metavar="N", type=_count("--limit"), default=p.DEFAULT_LIST_LIMIT,
+                        help=f"with --list: show at most N tasks (default {p.DEFAULT_LIST_LIMIT}; 0 = all)")
+    parser.add_argument("--stderr", action="store_true", help="with --logs: the task's stderr instead of its stdout")
+    parser.add_argument("--tail", metavar="N", type=_count("--tail"), default=0,
+                        help="with --logs: only the last N lines")
+    parser.add_argument("--follow", action="store_true",
+                        help="with --logs: keep printing new output until the task ends")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON document (the HTTP API's fields) instead of text")
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
     """Everything after the first `--` is the command, verbatim (argparse never sees it)."""
+    parser = build_parser()
     if "--" in argv:
         cut = argv.index("--")
-        args = build_parser().parse_args(argv[:cut])
+        args = parser.parse_args(argv[:cut])
         args.command = argv[cut + 1:]
     else:
-        args = build_parser().parse_args(argv)
+        args = parser.parse_args(argv)
+    for flag, action in _ONLY_WITH.items():
+        if getattr(args, flag) != parser.get_default(flag) and not getattr(args, action):
+            fail(PROG, f"--{flag} goes with --{action} (see {PROG} --help)", EXIT_USAGE)
     return args
 
 
@@ -105,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     config = config_or_exit(PROG, args.config)
     client = HostClient(config.network.host_url)
     try:
-        code = _dispatch(args, client)
+        code = dispatch(args, client)
     except (HostUnreachable, ApiError) as exc:
         fail(PROG, str(exc), 1)
     except KeyboardInterrupt:
@@ -115,155 +164,6 @@ def main(argv: list[str] | None = None) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(EXIT_BROKEN_PIPE)
     sys.exit(code)
-
-
-def _dispatch(args: argparse.Namespace, client: HostClient) -> int:
-    if args.list_nodes:
-        print(render.node_table(client.nodes(), time.time()))
-        return 0
-    if args.status:
-        return cmd_status(args.status, client)
-    if args.kill:
-        return cmd_kill(args.kill, client)
-    if args.array is not None or args.file is not None:
-        return cmd_submit_batch(args, client)
-    return cmd_submit(args, client)
-
-
-def cmd_status(some_id: str, client: HostClient) -> int:
-    """A task's record, or a batch's counts: one ID space, tasks looked up first."""
-    try:
-        print(render.task_record(client.task(some_id)))
-    except ApiError as exc:
-        if exc.status != 404:
-            raise
-        print(render.batch_summary(_batch_or_not_found(client, some_id)))
-    return 0
-
-
-def cmd_kill(some_id: str, client: HostClient) -> int:
-    try:
-        reply = client.kill(some_id)
-    except ApiError as exc:
-        if exc.status != 404:
-            raise
-        _batch_or_not_found(client, some_id)
-        reply = client.kill_batch(some_id)
-    print(reply.message)
-    return 0
-
-
-def _batch_or_not_found(client: HostClient, some_id: str) -> p.BatchView:
-    try:
-        return client.batch(some_id)
-    except ApiError as exc:
-        if exc.status == 404:
-            raise ApiError(404, f"no task or batch with ID {some_id}") from None
-        raise
-
-
-def _base_spec(args: argparse.Namespace) -> p.TaskSpec:
-    if not args.command:
-        fail(PROG, "no command given: put it after '--', e.g. hakuriver.client --cores 1 -- python -V", EXIT_USAGE)
-    return p.TaskSpec(command=args.command[0], args=args.command[1:], env=dict(args.env), cores=args.cores,
-                      cwd=_cwd(), node=args.node)
-
-
-def _check(specs: list[p.TaskSpec]) -> None:
-    for spec in specs:
-        problem = p.spec_problem(spec)
-        if problem:
-            fail(PROG, problem, EXIT_USAGE)
-
-
-def cmd_submit_batch(args: argparse.Namespace, client: HostClient) -> int:
-    from hakuriver.client import bulk  # only bulk submissions pay for shlex
-
-    try:
-        if args.array is not None:
-            specs = bulk.array_specs(_base_spec(args), bulk.parse_array(args.array))
-        else:
-            if args.command:
-                fail(PROG, "--file takes the commands from the file; give none after '--'", EXIT_USAGE)
-            base = p.TaskSpec(command="-", env=dict(args.env), cores=args.cores, cwd=_cwd(), node=args.node)
-            specs = bulk.file_specs(base, _read_lines(args.file), args.file)
-    except bulk.BulkError as exc:
-        fail(PROG, str(exc), EXIT_USAGE)
-    _check(specs)
-    reply = client.submit(specs, batch=True)
-    print(reply.batch_id, flush=True)
-    print(f"submitted {len(reply.task_ids)} tasks as batch {reply.batch_id}", file=sys.stderr, flush=True)
-    if not args.wait:
-        return 0
-    view = _wait_batch(client, reply.batch_id, args.progress or sys.stderr.isatty())
-    print(render.batch_summary(view))
-    return 0 if view.counts.get("completed", 0) == view.total else 1
-
-
-def _read_lines(path: str) -> list[str]:
-    try:
-        if path == "-":
-            return sys.stdin.read().splitlines()
-        with open(path, encoding="utf-8") as fh:
-            return fh.read().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        fail(PROG, f"cannot read --file {path}: {getattr(exc, 'strerror', None) or exc}", EXIT_USAGE)
-
-
-def _wait_batch(client: HostClient, batch_id: str, progress: bool) -> p.BatchView:
-    """Long-poll until the batch is done; with progress, redraw the counts about once a second."""
-    last = ""
-    while True:
-        view = client.wait_batch(batch_id, 1.0 if progress else WAIT_SLICE)
-        if progress:
-            line = render.counts_line(view)
-            if line != last:
-                print(f"\r\033[K{line}", end="", file=sys.stderr, flush=True)
-                last = line
-        if view.done:
-            if progress:
-                print(file=sys.stderr)
-            return view
-
-
-def cmd_submit(args: argparse.Namespace, client: HostClient) -> int:
-    spec = _base_spec(args)
-    _check([spec])
-    task_id = client.submit([spec]).task_ids[0]
-    print(task_id, flush=True)
-    if not args.wait:
-        return 0
-    task = _wait(client, task_id)
-    print(render.final_line(task))
-    if task.stdout_path:
-        print(f"stdout: {task.stdout_path}\nstderr: {task.stderr_path}")
-    return exit_code_of(task)
-
-
-def _wait(client: HostClient, task_id: str) -> p.TaskView:
-    while True:
-        task = client.wait(task_id, WAIT_SLICE)
-        if task.state in ("completed", "failed", "killed", "lost"):
-            return task
-
-
-def exit_code_of(task: p.TaskView) -> int:
-    if task.state == "completed":
-        return 0
-    if task.state == "killed":
-        return EXIT_KILLED
-    if task.exit_code is not None and task.exit_code != 0:
-        return task.exit_code & 0xFF or 1
-    if task.signal is not None:
-        return 128 + task.signal
-    return 1
-
-
-def _cwd() -> str:
-    try:
-        return os.getcwd()
-    except OSError:
-        return ""
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shlex
 import time
 
@@ -20,8 +21,28 @@ def _ago(ts: float, now: float) -> str:
     return f"{max(0.0, now - ts):.1f}s ago"
 
 
-def _memory(n: int) -> str:
-    return f"{n / 2**30:.1f} GiB" if n else "-"
+def _bytes(n: int) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+def _duration(seconds: float) -> str:
+    """'0.42s', '12.3s', '4m05s', '2h03m', '3d04h'."""
+    if seconds < 60:
+        return f"{seconds:.2f}s" if seconds < 10 else f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days}d{hours:02d}h"
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in (headers, *rows)) for i in range(len(headers))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in (headers, *rows))
 
 
 def node_table(nodes: list[p.NodeView], now: float) -> str:
@@ -29,13 +50,39 @@ def node_table(nodes: list[p.NodeView], now: float) -> str:
         return "No nodes have registered yet. Start hakuriver.runner on a compute node."
     headers = ("NODE", "STATE", "CORES", "FREE", "RUNNING", "MEMORY", "LAST HEARTBEAT")
     rows = [
-        (n.name, n.state, str(n.total_cores), str(n.free_cores), str(n.running_tasks), _memory(n.memory_bytes),
+        (n.name, n.state, str(n.total_cores), str(n.free_cores), str(n.running_tasks), _bytes(n.memory_bytes) if n.memory_bytes else "-",
          _ago(n.last_heartbeat, now))
         for n in nodes
     ]
-    widths = [max(len(r[i]) for r in (headers, *rows)) for i in range(len(headers))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in (headers, *rows)]
-    return "\n".join(lines)
+    return _table(headers, rows)
+
+
+def _exit(t: p.TaskView) -> str:
+    if t.exit_code is not None:
+        return str(t.exit_code)
+    return f"sig {t.signal}" if t.signal is not None else "-"
+
+
+def _runtime(t: p.TaskView, now: float) -> str:
+    if t.started_at is None:
+        return "-"
+    return _duration(max(0.0, (t.finished_at if t.finished_at is not None else now) - t.started_at))
+
+
+def task_table(page: p.TaskList, now: float) -> str:
+    """--list: one line per task, newest first, and a footer when the limit cut the list."""
+    if not page.tasks:
+        return "No tasks match." if page.total == 0 else f"No tasks on this page ({page.total} match in all)."
+    headers = ("ID", "NAME", "STATE", "NODE", "CORES", "EXIT", "SUBMITTED", "RUNTIME")
+    rows = [
+        (t.task_id[:8], t.name or "-", t.state, t.node or "-", str(t.cores), _exit(t),
+         time.strftime("%m-%d %H:%M:%S", time.localtime(t.submitted_at)), _runtime(t, now))
+        for t in page.tasks
+    ]
+    text = _table(headers, rows)
+    if page.offset + len(page.tasks) < page.total:
+        text += f"\n({len(page.tasks)} of {page.total} matching tasks shown; --limit N for more, --limit 0 for all)"
+    return text
 
 
 def command_line(t: p.TaskView) -> str:
@@ -60,9 +107,30 @@ def final_line(t: p.TaskView) -> str:
     return f"task {t.task_id} {outcome(t)}{where}{took}"
 
 
-def task_record(t: p.TaskView) -> str:
+def usage_lines(t: p.TaskView) -> list[tuple[str, str]]:
+    """CPU time, peak memory, and CPU efficiency with a right-sizing hint (what Slurm's seff shows)."""
+    if t.cpu_user_seconds is None or t.cpu_system_seconds is None:
+        return [("Usage", "-" if not _final(t.state) else "not measured")]
+    cpu = t.cpu_user_seconds + t.cpu_system_seconds
+    lines = [("CPU time", f"{_duration(cpu)} ({t.cpu_user_seconds:.2f}s user, {t.cpu_system_seconds:.2f}s system)")]
+    if t.max_rss_bytes is not None:
+        lines.append(("Peak memory", _bytes(t.max_rss_bytes)))
+    if t.started_at is not None and t.finished_at is not None and t.finished_at > t.started_at:
+        wall = t.finished_at - t.started_at
+        efficiency = cpu / (wall * t.cores)
+        used = cpu / wall
+        text = f"{efficiency:.0%} (used {used:.1f} of {t.cores} cores on average over {_duration(wall)})"
+        if efficiency < 0.5 and t.cores > 1:
+            text += f"; --cores {max(1, math.ceil(used))} would do"
+        lines.append(("CPU efficiency", text))
+    return lines
+
+
+def task_record(t: p.TaskView, now: float | None = None) -> str:
     fields = [
         ("Task ID", t.task_id),
+        ("Name", t.name or "-"),
+        ("Owner", t.owner or "-"),
         ("State", t.state + (" (kill requested)" if t.kill_requested and not _final(t.state) else "")),
         ("Command", command_line(t)),
         ("Cores", str(t.cores)),
@@ -74,6 +142,8 @@ def task_record(t: p.TaskView) -> str:
         ("Submitted", _when(t.submitted_at)),
         ("Started", _when(t.started_at)),
         ("Finished", _when(t.finished_at)),
+        ("Runtime", _runtime(t, time.time() if now is None else now)),
+        *usage_lines(t),
         ("Stdout", t.stdout_path or "-"),
         ("Stderr", t.stderr_path or "-"),
         ("Working dir", t.cwd or "-"),
@@ -102,7 +172,9 @@ def batch_summary(view: p.BatchView) -> str:
     lines = [f"Batch {view.batch_id} {'finished' if view.done else 'in progress'}", counts_line(view)]
     for brief in view.problems:
         code = "" if brief.exit_code is None else f" exit code {brief.exit_code}"
-        lines.append(f"  {brief.task_id} {brief.state}{code}{': ' + brief.error if brief.error else ''}")
+        label = brief.name or (f"index {brief.array_index}" if brief.array_index is not None else "")
+        label = f" ({label})" if label else ""
+        lines.append(f"  {brief.task_id}{label} {brief.state}{code}{': ' + brief.error if brief.error else ''}")
     if len(view.problems) < sum(view.counts.get(s, 0) for s in ("failed", "killed", "lost")):
         lines.append("  ... (first 20 shown; see --status on a task ID)")
     return "\n".join(lines)

@@ -75,6 +75,9 @@ class Finished:
     started_at: float | None = None
     stdout_path: str = ""
     stderr_path: str = ""
+    cpu_user_seconds: float | None = None
+    cpu_system_seconds: float | None = None
+    max_rss_bytes: int | None = None
 
 
 @dataclass
@@ -128,10 +131,14 @@ class Cluster:
             self.lost.setdefault(task.node, set()).add(task.task_id)
 
     # ---- client events -------------------------------------------------------------------
-    def on_submit(self, tasks: list[Task]) -> list[Effect]:
-        """Queue tasks, all or none: a batch with one impossible task is refused whole."""
+    def check_submit(self, tasks: list[Task]) -> None:
+        """Raise SubmitRefused if any of the tasks could never run here; changes nothing."""
         for task in tasks:
             self._check_fits(task)
+
+    def on_submit(self, tasks: list[Task]) -> list[Effect]:
+        """Queue tasks, all or none: a batch with one impossible task is refused whole."""
+        self.check_submit(tasks)
         effects: list[Effect] = []
         for task in tasks:
             self.tasks[task.task_id] = task
@@ -259,6 +266,8 @@ class Cluster:
         if event.stdout_path:
             task.stdout_path, task.stderr_path = event.stdout_path, event.stderr_path
         task.exit_code, task.signal = event.exit_code, event.signal
+        task.cpu_user_seconds, task.cpu_system_seconds = event.cpu_user_seconds, event.cpu_system_seconds
+        task.max_rss_bytes = event.max_rss_bytes
         return self._finish(task, _final_state(event), event.finished_at, error=event.error)
 
     def on_tick(self, now: float) -> list[Effect]:

@@ -32,6 +32,14 @@ class Task:
     stderr_path: str = ""
     #: the user asked to kill it while its runner held it; the runner's report finalises it
     kill_requested: bool = False
+    #: the user's label (--name); empty = none
+    name: str = ""
+    #: who submitted it
+    owner: str = ""
+    #: resource use of its process tree, measured when it was reaped; None = unknown
+    cpu_user_seconds: float | None = None
+    cpu_system_seconds: float | None = None
+    max_rss_bytes: int | None = None
 
 
 @dataclass

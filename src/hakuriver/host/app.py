@@ -11,12 +11,16 @@ from collections.abc import Awaitable, Callable
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from hakuriver import protocol as p
 from hakuriver.core.cluster import SubmitRefused
-from hakuriver.host.service import HostService, KillRefused, TaskNotFound, node_view, task_view
+from hakuriver.core.states import TaskState
+from hakuriver.host import logs
+from hakuriver.host.convert import node_view, task_view
+from hakuriver.host.service import AmbiguousId, HostService, KillRefused, TaskNotFound
+from hakuriver.host.store import StoreWriteError, TaskFilter
 
 log = logging.getLogger("hakuriver.host")
 
@@ -51,11 +55,39 @@ async def _body(request: Request, kind: type):  # noqa: ANN202 - an instance of 
         raise BadRequest(f"invalid {kind.__name__} body: {exc}") from None
 
 
-def _task_id(request: Request, name: str = "task_id") -> str:
-    task_id = request.path_params[name]
-    if not p.is_task_id(task_id):
-        raise BadRequest(f"malformed task ID {task_id!r}: expected a UUID like 123e4567-e89b-12d3-a456-426614174000")
-    return task_id
+def _id(request: Request, name: str = "task_id") -> str:
+    some_id = request.path_params[name]
+    if not p.is_id_or_prefix(some_id):
+        raise BadRequest(
+            f"malformed ID {some_id!r}: expected a UUID like 123e4567-e89b-12d3-a456-426614174000, "
+            f"or at least its first {p.MIN_PREFIX} characters"
+        )
+    return some_id
+
+
+def _int_param(request: Request, name: str, default: int, ceiling: int = 2**62) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or int(raw) > ceiling:
+        raise BadRequest(f"query parameter {name} must be a whole number from 0 to {ceiling}, got {raw!r}")
+    return int(raw)
+
+
+_STATES = frozenset(s.value for s in TaskState)
+
+
+def _task_filter(request: Request, service: HostService) -> TaskFilter:
+    q = request.query_params
+    states = tuple(s for s in q.get("state", "").split(",") if s)
+    unknown = [s for s in states if s not in _STATES]
+    if unknown:
+        raise BadRequest(f"unknown state {unknown[0]!r} (states: {', '.join(sorted(_STATES))})")
+    batch = q.get("batch", "")
+    if batch and not p.is_id_or_prefix(batch):
+        raise BadRequest(f"malformed batch ID {batch!r}")
+    return TaskFilter(states=states, node=q.get("node", ""), batch_id=service.resolve_batch(batch) if batch else "",
+                      name=q.get("name", ""), owner=q.get("user", ""))
 
 
 def _float_param(request: Request, name: str, default: float) -> float:
@@ -86,37 +118,66 @@ class _Api:
             if problem:
                 raise BadRequest(problem)
         try:
-            ids, batch_id = self.service.submit(body.tasks, body.batch)
+            ids, batch_id = self.service.submit(body.tasks, body.batch, owner=body.user)
         except SubmitRefused as exc:
             raise BadRequest(str(exc), 422) from None
         await self.service.settled()
         return _json(p.SubmitReply(task_ids=ids, batch_id=batch_id), 201)
 
+    def _task_id(self, request: Request) -> str:
+        return self.service.resolve_task(_id(request))
+
+    def _batch_id(self, request: Request) -> str:
+        return self.service.resolve_batch(_id(request, "batch_id"))
+
+    async def list_tasks(self, request: Request) -> Response:
+        where = _task_filter(request, self.service)
+        limit = _int_param(request, "limit", p.DEFAULT_LIST_LIMIT)
+        offset = _int_param(request, "offset", 0)
+        tasks, total = await self.service.list_tasks(where, limit, offset)
+        return _json(p.TaskList(tasks=[task_view(t) for t in tasks], total=total, limit=limit, offset=offset))
+
     async def get_task(self, request: Request) -> Response:
-        return _json(task_view(self.service.get_task(_task_id(request))))
+        return _json(task_view(self.service.get_task(self._task_id(request))))
+
+    async def task_logs(self, request: Request) -> Response:
+        task_id = self._task_id(request)
+        stream = request.query_params.get("stream", "stdout")
+        if stream not in ("stdout", "stderr"):
+            raise BadRequest(f"query parameter stream must be stdout or stderr, got {stream!r}")
+        offset, tail = _int_param(request, "offset", 0), _int_param(request, "tail", 0)
+        wait = _float_param(request, "wait", 0.0)
+
+        def probe() -> tuple[str, TaskState]:
+            task = self.service.get_task(task_id)
+            return (task.stdout_path if stream == "stdout" else task.stderr_path), task.state
+
+        path, state, start, end = await logs.locate(probe, offset, tail, wait)
+        headers = {p.LOG_OFFSET_HEADER: str(start), p.LOG_STATE_HEADER: state.value}
+        return StreamingResponse(logs.stream(path, start, end), media_type="application/octet-stream", headers=headers)
 
     async def wait_task(self, request: Request) -> Response:
-        task_id = _task_id(request)
+        task_id = self._task_id(request)
         timeout = _float_param(request, "timeout", 30.0)
         return _json(task_view(await self.service.wait_task(task_id, timeout)))
 
     async def kill_task(self, request: Request) -> Response:
-        task, message = self.service.kill(_task_id(request))
+        task, message = self.service.kill(self._task_id(request))
         await self.service.settled()
         return _json(p.KillReply(task_id=task.task_id, state=task.state.value, message=message))
 
     async def batch(self, request: Request) -> Response:
-        return _json(self.service.batch_view(_task_id(request, "batch_id")))
+        return _json(self.service.batch_view(self._batch_id(request)))
 
     async def batch_tasks(self, request: Request) -> Response:
-        return _json([task_view(t) for t in self.service.batch_tasks(_task_id(request, "batch_id"))])
+        return _json([task_view(t) for t in await self.service.batch_tasks(self._batch_id(request))])
 
     async def wait_batch(self, request: Request) -> Response:
-        batch_id = _task_id(request, "batch_id")
+        batch_id = self._batch_id(request)
         return _json(await self.service.wait_batch(batch_id, _float_param(request, "timeout", 30.0)))
 
     async def kill_batch(self, request: Request) -> Response:
-        batch_id = _task_id(request, "batch_id")
+        batch_id = self._batch_id(request)
         _, message = self.service.kill_batch(batch_id)
         await self.service.settled()
         return _json(p.KillReply(task_id=batch_id, state="", message=message))
@@ -140,7 +201,9 @@ def build_app(service: HostService) -> Starlette:
     api = _Api(service)
     routes = [
         Route(p.TASKS, _guard(api.submit), methods=["POST"]),
+        Route(p.TASKS, _guard(api.list_tasks), methods=["GET"]),
         Route(p.TASK, _guard(api.get_task), methods=["GET"]),
+        Route(p.TASK_LOGS, _guard(api.task_logs), methods=["GET"]),
         Route(p.TASK_WAIT, _guard(api.wait_task), methods=["GET"]),
         Route(p.TASK_KILL, _guard(api.kill_task), methods=["POST"]),
         Route(p.BATCH, _guard(api.batch), methods=["GET"]),
@@ -168,8 +231,12 @@ def _guard(handler: Handler) -> Handler:
             return _error(str(exc), exc.status)
         except TaskNotFound as exc:
             return _error(f"no task with ID {exc}", 404)
-        except KillRefused as exc:
+        except (KillRefused, AmbiguousId) as exc:
             return _error(str(exc), 409)
+        except logs.LogUnavailable as exc:
+            return _error(str(exc), 404)
+        except StoreWriteError as exc:
+            return _error(f"{exc}; nothing was changed: free space on the host and try again", 507)
         except Exception:
             log.exception("internal error on %s %s", request.method, request.url.path)
             return _error("internal error in the host; see the host's log", 500)

@@ -15,19 +15,11 @@ import uuid
 from collections.abc import Callable
 
 from hakuriver import protocol as p
-from hakuriver.core.cluster import (
-    Orders as CoreOrders,
-    Cluster,
-    Effect,
-    Finished,
-    NodeChanged,
-    NodeReport,
-    Started,
-    TaskChanged,
-    UnknownTask,
-)
+from hakuriver.core.cluster import Cluster, Effect, NodeChanged, NodeReport, TaskChanged, UnknownTask
+from hakuriver.core.cluster import Orders as CoreOrders
 from hakuriver.core.model import Node, Task
-from hakuriver.host.store import Store
+from hakuriver.host import convert
+from hakuriver.host.store import Store, StoreWriteError, TaskFilter
 
 log = logging.getLogger("hakuriver.host")
 
@@ -38,6 +30,16 @@ class TaskNotFound(Exception):
 
 class KillRefused(Exception):
     pass
+
+
+class AmbiguousId(Exception):
+    """A short ID that matches more than one task or batch; the message lists some."""
+
+
+#: how many of a batch's problem tasks its view names
+BATCH_PROBLEMS_SHOWN = 20
+#: seconds between attempts to commit changes that could not be written (e.g. a full disk)
+COMMIT_RETRY = 1.0
 
 
 class HostService:
@@ -53,7 +55,8 @@ class HostService:
         self._staged_tasks: dict[str, Task] = {}
         self._staged_nodes: dict[str, Node] = {}
         self._staged_orders: set[str] = set()
-        self._staged_new: set[str] = set()
+        #: the last commit failed (it is retried every COMMIT_RETRY seconds until it succeeds)
+        self.write_error: str = ""
         self._commit: asyncio.Future[None] | None = None
         #: per batch, its tasks not yet final (lost counts as final), to answer batch waits
         self._batch_open: dict[str, set[str]] = {}
@@ -72,13 +75,13 @@ class HostService:
 
         Group commit: a burst of events costs one SQLite transaction. Runners and waiters are
         woken only after the commit, and handlers reply only after `settled()`, so nothing a
-        client or runner is told can be lost by a host crash.
+        client or runner is told can be lost by a host crash. New tasks are not staged: `submit`
+        has committed them already.
         """
         for e in effects:
             if isinstance(e, TaskChanged):
-                self._staged_tasks[e.task.task_id] = e.task
-                if e.created:
-                    self._staged_new.add(e.task.task_id)
+                if not e.created:
+                    self._staged_tasks[e.task.task_id] = e.task
             elif isinstance(e, NodeChanged):
                 self._staged_nodes[e.node.name] = e.node
             else:
@@ -88,21 +91,17 @@ class HostService:
             asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
-        tasks, nodes, orders, new = self._staged_tasks, self._staged_nodes, self._staged_orders, self._staged_new
-        self._staged_tasks, self._staged_nodes, self._staged_orders, self._staged_new = {}, {}, set(), set()
+        tasks, nodes, orders = self._staged_tasks, self._staged_nodes, self._staged_orders
+        self._staged_tasks, self._staged_nodes, self._staged_orders = {}, {}, set()
         commit, self._commit = self._commit, None
         try:
-            self.store.save(
-                created=[t for t in tasks.values() if t.task_id in new],
-                changed=[t for t in tasks.values() if t.task_id not in new],
-                nodes=nodes.values(),
-            )
-        except Exception as exc:  # the store logs nothing itself; say it here, then fail the waiters
-            log.exception("could not commit %d task and %d node changes", len(tasks), len(nodes))
-            if commit is not None:
-                commit.set_exception(exc)
-                commit.exception()  # mark it retrieved: handlers that await it report the error
+            self.store.save(changed=tasks.values(), nodes=nodes.values())
+        except StoreWriteError as exc:
+            self._commit_failed(exc, tasks, nodes, orders, commit)
             return
+        if self.write_error:
+            log.warning("the database can be written again; %d task changes committed", len(tasks))
+            self.write_error = ""
         for name in orders:
             self._node_event(name).set()
         for task in tasks.values():
@@ -112,6 +111,31 @@ class HostService:
                 self._track_batch(task)
         if commit is not None:
             commit.set_result(None)
+
+    def _commit_failed(
+        self, exc: StoreWriteError, tasks: dict[str, Task], nodes: dict[str, Node], orders: set[str],
+        commit: asyncio.Future[None] | None,
+    ) -> None:
+        """Keep the changes staged and try again later; whoever waits for this commit gets the error.
+
+        Nothing is lost: the in-memory records stay as they are, runners get no orders and no
+        acknowledgements until the changes are on disk, and they repeat their reports.
+        """
+        if not self.write_error:
+            log.error("%s; retrying every %gs", exc, COMMIT_RETRY)
+        self.write_error = str(exc)
+        self._staged_tasks = {**tasks, **self._staged_tasks}
+        self._staged_nodes = {**nodes, **self._staged_nodes}
+        self._staged_orders |= orders
+        if commit is not None:
+            commit.set_exception(exc)
+            commit.exception()  # mark it retrieved: handlers that await it report the error
+        asyncio.get_running_loop().call_later(COMMIT_RETRY, self._retry_commit)
+
+    def _retry_commit(self) -> None:
+        if self._commit is None and (self._staged_tasks or self._staged_nodes or self._staged_orders):
+            self._commit = asyncio.get_running_loop().create_future()
+            self._flush()
 
     async def settled(self) -> None:
         """Return once every change staged so far is committed."""
@@ -147,14 +171,35 @@ class HostService:
         _wake(self._task_waiters.pop(task_id, []))
 
     # ---- client requests -----------------------------------------------------------------
-    def submit(self, specs: list[p.TaskSpec], batch: bool = False) -> tuple[list[str], str]:
-        """Queue the tasks; their IDs are returned only after the records are committed."""
+    def submit(self, specs: list[p.TaskSpec], batch: bool = False, owner: str = "") -> tuple[list[str], str]:
+        """Queue the tasks; their IDs are returned only after the records are committed.
+
+        The new records are written before the cluster sees them: if the disk refuses them,
+        nothing was queued and the caller gets the StoreWriteError.
+        """
         now = self.clock()
         batch_id = str(uuid.uuid4()) if batch or len(specs) > 1 else ""
-        tasks = [_task_from_spec(spec, now, batch_id) for spec in specs]
+        tasks = [convert.task_from_spec(spec, now, batch_id, owner) for spec in specs]
+        self.cluster.check_submit(tasks)
+        self.store.insert(tasks)
         self._apply(self.cluster.on_submit(tasks))
+        if batch_id:
+            self._batch_open[batch_id] = {t.task_id for t in tasks}
         self.request_schedule()
         return [t.task_id for t in tasks], batch_id
+
+    def resolve_task(self, some_id: str) -> str:
+        """The full task ID for a full ID or a unique prefix of one."""
+        some_id = some_id.lower()
+        if p.is_task_id(some_id):
+            return some_id
+        return _unique(some_id, self.store.task_ids_with_prefix(some_id, 6), "task")
+
+    def resolve_batch(self, some_id: str) -> str:
+        some_id = some_id.lower()
+        if p.is_task_id(some_id):
+            return some_id
+        return _unique(some_id, self.store.batch_ids_with_prefix(some_id, 6), "batch")
 
     def get_task(self, task_id: str) -> Task:
         task = self.cluster.tasks.get(task_id) or self._staged_tasks.get(task_id) or self.store.get_task(task_id)
@@ -162,8 +207,12 @@ class HostService:
             raise TaskNotFound(task_id)
         return task
 
-    def batch_tasks(self, batch_id: str) -> list[Task]:
-        tasks = self.store.batch_tasks(batch_id)
+    async def list_tasks(self, where: TaskFilter, limit: int, offset: int) -> tuple[list[Task], int]:
+        """A page of matching tasks, newest first, and the number matching; read off the event loop."""
+        return await asyncio.to_thread(self.store.list_tasks, where, limit, offset)
+
+    async def batch_tasks(self, batch_id: str) -> list[Task]:
+        tasks = await asyncio.to_thread(self.store.batch_tasks, batch_id)
         if not tasks:
             raise TaskNotFound(batch_id)
         return tasks
@@ -172,7 +221,7 @@ class HostService:
         counts = self.store.batch_counts(batch_id)
         if not counts:
             raise TaskNotFound(batch_id)
-        problems = [p.TaskBrief(*row) for row in self.store.batch_problems(batch_id, 20)]
+        problems = [p.TaskBrief(*row) for row in self.store.batch_problems(batch_id, BATCH_PROBLEMS_SHOWN)]
         return p.BatchView(batch_id, sum(counts.values()), counts, batch_id not in self._batch_open, problems)
 
     async def wait_batch(self, batch_id: str, timeout: float) -> p.BatchView:
@@ -239,16 +288,16 @@ class HostService:
             remaining = deadline - self.clock()
             if orders.launch or orders.kill or remaining <= 0:
                 await self.settled()
-                return _orders_message(orders)
+                return convert.orders_message(orders)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), remaining)
 
     def report(self, r: p.Report) -> p.Ack:
         effects: list[Effect] = []
         for s in r.started:
-            effects += self.cluster.on_started(r.node, Started(s.task_id, s.started_at, s.stdout_path, s.stderr_path))
+            effects += self.cluster.on_started(r.node, convert.started_event(s))
         for f in r.finished:
-            effects += self.cluster.on_finished(r.node, _finished_event(f))
+            effects += self.cluster.on_finished(r.node, convert.finished_event(f))
         self._apply(effects)
         acked = [f.task_id for f in r.finished]
         if r.held is None:
@@ -260,7 +309,7 @@ class HostService:
         orders = self._orders(r.node, set(r.held), frozenset(r.ending))
         # everything pending for this node goes out in this answer: its waiting heartbeat need not wake for it
         self._staged_orders.discard(r.node)
-        return p.Ack(task_ids=acked, orders=_orders_message(orders))
+        return p.Ack(task_ids=acked, orders=convert.orders_message(orders))
 
     def _orders(self, node: str, held: set[str], ending: frozenset[str]) -> CoreOrders:
         """The node's orders, leaving out launches already offered since its last heartbeat.
@@ -310,40 +359,10 @@ def _wake(futures: list[asyncio.Future[None]]) -> None:
             fut.set_result(None)
 
 
-def _task_from_spec(spec: p.TaskSpec, now: float, batch_id: str) -> Task:
-    return Task(
-        task_id=str(uuid.uuid4()), command=spec.command, args=list(spec.args), env=dict(spec.env),
-        cores=spec.cores, submitted_at=now, cwd=spec.cwd, target_node=spec.node, batch_id=batch_id,
-    )
-
-
-def _finished_event(f: p.TaskFinished) -> Finished:
-    return Finished(
-        f.task_id, f.finished_at, f.exit_code, f.signal, f.error, f.killed, f.started_at, f.stdout_path, f.stderr_path
-    )
-
-
-def _orders_message(orders: CoreOrders) -> p.Orders:
-    return p.Orders(
-        launch=[
-            p.LaunchOrder(t.task_id, t.command, t.args, t.env, list(t.core_ids), t.cwd) for t in orders.launch
-        ],
-        kill=orders.kill,
-    )
-
-
-def task_view(t: Task) -> p.TaskView:
-    return p.TaskView(
-        task_id=t.task_id, state=t.state.value, command=t.command, args=t.args, env=t.env, cores=t.cores,
-        node=t.node, core_ids=list(t.core_ids), exit_code=t.exit_code, signal=t.signal, error=t.error,
-        submitted_at=t.submitted_at, started_at=t.started_at, finished_at=t.finished_at,
-        stdout_path=t.stdout_path, stderr_path=t.stderr_path, cwd=t.cwd, target_node=t.target_node,
-        batch_id=t.batch_id, kill_requested=t.kill_requested,
-    )
-
-
-def node_view(n: Node) -> p.NodeView:
-    return p.NodeView(
-        name=n.name, state=n.state.value, total_cores=n.total_cores, free_cores=n.free_cores,
-        running_tasks=len(n.task_ids), memory_bytes=n.memory_bytes, last_heartbeat=n.last_heartbeat,
-    )
+def _unique(prefix: str, matches: list[str], kind: str) -> str:
+    if not matches:
+        raise TaskNotFound(prefix)
+    if len(matches) > 1:
+        shown = ", ".join(matches[:5]) + (", ..." if len(matches) > 5 else "")
+        raise AmbiguousId(f"the short ID {prefix} matches more than one {kind}: {shown}; give more characters")
+    return matches[0]

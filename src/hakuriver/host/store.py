@@ -1,7 +1,11 @@
-"""The SQLite store: schema, every SQL statement, and row <-> model conversion.
+"""The SQLite store: schema and its migrations, every SQL statement, and row <-> model conversion.
 
 The only module that imports sqlite3. It decides nothing: no state transitions, no scheduling.
-WAL mode with one transaction per batch of changes keeps writes cheap under load.
+Each task column is named once, in `TASK_COLUMNS`; every statement and the row <-> `Task`
+mapping are derived from that list by name. The schema grows only by appending to
+`MIGRATIONS` (`PRAGMA user_version` counts those applied). WAL mode with one transaction per
+batch of changes keeps writes cheap; reads for big queries run on other threads, each with its
+own connection (`reader`), so the host's event loop never waits on them.
 """
 
 from __future__ import annotations
@@ -9,125 +13,193 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from operator import attrgetter
+from typing import Any
 
 import msgspec
 
 from hakuriver.core.cores import CoreSet, format_core_ids, parse_core_ids
 from hakuriver.core.model import Node, Task
 from hakuriver.core.states import NodeState, TaskState
+from hakuriver.host.migrations import MIGRATIONS
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS tasks (
-    task_id TEXT PRIMARY KEY,
-    batch_id TEXT NOT NULL DEFAULT '',
-    state TEXT NOT NULL,
-    command TEXT NOT NULL,
-    args TEXT NOT NULL,
-    env TEXT NOT NULL,
-    cores INTEGER NOT NULL,
-    cwd TEXT NOT NULL DEFAULT '',
-    target_node TEXT NOT NULL DEFAULT '',
-    node TEXT NOT NULL DEFAULT '',
-    core_ids TEXT NOT NULL DEFAULT '',
-    exit_code INTEGER,
-    signal INTEGER,
-    error TEXT NOT NULL DEFAULT '',
-    submitted_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    stdout_path TEXT NOT NULL DEFAULT '',
-    stderr_path TEXT NOT NULL DEFAULT '',
-    kill_requested INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS tasks_active ON tasks(state)
-    WHERE state IN ('pending', 'assigning', 'running', 'lost');
-CREATE INDEX IF NOT EXISTS tasks_batch ON tasks(batch_id) WHERE batch_id != '';
-CREATE TABLE IF NOT EXISTS nodes (
-    name TEXT PRIMARY KEY,
-    core_ids TEXT NOT NULL,
-    memory_bytes INTEGER NOT NULL,
-    state TEXT NOT NULL,
-    last_heartbeat REAL NOT NULL
-);
-"""
 
-_TASK_COLUMNS = (
-    "task_id, batch_id, state, command, args, env, cores, cwd, target_node, node, core_ids, exit_code, "
-    "signal, error, submitted_at, started_at, finished_at, stdout_path, stderr_path, kill_requested"
+def _same(value: Any) -> Any:
+    return value
+
+
+def _json_text(value: object) -> str:
+    return msgspec.json.encode(value).decode()  # several times faster than json.dumps: a batch holds thousands
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    #: model value -> what SQLite stores, and back
+    to_db: Callable[[Any], Any] = _same
+    from_db: Callable[[Any], Any] = _same
+    #: may change after submission (written by updates; the rest only by the insert)
+    changes: bool = True
+
+
+#: every column of `tasks`, named as the `Task` field it holds (a test checks both against the migrated schema)
+TASK_COLUMNS: tuple[Column, ...] = (
+    Column("task_id", changes=False),
+    Column("batch_id", changes=False),
+    Column("state", attrgetter("value"), TaskState),
+    Column("command", changes=False),
+    Column("args", _json_text, json.loads, changes=False),
+    Column("env", _json_text, json.loads, changes=False),
+    Column("cores", changes=False),
+    Column("cwd", changes=False),
+    Column("target_node", changes=False),
+    Column("node"),
+    Column("core_ids", format_core_ids, parse_core_ids),
+    Column("exit_code"),
+    Column("signal"),
+    Column("error"),
+    Column("submitted_at", changes=False),
+    Column("started_at"),
+    Column("finished_at"),
+    Column("stdout_path"),
+    Column("stderr_path"),
+    Column("kill_requested", int, bool),
+    Column("name", changes=False),
+    Column("owner", changes=False),
+    Column("cpu_user_seconds"),
+    Column("cpu_system_seconds"),
+    Column("max_rss_bytes"),
 )
-_INSERT_TASK = f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES ({', '.join('?' * 20)})"
-# What can change after submission; the command, arguments and environment never do.
-_UPDATE_TASK = (
-    "UPDATE tasks SET state = ?, node = ?, core_ids = ?, exit_code = ?, signal = ?, error = ?, started_at = ?, "
-    "finished_at = ?, stdout_path = ?, stderr_path = ?, kill_requested = ? WHERE task_id = ?"
-)
-_UPSERT_NODE = "INSERT OR REPLACE INTO nodes (name, core_ids, memory_bytes, state, last_heartbeat) VALUES (?, ?, ?, ?, ?)"
-_GET_TASK = f"SELECT {_TASK_COLUMNS} FROM tasks WHERE task_id = ?"
-_ACTIVE_TASKS = (
-    f"SELECT {_TASK_COLUMNS} FROM tasks WHERE state IN ('pending', 'assigning', 'running', 'lost') "
-    "ORDER BY submitted_at, rowid"
-)
-_BATCH_TASKS = f"SELECT {_TASK_COLUMNS} FROM tasks WHERE batch_id = ? ORDER BY submitted_at, rowid"
+_NODE_COLUMNS = ("name", "core_ids", "memory_bytes", "state", "last_heartbeat")
+
+_ALL = ", ".join(c.name for c in TASK_COLUMNS)
+_CHANGING = [c for c in TASK_COLUMNS if c.changes]
+_INSERT_TASK = f"INSERT INTO tasks ({_ALL}) VALUES ({', '.join('?' * len(TASK_COLUMNS))})"
+_UPDATE_TASK = f"UPDATE tasks SET {', '.join(f'{c.name} = ?' for c in _CHANGING)} WHERE task_id = ?"
+_SELECT = f"SELECT {_ALL} FROM tasks"
+_GET_TASK = f"{_SELECT} WHERE task_id = ?"
+ACTIVE_STATES = ("pending", "assigning", "running", "lost")
+_ACTIVE_TASKS = f"{_SELECT} WHERE state IN {ACTIVE_STATES} ORDER BY submitted_at, rowid"
+_BATCH_TASKS = f"{_SELECT} WHERE batch_id = ? ORDER BY submitted_at, rowid"
 _BATCH_COUNTS = "SELECT state, COUNT(*) FROM tasks WHERE batch_id = ? GROUP BY state"
+PROBLEM_STATES = ("failed", "killed", "lost")
 _BATCH_PROBLEMS = (
-    "SELECT task_id, state, exit_code, error FROM tasks WHERE batch_id = ? "
-    "AND state IN ('failed', 'killed', 'lost') ORDER BY submitted_at LIMIT ?"
+    "SELECT task_id, state, exit_code, error, name, json_extract(env, '$.HAKURIVER_ARRAY_INDEX') "
+    f"FROM tasks WHERE batch_id = ? AND state IN {PROBLEM_STATES} ORDER BY submitted_at, rowid LIMIT ?"
 )
-_ALL_NODES = "SELECT name, core_ids, memory_bytes, state, last_heartbeat FROM nodes ORDER BY name"
+# ID prefixes: range scans of the primary key and of the batch index ('~' sorts after hex digits and '-')
+_TASKS_BY_PREFIX = "SELECT task_id FROM tasks WHERE task_id >= ? AND task_id < ? ORDER BY task_id LIMIT ?"
+_FIRST_BATCH = "SELECT batch_id FROM tasks WHERE batch_id >= ? AND batch_id < ? AND batch_id != '' ORDER BY batch_id LIMIT 1"
+_NEXT_BATCH = "SELECT batch_id FROM tasks WHERE batch_id > ? AND batch_id < ? AND batch_id != '' ORDER BY batch_id LIMIT 1"
+_NODE_ALL = ", ".join(_NODE_COLUMNS)
+_UPSERT_NODE = f"INSERT OR REPLACE INTO nodes ({_NODE_ALL}) VALUES ({', '.join('?' * len(_NODE_COLUMNS))})"
+_ALL_NODES = f"SELECT {_NODE_ALL} FROM nodes ORDER BY name"
 
 
 class StoreError(Exception):
-    """The database cannot be opened or created."""
+    """The database cannot be opened, created or upgraded; the message says what to do."""
+
+
+class StoreWriteError(Exception):
+    """A change could not be committed (e.g. the disk is full); nothing of it was written."""
+
+
+@dataclass(frozen=True)
+class TaskFilter:
+    """The `--list` filters, combined with AND; empty = any."""
+
+    states: tuple[str, ...] = ()
+    node: str = ""
+    batch_id: str = ""
+    #: a shell-style pattern (SQLite GLOB: *, ?, [...])
+    name: str = ""
+    owner: str = ""
+
+    def where(self) -> tuple[str, list[Any]]:
+        terms, params = [], []
+        if self.states:
+            terms.append(f"state IN ({', '.join('?' * len(self.states))})")
+            params += self.states
+        for column, value in (("node", self.node), ("owner", self.owner)):
+            if value:
+                terms.append(f"{column} = ?")
+                params.append(value)
+        if self.batch_id:
+            terms.append("batch_id = ? AND batch_id != ''")  # the second term lets SQLite use the partial index
+            params.append(self.batch_id)
+        if self.name:
+            terms.append("name GLOB ?")
+            params.append(self.name)
+        return (" WHERE " + " AND ".join(terms)) if terms else "", params
 
 
 class Store:
     def __init__(self, path: str) -> None:
         self.path = path
+        self._local = threading.local()
         try:
-            folder = os.path.dirname(os.path.abspath(path))
-            os.makedirs(folder, exist_ok=True)
-            # check_same_thread=False: the host uses it from its event loop thread only, but the
-            # loop may be created on a different thread than the one that opened the file.
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            self._db = self._connect()
+            migrate(self._db, path)
             self._db.execute("PRAGMA journal_mode=WAL")
             # NORMAL in WAL mode: a commit survives a crash of the host process (the WAL is in
             # the OS before COMMIT returns); only a power loss can drop the latest commits.
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open database {path}: {exc}") from None
+
+    def _connect(self) -> sqlite3.Connection:
+        # check_same_thread=False: the host uses it from its event loop thread only, but the
+        # loop may be created on a different thread than the one that opened the file.
+        return sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
 
     def close(self) -> None:
         self._db.close()
 
-    def save(self, created: Iterable[Task] = (), changed: Iterable[Task] = (), nodes: Iterable[Node] = ()) -> None:
-        """Write new tasks, changes to known tasks, and nodes in one transaction; returns once committed."""
-        new_rows = [_task_row(t) for t in created]
-        change_rows = [_change_row(t) for t in changed]
-        node_rows = [_node_row(n) for n in nodes]
-        if not new_rows and not change_rows and not node_rows:
-            return
-        with _transaction(self._db):
-            if new_rows:
-                self._db.executemany(_INSERT_TASK, new_rows)
-            if change_rows:
-                self._db.executemany(_UPDATE_TASK, change_rows)
-            if node_rows:
-                self._db.executemany(_UPSERT_NODE, node_rows)
+    # ---- writes ----------------------------------------------------------------------------
+    def insert(self, tasks: Iterable[Task]) -> None:
+        """Write new tasks in one transaction; returns once committed."""
+        self._write([(_INSERT_TASK, [_task_row(t) for t in tasks])])
 
+    def save(self, changed: Iterable[Task] = (), nodes: Iterable[Node] = ()) -> None:
+        """Write changes to known tasks, and nodes, in one transaction; returns once committed."""
+        self._write([(_UPDATE_TASK, [_change_row(t) for t in changed]), (_UPSERT_NODE, [_node_row(n) for n in nodes])])
+
+    def _write(self, statements: list[tuple[str, list[Any]]]) -> None:
+        statements = [(sql, rows) for sql, rows in statements if rows]
+        if not statements:
+            return
+        try:
+            self._db.execute("BEGIN")
+            for sql, rows in statements:
+                self._db.executemany(sql, rows)
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self._db.in_transaction:  # SQLite may have rolled back by itself (a full disk does)
+                self._db.execute("ROLLBACK")
+            raise StoreWriteError(f"cannot write to the database {self.path}: {exc}") from None
+
+    # ---- reads (the event loop's connection: small, indexed lookups only) -------------------
     def get_task(self, task_id: str) -> Task | None:
         row = self._db.execute(_GET_TASK, (task_id,)).fetchone()
         return _task_from_row(row) if row else None
 
-    def batch_tasks(self, batch_id: str) -> list[Task]:
-        return [_task_from_row(r) for r in self._db.execute(_BATCH_TASKS, (batch_id,))]
+    def task_ids_with_prefix(self, prefix: str, limit: int) -> list[str]:
+        return [r[0] for r in self._db.execute(_TASKS_BY_PREFIX, (prefix, prefix + "~", limit))]
 
-    def batch_counts(self, batch_id: str) -> dict[str, int]:
-        return dict(self._db.execute(_BATCH_COUNTS, (batch_id,)).fetchall())
-
-    def batch_problems(self, batch_id: str, limit: int) -> list[tuple[str, str, int | None, str]]:
-        return self._db.execute(_BATCH_PROBLEMS, (batch_id, limit)).fetchall()
+    def batch_ids_with_prefix(self, prefix: str, limit: int) -> list[str]:
+        """Distinct batch IDs, one index seek each (a batch has many rows)."""
+        found: list[str] = []
+        while len(found) < limit:
+            sql, start = (_NEXT_BATCH, found[-1]) if found else (_FIRST_BATCH, prefix)
+            row = self._db.execute(sql, (start, prefix + "~")).fetchone()
+            if row is None:
+                break
+            found.append(row[0])
+        return found
 
     def active_tasks(self) -> list[Task]:
         return [_task_from_row(r) for r in self._db.execute(_ACTIVE_TASKS)]
@@ -135,49 +207,86 @@ class Store:
     def nodes(self) -> list[Node]:
         return [_node_from_row(r) for r in self._db.execute(_ALL_NODES)]
 
+    # ---- reads that may be big: call from a worker thread ------------------------------------
+    def reader(self) -> sqlite3.Connection:
+        """This thread's own read-only connection (WAL: readers never block the writer)."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = self._connect()
+            db.execute("PRAGMA query_only = 1")
+        return db
 
-class _transaction:
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
+    def list_tasks(self, where: TaskFilter, limit: int, offset: int = 0) -> tuple[list[Task], int]:
+        """The matching tasks, newest first, and how many match in all."""
+        sql, params = where.where()
+        db = self.reader()
+        page = f"{_SELECT}{sql} ORDER BY rowid DESC" + (" LIMIT ? OFFSET ?" if limit else "")
+        rows = db.execute(page, params + ([limit, offset] if limit else [])).fetchall()
+        tasks = [_task_from_row(r) for r in rows]
+        if limit and (len(tasks) == limit or offset):
+            total = db.execute(f"SELECT COUNT(*) FROM tasks{sql}", params).fetchone()[0]
+        else:
+            total = offset + len(tasks)
+        return tasks, total
 
-    def __enter__(self) -> None:
-        self.db.execute("BEGIN")
+    def batch_tasks(self, batch_id: str) -> list[Task]:
+        return [_task_from_row(r) for r in self.reader().execute(_BATCH_TASKS, (batch_id,))]
 
-    def __exit__(self, exc_type: object, *_: object) -> None:
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+    def batch_counts(self, batch_id: str) -> dict[str, int]:
+        return dict(self._db.execute(_BATCH_COUNTS, (batch_id,)).fetchall())
 
-
-def _json_text(value: object) -> str:
-    return msgspec.json.encode(value).decode()  # several times faster than json.dumps: a batch holds thousands
-
-
-def _task_row(t: Task) -> tuple:
-    return (
-        t.task_id, t.batch_id, t.state.value, t.command, _json_text(t.args), _json_text(t.env), t.cores,
-        t.cwd, t.target_node, t.node, format_core_ids(t.core_ids), t.exit_code, t.signal, t.error,
-        t.submitted_at, t.started_at, t.finished_at, t.stdout_path, t.stderr_path, int(t.kill_requested),
-    )
-
-
-def _change_row(t: Task) -> tuple:
-    return (
-        t.state.value, t.node, format_core_ids(t.core_ids), t.exit_code, t.signal, t.error, t.started_at,
-        t.finished_at, t.stdout_path, t.stderr_path, int(t.kill_requested), t.task_id,
-    )
-
-
-def _task_from_row(r: tuple) -> Task:
-    return Task(
-        task_id=r[0], batch_id=r[1], state=TaskState(r[2]), command=r[3], args=json.loads(r[4]),
-        env=json.loads(r[5]), cores=r[6], cwd=r[7], target_node=r[8], node=r[9],
-        core_ids=parse_core_ids(r[10]), exit_code=r[11], signal=r[12], error=r[13], submitted_at=r[14],
-        started_at=r[15], finished_at=r[16], stdout_path=r[17], stderr_path=r[18], kill_requested=bool(r[19]),
-    )
+    def batch_problems(self, batch_id: str, limit: int) -> list[tuple[str, str, int | None, str, str, str | None]]:
+        return self._db.execute(_BATCH_PROBLEMS, (batch_id, limit)).fetchall()
 
 
-def _node_row(n: Node) -> tuple:
+def migrate(db: sqlite3.Connection, path: str) -> None:
+    """Bring the schema up to date, one migration per transaction; refuse a newer schema untouched."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(MIGRATIONS):
+        raise StoreError(
+            f"database {path} has schema version {version}, newer than this HakuRiver knows ({len(MIGRATIONS)}): "
+            "it was written by a newer release. Upgrade HakuRiver, or set [database] db_file to another file; "
+            "the database was not changed"
+        )
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        try:
+            db.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise StoreError(f"cannot upgrade database {path} to schema version {number}: {exc}") from None
+
+
+_task_values = attrgetter(*(c.name for c in TASK_COLUMNS))
+_change_values = attrgetter(*(c.name for c in _CHANGING), "task_id")
+_TO_DB = [(i, c.to_db) for i, c in enumerate(TASK_COLUMNS) if c.to_db is not _same]
+_CHANGE_TO_DB = [(i, c.to_db) for i, c in enumerate(_CHANGING) if c.to_db is not _same]
+_FROM_DB = [(i, c.from_db) for i, c in enumerate(TASK_COLUMNS) if c.from_db is not _same]
+_TASK_FIELDS = tuple(c.name for c in TASK_COLUMNS)
+
+
+def _converted(values: tuple[Any, ...], converters: list[tuple[int, Callable[[Any], Any]]]) -> list[Any]:
+    row = list(values)
+    for i, convert in converters:
+        row[i] = convert(row[i])
+    return row
+
+
+def _task_row(t: Task) -> list[Any]:
+    return _converted(_task_values(t), _TO_DB)
+
+
+def _change_row(t: Task) -> list[Any]:
+    return _converted(_change_values(t), _CHANGE_TO_DB)
+
+
+def _task_from_row(r: tuple[Any, ...]) -> Task:
+    return Task(**dict(zip(_TASK_FIELDS, _converted(r, _FROM_DB))))
+
+
+def _node_row(n: Node) -> tuple[Any, ...]:
     return (n.name, format_core_ids(n.cores.all), n.memory_bytes, n.state.value, n.last_heartbeat)
 
 
-def _node_from_row(r: tuple) -> Node:
+def _node_from_row(r: tuple[Any, ...]) -> Node:
     return Node(name=r[0], cores=CoreSet(parse_core_ids(r[1])), memory_bytes=r[2], state=NodeState(r[3]), last_heartbeat=r[4])

@@ -32,6 +32,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable
+from typing import Any
 
 import msgspec
 
@@ -90,6 +91,10 @@ class Exit(msgspec.Struct, tag="exit", omit_defaults=True):
     killed: bool = False
     #: the task never ran (it could not be started)
     not_started: bool = False
+    #: its process tree's CPU time and peak memory (wait4's rusage), when it was reaped here
+    cpu_user_seconds: float | None = None
+    cpu_system_seconds: float | None = None
+    max_rss_bytes: int | None = None
 
 
 class State(msgspec.Struct, tag="state"):
@@ -120,11 +125,14 @@ def socket_address(state_dir: str) -> str:
     return f"/proc/self/fd/{fd}/{SOCKET_NAME}"
 
 
-def exit_of(task_id: str, code: int, status: int, now: float) -> Exit:
-    """An Exit from waitid's si_code and si_status."""
-    if code == os.CLD_EXITED:
-        return Exit(task_id, now, exit_code=status)
-    return Exit(task_id, now, signal=status, error=f"killed by signal {status} (not by HakuRiver)")
+def exit_of(task_id: str, status: int, usage: Any, now: float) -> Exit:
+    """An Exit from wait4's status and rusage (ru_maxrss is in KiB on Linux)."""
+    measured = {"cpu_user_seconds": usage.ru_utime, "cpu_system_seconds": usage.ru_stime,
+                "max_rss_bytes": usage.ru_maxrss * 1024}
+    if os.WIFEXITED(status):
+        return Exit(task_id, now, exit_code=os.WEXITSTATUS(status), **measured)
+    sig = os.WTERMSIG(status)
+    return Exit(task_id, now, signal=sig, error=f"killed by signal {sig} (not by HakuRiver)", **measured)
 
 
 # ---- the keeper process --------------------------------------------------------------------
@@ -144,6 +152,8 @@ class Keeper:
         self._task_of: dict[int, str] = {}
         #: tasks being killed: their exit comes from the kill thread once the whole tree is gone
         self.killing: set[str] = set()
+        #: what reaping a task being killed measured, for the exit its kill thread posts
+        self._killed_usage: dict[str, Exit] = {}
         #: exits the runner has not forgotten yet (also in the exits log)
         self.exits: dict[str, Exit] = {}
         self._posted: queue.SimpleQueue[Exit] = queue.SimpleQueue()
@@ -371,6 +381,10 @@ class Keeper:
         for ex in done:
             self.killing.discard(ex.task_id)
             self.pids.pop(ex.task_id, None)
+            reaped = self._killed_usage.pop(ex.task_id, None)
+            if reaped is not None:
+                ex.cpu_user_seconds, ex.cpu_system_seconds = reaped.cpu_user_seconds, reaped.cpu_system_seconds
+                ex.max_rss_bytes = reaped.max_rss_bytes
         if done:
             self._record(done)
 
@@ -380,16 +394,19 @@ class Keeper:
         now = time.time()
         while True:
             try:
-                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG)
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
                 break
-            if info is None:
+            if pid == 0:
                 break
-            task_id = self._task_of.pop(info.si_pid, None)
-            if task_id is None or task_id in self.killing:
-                continue  # a killed task's exit comes from its kill thread, once the whole tree is gone
+            task_id = self._task_of.pop(pid, None)
+            if task_id is None:
+                continue
+            if task_id in self.killing:  # its exit comes from its kill thread, once the whole tree is gone
+                self._killed_usage[task_id] = exit_of(task_id, status, usage, now)
+                continue
             del self.pids[task_id]
-            ended.append(exit_of(task_id, info.si_code, info.si_status, now))
+            ended.append(exit_of(task_id, status, usage, now))
         if ended:
             self._record(ended)
 

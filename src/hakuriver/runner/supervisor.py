@@ -236,7 +236,8 @@ class Supervisor:
     def _result(rec: TaskRecord, ex: Exit) -> p.TaskFinished:
         return p.TaskFinished(rec.task_id, ex.ended_at, exit_code=ex.exit_code, signal=ex.signal, error=ex.error,
                               killed=ex.killed, started_at=None if ex.not_started else rec.started_at,
-                              stdout_path=rec.stdout, stderr_path=rec.stderr)
+                              stdout_path=rec.stdout, stderr_path=rec.stderr, cpu_user_seconds=ex.cpu_user_seconds,
+                              cpu_system_seconds=ex.cpu_system_seconds, max_rss_bytes=ex.max_rss_bytes)
 
     # ---- kill ----------------------------------------------------------------------------
     def kill(self, task_id: str) -> None:

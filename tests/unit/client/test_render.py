@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from hakuriver import protocol as p
 from hakuriver.client import render
-from hakuriver.client.cli import exit_code_of, parse
+from hakuriver.client.cli import parse
+from hakuriver.client.commands import exit_code_of
 
 
 def view(**kw) -> p.TaskView:  # noqa: ANN003

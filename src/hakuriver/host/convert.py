@@ -1,0 +1,58 @@
+"""Protocol messages <-> core records: the one place where the two shapes meet.
+
+Fields are copied by name, so a field added to both sides with the same name flows through
+without an edit here; only the few that differ in shape (an enum, a tuple) or in name (a
+spec's `node` is the task's `target_node`) are spelled out.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from hakuriver import protocol as p
+from hakuriver.core.cluster import Finished, Orders, Started
+from hakuriver.core.model import Node, Task
+
+#: TaskSpec field -> Task field, where the names differ
+_SPEC_TO_TASK = {"node": "target_node"}
+
+
+def task_from_spec(spec: p.TaskSpec, now: float, batch_id: str, owner: str) -> Task:
+    values = {_SPEC_TO_TASK.get(f, f): getattr(spec, f) for f in spec._fields}
+    values["args"], values["env"] = list(spec.args), dict(spec.env)
+    return Task(task_id=str(uuid.uuid4()), submitted_at=now, batch_id=batch_id, owner=owner, **values)
+
+
+def _view_value(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    return getattr(value, "value", value)  # enums travel as their names
+
+
+def task_view(t: Task) -> p.TaskView:
+    return p.TaskView(**{f: _view_value(getattr(t, f)) for f in p.TaskView._fields})
+
+
+def node_view(n: Node) -> p.NodeView:
+    return p.NodeView(
+        name=n.name, state=n.state.value, total_cores=n.total_cores, free_cores=n.free_cores,
+        running_tasks=len(n.task_ids), memory_bytes=n.memory_bytes, last_heartbeat=n.last_heartbeat,
+    )
+
+
+def started_event(s: p.TaskStarted) -> Started:
+    return Started(**{f: getattr(s, f) for f in s._fields})
+
+
+def finished_event(f: p.TaskFinished) -> Finished:
+    return Finished(**{name: getattr(f, name) for name in f._fields})
+
+
+def orders_message(orders: Orders) -> p.Orders:
+    return p.Orders(launch=[launch_order(t) for t in orders.launch], kill=orders.kill)
+
+
+def launch_order(t: Task) -> p.LaunchOrder:
+    return p.LaunchOrder(**{f: _view_value(getattr(t, f)) for f in p.LaunchOrder._fields})
+

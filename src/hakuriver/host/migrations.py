@@ -1,0 +1,61 @@
+"""The database schema as its history: migration N brings a database to schema version N.
+
+Append only: a released migration is never edited, since databases out there already ran it.
+`PRAGMA user_version` holds how many have been applied; the store runs the missing ones in
+order, each in its own transaction, and refuses a database whose version is higher than it
+knows (written by a newer release). The first release had no version: its schema is
+migration 1, written with IF NOT EXISTS so that it applies to those databases unchanged.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1 (release 0.2.0): tasks and nodes
+    """
+    CREATE TABLE IF NOT EXISTS tasks (
+        task_id TEXT PRIMARY KEY,
+        batch_id TEXT NOT NULL DEFAULT '',
+        state TEXT NOT NULL,
+        command TEXT NOT NULL,
+        args TEXT NOT NULL,
+        env TEXT NOT NULL,
+        cores INTEGER NOT NULL,
+        cwd TEXT NOT NULL DEFAULT '',
+        target_node TEXT NOT NULL DEFAULT '',
+        node TEXT NOT NULL DEFAULT '',
+        core_ids TEXT NOT NULL DEFAULT '',
+        exit_code INTEGER,
+        signal INTEGER,
+        error TEXT NOT NULL DEFAULT '',
+        submitted_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        stdout_path TEXT NOT NULL DEFAULT '',
+        stderr_path TEXT NOT NULL DEFAULT '',
+        kill_requested INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX IF NOT EXISTS tasks_active ON tasks(state)
+        WHERE state IN ('pending', 'assigning', 'running', 'lost');
+    CREATE INDEX IF NOT EXISTS tasks_batch ON tasks(batch_id) WHERE batch_id != '';
+    CREATE TABLE IF NOT EXISTS nodes (
+        name TEXT PRIMARY KEY,
+        core_ids TEXT NOT NULL,
+        memory_bytes INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        last_heartbeat REAL NOT NULL
+    );
+    """,
+    # 2: names, owners and resource usage; indexes for --list's filters (newest first = rowid order)
+    """
+    ALTER TABLE tasks ADD COLUMN name TEXT NOT NULL DEFAULT '';
+    ALTER TABLE tasks ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+    ALTER TABLE tasks ADD COLUMN cpu_user_seconds REAL;
+    ALTER TABLE tasks ADD COLUMN cpu_system_seconds REAL;
+    ALTER TABLE tasks ADD COLUMN max_rss_bytes INTEGER;
+    DROP INDEX IF EXISTS tasks_active;
+    CREATE INDEX tasks_state ON tasks(state);
+    CREATE INDEX tasks_node ON tasks(node);
+    CREATE INDEX tasks_name ON tasks(name);
+    CREATE INDEX tasks_owner ON tasks(owner);
+    """,
+)
