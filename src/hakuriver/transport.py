@@ -102,16 +102,19 @@ class HostConnection:
     def _body_pieces(self, headers: dict[bytes, bytes]) -> Iterator[bytes]:
         if headers.get(b"transfer-encoding", b"").lower() == b"chunked":
             while size := int(self._read_line().split(b";")[0], 16):
-                yield self._read_exactly(size)
+                yield from self._next_bytes(size)
                 self._read_line()
             self._read_line()
-            return
-        left = int(headers.get(b"content-length", b"0"))
-        while left > 0:
+        else:
+            yield from self._next_bytes(int(headers.get(b"content-length", b"0")))
+
+    def _next_bytes(self, n: int) -> Iterator[bytes]:
+        """The next `n` bytes, in pieces as they arrive (joined, a big body is copied once)."""
+        while n > 0:
             if not self._buf:
                 self._fill()
-            piece, self._buf = self._buf[:left], self._buf[left:]
-            left -= len(piece)
+            piece, self._buf = self._buf[:n], self._buf[n:]
+            n -= len(piece)
             yield piece
 
     def _send_and_read_head(self, method: str, path: str, data: bytes, timeout: float) -> tuple[int, dict[bytes, bytes]]:
@@ -157,12 +160,6 @@ class HostConnection:
         if not chunk:
             raise _Closed("connection closed by the host")
         self._buf += chunk
-
-    def _read_exactly(self, n: int) -> bytes:
-        while len(self._buf) < n:
-            self._fill()
-        data, self._buf = self._buf[:n], self._buf[n:]
-        return data
 
     def _read_line(self) -> bytes:
         while b"\r\n" not in self._buf:

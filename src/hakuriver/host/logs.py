@@ -32,23 +32,22 @@ def _size(path: str) -> int:
 
 
 def _tail_start(path: str, lines: int, end: int) -> int:
-    """The offset of the last `lines` lines before `end` (a final newline ends the last line)."""
+    """The offset of the last `lines` lines before `end` (the newline that ends the file ends its last line)."""
     if lines <= 0 or end == 0:
         return end
-    pos, seen = end, 0
+    seen = 0
     with open(path, "rb") as fh:
+        fh.seek(end - 1)
+        pos = end - 1 if fh.read(1) == b"\n" else end
         while pos > 0:
             step = min(CHUNK, pos)
             fh.seek(pos - step)
             block = fh.read(step)
-            if pos == end and block.endswith(b"\n"):
-                block = block[:-1]  # the newline that ends the last line is not a line break before it
-                step -= 1
-            for i in range(len(block) - 1, -1, -1):
-                if block[i] == 10:
-                    seen += 1
-                    if seen == lines:
-                        return pos - step + i + 1
+            i = len(block)
+            while (i := block.rfind(b"\n", 0, i)) >= 0:
+                seen += 1
+                if seen == lines:
+                    return pos - step + i + 1
             pos -= step
     return 0
 
