@@ -119,3 +119,69 @@ def test_nodes_view(api):
     heartbeat(api, name="b", cores=3)
     [node] = api.get(p.NODES).json()
     assert (node["name"], node["state"], node["total_cores"], node["free_cores"]) == ("b", "online", 3, 3)
+
+
+def _seed(api, *task_ids: str, batch_id: str = "") -> None:
+    """Records with chosen IDs, written as the store writes any task."""
+    from hakuriver.core.model import Task
+
+    store = Store(str(api.db_path))
+    store.insert([Task(i, "true", [], {}, 1, 1.0, batch_id=batch_id) for i in task_ids])
+    store.close()
+
+
+def test_short_ids_resolve_and_ambiguous_ones_list_their_matches(api):
+    a, b = "abcdef01-1111-4111-8111-111111111111", "abcdef01-2222-4222-8222-222222222222"
+    _seed(api, a, b)
+    assert api.get(p.TASK.format(task_id="abcdef01-1")).json()["task_id"] == a
+    r = api.get(p.TASK.format(task_id="ABCDEF01"))
+    assert r.status_code == 409
+    assert r.json()["error"] == f"the short ID abcdef01 matches more than one task: {a}, {b}; give more characters"
+    assert api.get(p.TASK.format(task_id="abcdef02")).status_code == 404
+    assert api.get(p.TASK.format(task_id="abcdef0")).status_code == 400  # under 8 characters
+
+
+def test_batch_prefixes_find_distinct_batches(api):
+    one, two = "feed0000-0000-4000-8000-000000000001", "feed0000-0000-4000-8000-000000000002"
+    _seed(api, *(str(uuid.uuid4()) for _ in range(3)), batch_id=one)
+    _seed(api, str(uuid.uuid4()), batch_id=two)
+    assert api.get(p.BATCH.format(batch_id=one[:-1] + "1")).json()["total"] == 3
+    r = api.get(p.BATCH.format(batch_id="feed0000"))
+    assert r.status_code == 409 and f"{one}, {two}" in r.json()["error"]
+    assert api.get(p.TASKS, params={"batch": one[:-1] + "1", "limit": 2}).json()["total"] == 3
+
+
+@pytest.mark.parametrize("query, problem", [
+    ({"state": "nope"}, "unknown state 'nope'"),
+    ({"limit": "-1"}, "limit must be a whole number"),
+    ({"offset": "x"}, "offset must be a whole number"),
+    ({"batch": "zz"}, "malformed batch ID"),
+])
+def test_bad_list_queries_are_400s(api, query, problem):
+    r = api.get(p.TASKS, params=query)
+    assert r.status_code == 400 and problem in r.json()["error"]
+
+
+def test_logs_of_a_task_that_has_not_started_are_empty(api):
+    heartbeat(api)
+    [task_id] = submit(api, p.TaskSpec("true"))
+    r = api.get(p.TASK_LOGS.format(task_id=task_id))
+    assert r.status_code == 200 and r.content == b""
+    assert r.headers[p.LOG_STATE_HEADER] == "assigning" and r.headers[p.LOG_OFFSET_HEADER] == "0"
+    assert api.get(p.TASK_LOGS.format(task_id=task_id), params={"stream": "both"}).status_code == 400
+
+
+def test_long_lists_stream_page_by_page_in_the_same_shape(api, monkeypatch):
+    import hakuriver.host.service as service_module
+
+    monkeypatch.setattr(service_module, "SCAN_PAGE", 7)  # many pages from a few tasks
+    ids = [str(uuid.uuid4()) for _ in range(25)]
+    for task_id in ids:  # one insert each: rowid order is submission order
+        _seed(api, task_id)
+    whole = api.get(p.TASKS, params={"limit": 0}).json()
+    assert [t["task_id"] for t in whole["tasks"]] == ids[::-1]
+    assert (whole["total"], whole["limit"], whole["offset"]) == (25, 0, 0)
+    part = api.get(p.TASKS, params={"limit": 2000, "offset": 3}).json()  # streamed too (over SCAN_PAGE)
+    assert [t["task_id"] for t in part["tasks"]] == ids[::-1][3:] and part["total"] == 25
+    small = api.get(p.TASKS, params={"limit": 5, "offset": 20}).json()
+    assert [t["task_id"] for t in small["tasks"]] == ids[::-1][20:] and small["total"] == 25

@@ -6,8 +6,9 @@ Each route is a few lines that call the service. Any body that is not a valid me
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -16,10 +17,11 @@ from starlette.routing import Route
 
 from hakuriver import protocol as p
 from hakuriver.core.cluster import SubmitRefused
+from hakuriver.core.model import Task
 from hakuriver.core.states import TaskState
 from hakuriver.host import logs
 from hakuriver.host.convert import node_view, task_view
-from hakuriver.host.service import AmbiguousId, HostService, KillRefused, TaskNotFound
+from hakuriver.host.service import SCAN_PAGE, AmbiguousId, HostService, KillRefused, TaskNotFound
 from hakuriver.host.store import StoreWriteError, TaskFilter
 
 log = logging.getLogger("hakuriver.host")
@@ -121,7 +123,7 @@ class _Api:
             ids, batch_id = self.service.submit(body.tasks, body.batch, owner=body.user)
         except SubmitRefused as exc:
             raise BadRequest(str(exc), 422) from None
-        await self.service.settled()
+        # no settled(): submit committed the new records itself, and other requests' changes are theirs
         return _json(p.SubmitReply(task_ids=ids, batch_id=batch_id), 201)
 
     def _task_id(self, request: Request) -> str:
@@ -134,8 +136,22 @@ class _Api:
         where = _task_filter(request, self.service)
         limit = _int_param(request, "limit", p.DEFAULT_LIST_LIMIT)
         offset = _int_param(request, "offset", 0)
-        tasks, total = await self.service.list_tasks(where, limit, offset)
-        return _json(p.TaskList(tasks=[task_view(t) for t in tasks], total=total, limit=limit, offset=offset))
+        if 0 < limit <= SCAN_PAGE:
+            tasks, total = await self.service.list_tasks(where, limit, offset)
+            return _json(p.TaskList(tasks=[task_view(t) for t in tasks], total=total, limit=limit, offset=offset))
+        return StreamingResponse(self._streamed_list(where, limit, offset), media_type="application/json")
+
+    async def _streamed_list(self, where: TaskFilter, limit: int, offset: int) -> AsyncIterator[bytes]:
+        """A TaskList of any length, encoded a page at a time on worker threads (never all in memory)."""
+        head_and_tail = p.encode(p.TaskList(tasks=[], total=0, limit=limit, offset=offset))
+        head = head_and_tail[:head_and_tail.index(b"[]") + 1]
+        yield head
+        separator = b""
+        async for tasks in self.service.task_pages(where, limit, offset):
+            yield separator + await asyncio.to_thread(_encoded_views, tasks)
+            separator = b","
+        total = await self.service.count_tasks(where)
+        yield p.encode(p.TaskList(tasks=[], total=total, limit=limit, offset=offset))[len(head):]
 
     async def get_task(self, request: Request) -> Response:
         return _json(task_view(self.service.get_task(self._task_id(request))))
@@ -195,6 +211,10 @@ class _Api:
 
     async def health(self, request: Request) -> Response:
         return _json({"ok": True})
+
+
+def _encoded_views(tasks: list[Task]) -> bytes:
+    return b",".join(p.encode(task_view(t)) for t in tasks)
 
 
 def build_app(service: HostService) -> Starlette:

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from hakuriver import protocol as p
 from hakuriver.core.cluster import Cluster, Effect, NodeChanged, NodeReport, TaskChanged, UnknownTask
@@ -38,6 +38,8 @@ class AmbiguousId(Exception):
 
 #: how many of a batch's problem tasks its view names
 BATCH_PROBLEMS_SHOWN = 20
+#: tasks per page when a whole list is streamed
+SCAN_PAGE = 1000
 #: seconds between attempts to commit changes that could not be written (e.g. a full disk)
 COMMIT_RETRY = 1.0
 
@@ -86,9 +88,17 @@ class HostService:
                 self._staged_nodes[e.node.name] = e.node
             else:
                 self._staged_orders.add(e.node)
-        if effects and self._commit is None:
+        if effects:
+            self._commit_soon()
+
+    def _commit_soon(self) -> None:
+        """One commit at the end of this loop iteration, for everything staged until then."""
+        if self._commit is None:
             self._commit = asyncio.get_running_loop().create_future()
             asyncio.get_running_loop().call_soon(self._flush)
+
+    def _has_staged(self) -> bool:
+        return bool(self._staged_tasks or self._staged_nodes or self._staged_orders)
 
     def _flush(self) -> None:
         tasks, nodes, orders = self._staged_tasks, self._staged_nodes, self._staged_orders
@@ -133,12 +143,17 @@ class HostService:
         asyncio.get_running_loop().call_later(COMMIT_RETRY, self._retry_commit)
 
     def _retry_commit(self) -> None:
-        if self._commit is None and (self._staged_tasks or self._staged_nodes or self._staged_orders):
-            self._commit = asyncio.get_running_loop().create_future()
-            self._flush()
+        if self._has_staged():
+            self._commit_soon()
 
     async def settled(self) -> None:
-        """Return once every change staged so far is committed."""
+        """Return once every change staged so far is committed; raise StoreWriteError if it cannot be.
+
+        Changes left staged by a failed commit are tried again here at once: whoever is about to
+        acknowledge something learns whether it is on disk now, not at the next timed retry.
+        """
+        if self._has_staged():
+            self._commit_soon()
         if self._commit is not None:
             await asyncio.shield(self._commit)
 
@@ -181,7 +196,11 @@ class HostService:
         batch_id = str(uuid.uuid4()) if batch or len(specs) > 1 else ""
         tasks = [convert.task_from_spec(spec, now, batch_id, owner) for spec in specs]
         self.cluster.check_submit(tasks)
-        self.store.insert(tasks)
+        try:
+            self.store.insert(tasks)
+        except StoreWriteError as exc:
+            log.error("refused a submission of %d tasks: %s", len(tasks), exc)
+            raise
         self._apply(self.cluster.on_submit(tasks))
         if batch_id:
             self._batch_open[batch_id] = {t.task_id for t in tasks}
@@ -210,6 +229,24 @@ class HostService:
     async def list_tasks(self, where: TaskFilter, limit: int, offset: int) -> tuple[list[Task], int]:
         """A page of matching tasks, newest first, and the number matching; read off the event loop."""
         return await asyncio.to_thread(self.store.list_tasks, where, limit, offset)
+
+    async def count_tasks(self, where: TaskFilter) -> int:
+        return await asyncio.to_thread(self.store.count_tasks, where)
+
+    async def task_pages(self, where: TaskFilter, limit: int, offset: int) -> AsyncIterator[list[Task]]:
+        """Every matching task (at most `limit`; 0 = no limit), newest first, SCAN_PAGE at a time off the loop."""
+        cursor: int | None = None
+        left = limit or None
+        while left is None or left > 0:
+            size = SCAN_PAGE if left is None else min(SCAN_PAGE, left)
+            tasks, cursor = await asyncio.to_thread(self.store.page_of_tasks, where, size, offset, cursor)
+            offset = 0  # skipped by the first page; the cursor carries on from there
+            if tasks:
+                yield tasks
+            if len(tasks) < size:
+                return
+            if left is not None:
+                left -= len(tasks)
 
     async def batch_tasks(self, batch_id: str) -> list[Task]:
         tasks = await asyncio.to_thread(self.store.batch_tasks, batch_id)

@@ -216,18 +216,32 @@ class Store:
             db.execute("PRAGMA query_only = 1")
         return db
 
-    def list_tasks(self, where: TaskFilter, limit: int, offset: int = 0) -> tuple[list[Task], int]:
-        """The matching tasks, newest first, and how many match in all."""
+    def page_of_tasks(
+        self, where: TaskFilter, limit: int, offset: int = 0, before: int | None = None
+    ) -> tuple[list[Task], int | None]:
+        """Up to `limit` matching tasks, newest first, skipping `offset`, and the cursor to continue from.
+
+        `before` (a cursor this returned) continues a scan without counting the rows already
+        passed again: each page is one indexed range, however deep into a million rows it is.
+        """
         sql, params = where.where()
-        db = self.reader()
-        page = f"{_SELECT}{sql} ORDER BY rowid DESC" + (" LIMIT ? OFFSET ?" if limit else "")
-        rows = db.execute(page, params + ([limit, offset] if limit else [])).fetchall()
-        tasks = [_task_from_row(r) for r in rows]
-        if limit and (len(tasks) == limit or offset):
-            total = db.execute(f"SELECT COUNT(*) FROM tasks{sql}", params).fetchone()[0]
-        else:
-            total = offset + len(tasks)
-        return tasks, total
+        if before is not None:
+            sql += (" AND" if sql else " WHERE") + " rowid < ?"
+            params.append(before)
+        rows = self.reader().execute(
+            f"SELECT rowid, {_ALL} FROM tasks{sql} ORDER BY rowid DESC LIMIT ? OFFSET ?", [*params, limit, offset]
+        ).fetchall()
+        return [_task_from_row(r[1:]) for r in rows], (rows[-1][0] if rows else None)
+
+    def count_tasks(self, where: TaskFilter) -> int:
+        sql, params = where.where()
+        return self.reader().execute(f"SELECT COUNT(*) FROM tasks{sql}", params).fetchone()[0]
+
+    def list_tasks(self, where: TaskFilter, limit: int, offset: int = 0) -> tuple[list[Task], int]:
+        """A page of matching tasks, newest first, and how many match in all (limit 0: every one)."""
+        tasks, _ = self.page_of_tasks(where, limit if limit else -1, offset)
+        short = limit == 0 or (len(tasks) < limit and (tasks or not offset))
+        return tasks, offset + len(tasks) if short else self.count_tasks(where)
 
     def batch_tasks(self, batch_id: str) -> list[Task]:
         return [_task_from_row(r) for r in self.reader().execute(_BATCH_TASKS, (batch_id,))]
