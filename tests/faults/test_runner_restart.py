@@ -6,6 +6,7 @@ import os
 import signal
 from pathlib import Path
 
+import psutil
 import pytest
 
 from support import wait_until
@@ -28,6 +29,18 @@ def open_gate(cluster, gate: str) -> None:  # noqa: ANN001
     (cluster.shared / gate).touch()
 
 
+def session_leaders(cluster) -> set[str]:  # noqa: ANN001
+    """The task IDs of the tasks' first processes (a gate loop's short-lived `sleep`s may vanish while we look)."""
+    found = set()
+    for proc in cluster.task_processes():
+        try:
+            if proc.pid == os.getsid(proc.pid):
+                found.add(proc.environ()["HAKURIVER_TASK_ID"])
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            continue
+    return found
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["crash", "upgrade"])
 def test_tasks_outlive_their_runner_and_report_real_exit_codes(cluster, sig):
     cluster.start_host()
@@ -39,7 +52,7 @@ def test_tasks_outlive_their_runner_and_report_real_exit_codes(cluster, sig):
     for t in (early, late, killed_later):
         cluster.wait_state(t, "running")
     cluster.runners["a"].stop(sig)
-    alive = {p.environ()["HAKURIVER_TASK_ID"] for p in cluster.task_processes() if p.pid == os.getsid(p.pid)}
+    alive = session_leaders(cluster)
     assert alive == {early, late, killed_later}  # the tasks were not touched
     open_gate(cluster, "g-early")
     exits_log = cluster.root / "tmp-a" / ".hakuriver-runner-a" / "exits"
