@@ -161,10 +161,11 @@ class TaskList(Message):
     """One page of `--list`: newest first."""
 
     tasks: list[TaskView]
-    #: how many tasks match the filters in all
+    #: how many tasks match the filters in all; counting stops at 100,000 (then total_exact is false)
     total: int
     limit: int
     offset: int = 0
+    total_exact: bool = True
 
 
 class LogView(Message):

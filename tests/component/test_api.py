@@ -185,3 +185,16 @@ def test_long_lists_stream_page_by_page_in_the_same_shape(api, monkeypatch):
     assert [t["task_id"] for t in part["tasks"]] == ids[::-1][3:] and part["total"] == 25
     small = api.get(p.TASKS, params={"limit": 5, "offset": 20}).json()
     assert [t["task_id"] for t in small["tasks"]] == ids[::-1][20:] and small["total"] == 25
+
+
+def test_counts_stop_at_the_count_limit(api, monkeypatch):
+    import hakuriver.host.store as store_module
+
+    monkeypatch.setattr(store_module, "COUNT_LIMIT", 4)
+    _seed(api, *(str(uuid.uuid4()) for _ in range(6)))
+    page = api.get(p.TASKS, params={"limit": 2}).json()
+    assert (len(page["tasks"]), page["total"], page["total_exact"]) == (2, 4, False)
+    assert api.get(p.TASKS, params={"limit": 0}).json()["total_exact"] is False
+    monkeypatch.setattr(store_module, "COUNT_LIMIT", 6)
+    page = api.get(p.TASKS, params={"limit": 2}).json()
+    assert (page["total"], page["total_exact"]) == (6, True)

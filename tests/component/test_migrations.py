@@ -78,7 +78,7 @@ def test_a_migrated_database_opens_again_unchanged(release_825ccee_db):
     before = [task_view(t) for t in first.list_tasks(TaskFilter(), 0)[0]]
     first.close()
     again = Store(path)
-    after, total = again.list_tasks(TaskFilter(), 0)
+    after, total, _ = again.list_tasks(TaskFilter(), 0)
     assert [task_view(t) for t in after] == before and total == len(expected["tasks"])
     again.close()
 

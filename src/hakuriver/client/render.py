@@ -69,10 +69,14 @@ def _runtime(t: p.TaskView, now: float) -> str:
     return _duration(max(0.0, (t.finished_at if t.finished_at is not None else now) - t.started_at))
 
 
+def _matches(page: p.TaskList) -> str:
+    return f"{page.total} matching tasks" if page.total_exact else f"more than {page.total:,} matching tasks"
+
+
 def task_table(page: p.TaskList, now: float) -> str:
     """--list: one line per task, newest first, and a footer when the limit cut the list."""
     if not page.tasks:
-        return "No tasks match." if page.total == 0 else f"No tasks on this page ({page.total} match in all)."
+        return "No tasks match." if page.total == 0 else f"No tasks on this page ({_matches(page)} in all)."
     headers = ("ID", "NAME", "STATE", "NODE", "CORES", "EXIT", "SUBMITTED", "RUNTIME")
     rows = [
         (t.task_id[:8], t.name or "-", t.state, t.node or "-", str(t.cores), _exit(t),
@@ -80,8 +84,8 @@ def task_table(page: p.TaskList, now: float) -> str:
         for t in page.tasks
     ]
     text = _table(headers, rows)
-    if page.offset + len(page.tasks) < page.total:
-        text += f"\n({len(page.tasks)} of {page.total} matching tasks shown; --limit N for more, --limit 0 for all)"
+    if page.offset + len(page.tasks) < page.total or not page.total_exact:
+        text += f"\n({len(page.tasks)} of {_matches(page)} shown; --limit N for more, --limit 0 for all)"
     return text
 
 

@@ -137,8 +137,9 @@ class _Api:
         limit = _int_param(request, "limit", p.DEFAULT_LIST_LIMIT)
         offset = _int_param(request, "offset", 0)
         if 0 < limit <= SCAN_PAGE:
-            tasks, total = await self.service.list_tasks(where, limit, offset)
-            return _json(p.TaskList(tasks=[task_view(t) for t in tasks], total=total, limit=limit, offset=offset))
+            tasks, total, exact = await self.service.list_tasks(where, limit, offset)
+            views = [task_view(t) for t in tasks]
+            return _json(p.TaskList(tasks=views, total=total, limit=limit, offset=offset, total_exact=exact))
         return StreamingResponse(self._streamed_list(where, limit, offset), media_type="application/json")
 
     async def _streamed_list(self, where: TaskFilter, limit: int, offset: int) -> AsyncIterator[bytes]:
@@ -150,8 +151,8 @@ class _Api:
         async for tasks in self.service.task_pages(where, limit, offset):
             yield separator + await asyncio.to_thread(_encoded_views, tasks)
             separator = b","
-        total = await self.service.count_tasks(where)
-        yield p.encode(p.TaskList(tasks=[], total=total, limit=limit, offset=offset))[len(head):]
+        total, exact = await self.service.count_tasks(where)
+        yield p.encode(p.TaskList(tasks=[], total=total, limit=limit, offset=offset, total_exact=exact))[len(head):]
 
     async def get_task(self, request: Request) -> Response:
         return _json(task_view(self.service.get_task(self._task_id(request))))

@@ -226,11 +226,11 @@ class HostService:
             raise TaskNotFound(task_id)
         return task
 
-    async def list_tasks(self, where: TaskFilter, limit: int, offset: int) -> tuple[list[Task], int]:
+    async def list_tasks(self, where: TaskFilter, limit: int, offset: int) -> tuple[list[Task], int, bool]:
         """A page of matching tasks, newest first, and the number matching; read off the event loop."""
         return await asyncio.to_thread(self.store.list_tasks, where, limit, offset)
 
-    async def count_tasks(self, where: TaskFilter) -> int:
+    async def count_tasks(self, where: TaskFilter) -> tuple[int, bool]:
         return await asyncio.to_thread(self.store.count_tasks, where)
 
     async def task_pages(self, where: TaskFilter, limit: int, offset: int) -> AsyncIterator[list[Task]]:

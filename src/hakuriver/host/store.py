@@ -99,6 +99,10 @@ _UPSERT_NODE = f"INSERT OR REPLACE INTO nodes ({_NODE_ALL}) VALUES ({', '.join('
 _ALL_NODES = f"SELECT {_NODE_ALL} FROM nodes ORDER BY name"
 
 
+#: counts of matching tasks stop here (see Store.count_tasks)
+COUNT_LIMIT = 100_000
+
+
 class StoreError(Exception):
     """The database cannot be opened, created or upgraded; the message says what to do."""
 
@@ -233,15 +237,24 @@ class Store:
         ).fetchall()
         return [_task_from_row(r[1:]) for r in rows], (rows[-1][0] if rows else None)
 
-    def count_tasks(self, where: TaskFilter) -> int:
-        sql, params = where.where()
-        return self.reader().execute(f"SELECT COUNT(*) FROM tasks{sql}", params).fetchone()[0]
+    def count_tasks(self, where: TaskFilter) -> tuple[int, bool]:
+        """How many tasks match, and whether that is exact: counting stops past COUNT_LIMIT.
 
-    def list_tasks(self, where: TaskFilter, limit: int, offset: int = 0) -> tuple[list[Task], int]:
-        """A page of matching tasks, newest first, and how many match in all (limit 0: every one)."""
+        Counting a million index entries takes tens of milliseconds and grows with the history;
+        "more than 100,000" is as useful to a person, and costs a bounded time.
+        """
+        sql, params = where.where()
+        found = self.reader().execute(
+            f"SELECT COUNT(*) FROM (SELECT 1 FROM tasks{sql} LIMIT ?)", [*params, COUNT_LIMIT + 1]
+        ).fetchone()[0]
+        return min(found, COUNT_LIMIT), found <= COUNT_LIMIT
+
+    def list_tasks(self, where: TaskFilter, limit: int, offset: int = 0) -> tuple[list[Task], int, bool]:
+        """A page of matching tasks, newest first, and how many match in all (see count_tasks); limit 0: every one."""
         tasks, _ = self.page_of_tasks(where, limit if limit else -1, offset)
-        short = limit == 0 or (len(tasks) < limit and (tasks or not offset))
-        return tasks, offset + len(tasks) if short else self.count_tasks(where)
+        if limit == 0 or (len(tasks) < limit and (tasks or not offset)):
+            return tasks, offset + len(tasks), True
+        return tasks, *self.count_tasks(where)
 
     def batch_tasks(self, batch_id: str) -> list[Task]:
         return [_task_from_row(r) for r in self.reader().execute(_BATCH_TASKS, (batch_id,))]
