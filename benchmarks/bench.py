@@ -5,6 +5,7 @@
     .venv/bin/python benchmarks/bench.py --quick    # tiny sizes, seconds (what the test suite runs)
     .venv/bin/python benchmarks/bench.py --json out.json
     .venv/bin/python benchmarks/bench.py --dir /some/disk   # cluster files there, not on tmpfs
+    .venv/bin/python benchmarks/bench.py --history-only      # only g. (a million-task database)
 
 It prints a table and a JSON document with:
   a. spawn ceiling: /bin/true spawned and reaped by as many threads as there are cores;
@@ -15,7 +16,10 @@ It prints a table and a JSON document with:
   d. latency: `hakuriver.client --cores 1 --wait -- true` next to `python -c pass`;
   e. host at scale: simulated runners heartbeating every second while 10,000 tasks are queued;
      p50/p99 of submit, status and node-list requests, host CPU and RSS;
-  f. RSS of an idle host and an idle runner.
+  f. RSS of an idle host and an idle runner;
+  g. host on a long history: 1,000,000 finished + 10,000 active tasks written through the Store,
+     then p50/p99 of --list (each filter) and status (full and short ID) requests to a host on
+     that database, and its RSS, next to the targets (benchmarks/bench_history.py says more).
 Numbers are measured, never asserted: the tests only check that this runs and is well-formed.
 
 The cluster's files (shared_dir, local_temp_dir, database) go to a tmpfs (/dev/shm) when there
@@ -23,6 +27,7 @@ is one, unless --dir says otherwise: every task creates two output files and a s
 and on some file systems (ext4 without a journal, as on the VM these numbers come from) the
 cost of creating a file grows with the number of files deleted in the last few minutes, so
 numbers measured there swing with whatever ran before. The file system used is in the output.
+The history database of g. goes there too (about 550 MB in the full run), and is removed after it.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import bench_history  # next to this file (the script's folder is on sys.path)
 import psutil
 
 from hakuriver import protocol as p
@@ -333,9 +339,9 @@ def host_at_scale(root: Path, runners: int, queued: int, samples: int) -> dict:
 # ---- the run ---------------------------------------------------------------------------------
 SIZES = {
     "full": {"ceiling": 1000, "warmup": 200, "bulk": [1000, 10000], "rounds": 3, "cli": 200, "latency": 20, "sim_runners": 100,
-             "queued": 10000, "samples": 300},
+             "queued": 10000, "samples": 300, "history": (1_000_000, 10_000), "history_samples": 200},
     "quick": {"ceiling": 100, "warmup": 10, "bulk": [50], "rounds": 1, "cli": 16, "latency": 3, "sim_runners": 10, "queued": 200,
-              "samples": 20},
+              "samples": 20, "history": (2_000, 100), "history_samples": 20},
 }
 
 
@@ -358,7 +364,7 @@ def filesystem(path: str) -> str:
     return kind
 
 
-def run(quick: bool, folder: str | None) -> dict:
+def run(quick: bool, folder: str | None, history_only: bool = False) -> dict:
     size = SIZES["quick" if quick else "full"]
     cores = os.cpu_count() or 1
     result: dict = {
@@ -366,27 +372,46 @@ def run(quick: bool, folder: str | None) -> dict:
                     "python": platform.python_version(), "platform": platform.platform()},
         "size": "quick" if quick else "full",
     }
-    result["spawn_ceiling"] = spawn_ceiling(size["ceiling"])
     with tempfile.TemporaryDirectory(prefix="hakuriver-bench-", dir=folder) as tmp:
         result["cluster_files"] = {"folder": tmp, "filesystem": filesystem(tmp)}
-        cluster = Cluster(Path(tmp, "cluster"), RUNNERS, cores)
-        try:
-            time.sleep(1.0)  # let start-up settle before measuring idle memory
-            result["idle_rss_mb"] = {"host": rss_mb(cluster.host.pid), "runner": rss_mb(cluster.runners[0].pid),
-                                     "keeper": rss_mb(keeper_of(cluster.runners[0].pid))}
-            ceiling = result["spawn_ceiling"]["per_second"]
-            # warm-up, not counted: a fresh cluster's first tasks also create its folders and files
-            bulk_round(cluster, size["warmup"])
-            result["bulk"] = [bulk(cluster, n, ceiling, size["rounds"]) for n in size["bulk"]]
-            result["cli"] = cli_throughput(cluster, size["cli"], 8)
-            result["latency"] = latency(cluster, size["latency"])
-        finally:
-            cluster.stop()
-        result["host_at_scale"] = host_at_scale(Path(tmp, "scale"), size["sim_runners"], size["queued"], size["samples"])
+        if not history_only:
+            cluster_sections(result, size, Path(tmp))
+        result["history"] = bench_history.history(Path(tmp, "history"), *size["history"], size["history_samples"],
+                                                  start_host=lambda root: Cluster(root, 0, 1))
     return result
 
 
+def cluster_sections(result: dict, size: dict, tmp: Path) -> None:
+    """Sections a. to f."""
+    cores = os.cpu_count() or 1
+    result["spawn_ceiling"] = spawn_ceiling(size["ceiling"])
+    cluster = Cluster(Path(tmp, "cluster"), RUNNERS, cores)
+    try:
+        time.sleep(1.0)  # let start-up settle before measuring idle memory
+        result["idle_rss_mb"] = {"host": rss_mb(cluster.host.pid), "runner": rss_mb(cluster.runners[0].pid),
+                                 "keeper": rss_mb(keeper_of(cluster.runners[0].pid))}
+        ceiling = result["spawn_ceiling"]["per_second"]
+        # warm-up, not counted: a fresh cluster's first tasks also create its folders and files
+        bulk_round(cluster, size["warmup"])
+        result["bulk"] = [bulk(cluster, n, ceiling, size["rounds"]) for n in size["bulk"]]
+        result["cli"] = cli_throughput(cluster, size["cli"], 8)
+        result["latency"] = latency(cluster, size["latency"])
+    finally:
+        cluster.stop()
+    result["host_at_scale"] = host_at_scale(Path(tmp, "scale"), size["sim_runners"], size["queued"], size["samples"])
+
+
 def table(r: dict) -> str:
+    rows = cluster_rows(r) if "spawn_ceiling" in r else []
+    rows += bench_history.rows(r["history"])
+    width = max(len(k) for k, _ in rows)
+    m = r["machine"]
+    head = (f"HakuRiver benchmark ({r['size']}) on {m['cpus']} CPUs, {m['memory_gb']} GB, Python {m['python']}; "
+            f"cluster files on {r['cluster_files']['filesystem']}")
+    return "\n".join([head] + [f"  {k:<{width}}  {v}" for k, v in rows])
+
+
+def cluster_rows(r: dict) -> list[tuple[str, str]]:
     rows = [(f"spawn ceiling (/bin/true, {r['spawn_ceiling']['threads']} threads, best of {r['spawn_ceiling']['rounds']})",
              f"{r['spawn_ceiling']['per_second']:.0f} /s")]
     for b in r["bulk"]:
@@ -404,11 +429,7 @@ def table(r: dict) -> str:
     rows.append((f"{label}: host CPU, RSS", f"{s['host_cpu_percent']:.0f}%, {s['host_rss_mb']:.0f} MB"))
     idle = r["idle_rss_mb"]
     rows.append(("idle RSS: host / runner / its keeper", f"{idle['host']:.0f} / {idle['runner']:.0f} / {idle['keeper']:.0f} MB"))
-    width = max(len(k) for k, _ in rows)
-    m = r["machine"]
-    head = (f"HakuRiver benchmark ({r['size']}) on {m['cpus']} CPUs, {m['memory_gb']} GB, Python {m['python']}; "
-            f"cluster files on {r['cluster_files']['filesystem']}")
-    return "\n".join([head] + [f"  {k:<{width}}  {v}" for k, v in rows])
+    return rows
 
 
 def main() -> None:
@@ -419,12 +440,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that everything runs")
     parser.add_argument("--json", metavar="FILE", help="also write the JSON document here")
     parser.add_argument("--dir", metavar="FOLDER", help="put the cluster's files here (default: /dev/shm if it is a tmpfs)")
+    parser.add_argument("--history-only", action="store_true",
+                        help="run only section g. (the host on a database of 1,000,000 finished tasks)")
     args = parser.parse_args()
     if args.dir and not os.path.isdir(args.dir):
         raise SystemExit(f"bench: --dir {args.dir} is not a folder")
     if shutil.which("true") is None:
         raise SystemExit("bench: /bin/true is needed")
-    result = run(args.quick, args.dir or default_dir())
+    result = run(args.quick, args.dir or default_dir(), args.history_only)
     print(table(result))
     text = json.dumps(result, indent=2)
     print(text)
