@@ -99,8 +99,6 @@ class Cluster:
         self.queue: dict[str, None] = {}
         #: lost tasks by node, kept to take their real outcome when the node returns
         self.lost: dict[str, set[str]] = {}
-        #: tasks killed while their node was unreachable: kill them if it comes back with them
-        self.kill_on_return: dict[str, set[str]] = {}
 
     # ---- restart -------------------------------------------------------------------------
     def restore(self, nodes: Iterable[Node], tasks: Iterable[Task], now: float) -> None:
@@ -173,9 +171,8 @@ class Cluster:
         if task.state is TaskState.PENDING:
             del self.queue[task_id]
             return self._finish(task, TaskState.KILLED, now, error="killed by user before it started")
-        if task.state is TaskState.LOST:
+        if task.state is TaskState.LOST:  # final now; if its node comes back with it, orders_for kills it
             self.lost.get(task.node, set()).discard(task_id)
-            self.kill_on_return.setdefault(task.node, set()).add(task_id)
             return self._finish(task, TaskState.KILLED, now, error="killed by user while its node was unreachable")
         if task.kill_requested:
             return []
@@ -192,7 +189,7 @@ class Cluster:
             self.nodes[node.name] = node
             return [NodeChanged(node)]
         node.last_heartbeat = now
-        if node.cores.all != tuple(sorted(set(report.core_ids))) or node.memory_bytes != report.memory_bytes:
+        if node.cores.offered != tuple(sorted(set(report.core_ids))) or node.memory_bytes != report.memory_bytes:
             self._resize(node, report)
             effects.append(NodeChanged(node))
         if node.state is NodeState.OFFLINE:
@@ -202,10 +199,15 @@ class Cluster:
         return effects
 
     def _resize(self, node: Node, report: NodeReport) -> None:
-        node.cores = CoreSet(report.core_ids)
+        """A runner restarted with other cores; tasks still running on cores it no longer offers
+        keep them until they end (retiring), so no core is handed out twice."""
+        held = {i for task_id in node.task_ids for i in self.tasks[task_id].core_ids}
+        offered = set(report.core_ids)
+        node.cores = CoreSet(offered | held)
         node.memory_bytes = report.memory_bytes
         for task_id in node.task_ids:
             node.cores.take_exact(self.tasks[task_id].core_ids)
+        node.cores.retire(held - offered)
 
     def _recover_lost(self, node: Node, held: set[str], now: float) -> list[Effect]:
         """Lost tasks the node still holds are running again (their result follows)."""
@@ -240,13 +242,17 @@ class Cluster:
                 effects += self._finish(task, TaskState.KILLED, now, error="killed by user before it started")
             elif task.state is TaskState.ASSIGNING and task_id not in held:
                 orders.launch.append(task)
-        orders.kill += sorted((self.kill_on_return.get(node_name, set()) & held) - ending)
+        # Still running here, yet final on the host: killed while its node was unreachable (also
+        # before a host restart: the rule needs no memory of it), or unknown to the host.
+        orders.kill += sorted(held - ending - self.tasks.keys())
         return orders, effects
 
     def on_started(self, node_name: str, event: Started) -> list[Effect]:
         task = self.tasks.get(event.task_id)
         if task is None or task.node != node_name or task.state not in (TaskState.ASSIGNING, TaskState.LOST):
             return []
+        if task.state is TaskState.LOST and self.nodes[node_name].state is not NodeState.ONLINE:
+            return []  # its node's next heartbeat recovers it; an offline node's tasks would never time out
         if task.state is TaskState.LOST and not self._reclaim(task):
             return []
         task.state = TaskState.RUNNING
@@ -255,7 +261,6 @@ class Cluster:
         return [TaskChanged(task)]
 
     def on_finished(self, node_name: str, event: Finished) -> list[Effect]:
-        self.kill_on_return.get(node_name, set()).discard(event.task_id)
         task = self.tasks.get(event.task_id)
         if task is None or task.node != node_name:
             return []
@@ -284,8 +289,7 @@ class Cluster:
         why = f"node {node.name} stopped answering (no heartbeat for {self.heartbeat_timeout:g}s)"
         for task_id in sorted(node.task_ids):
             task = self.tasks[task_id]
-            if task.kill_requested:
-                self.kill_on_return.setdefault(node.name, set()).add(task_id)
+            if task.kill_requested:  # final now; if the node comes back with it, orders_for kills it
                 effects += self._finish(task, TaskState.KILLED, now, error=f"killed by user; {why}")
             else:
                 self.lost.setdefault(node.name, set()).add(task_id)
@@ -335,16 +339,20 @@ class Cluster:
 
     def _finish(self, task: Task, state: TaskState, now: float, error: str = "") -> list[Effect]:
         check_transition(task.state, state)
+        effects: list[Effect] = [TaskChanged(task)]
         node = self.nodes.get(task.node)
         if node is not None and task.task_id in node.task_ids:
             node.task_ids.discard(task.task_id)
+            total = node.total_cores
             node.cores.give_back(task.core_ids)
+            if node.total_cores != total:  # it held cores its node no longer offers
+                effects.append(NodeChanged(node))
         task.state = state
         task.finished_at = now
         task.error = error
         if state is not TaskState.LOST:
             del self.tasks[task.task_id]
-        return [TaskChanged(task)]
+        return effects
 
     # ---- checks --------------------------------------------------------------------------
     def check_invariants(self) -> None:

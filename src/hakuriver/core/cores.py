@@ -11,6 +11,13 @@ class CoreSet:
     def __init__(self, core_ids: Iterable[int]) -> None:
         self.all: tuple[int, ...] = tuple(sorted(set(core_ids)))
         self._free: set[int] = set(self.all)
+        #: taken cores the node no longer offers: they leave the set when given back
+        self._retiring: set[int] = set()
+
+    @property
+    def offered(self) -> tuple[int, ...]:
+        """The cores the node offers: all of them but those retiring."""
+        return tuple(i for i in self.all if i not in self._retiring)
 
     @property
     def total(self) -> int:
@@ -39,11 +46,22 @@ class CoreSet:
         self._free -= wanted
         return True
 
+    def retire(self, ids: Iterable[int]) -> None:
+        """These taken cores stay taken until given back, and then leave the set (a node that shrank)."""
+        leaving = set(ids) & set(self.all)
+        if leaving & self._free:
+            raise ValueError(f"cores {sorted(leaving & self._free)} are free: remove them instead of retiring them")
+        self._retiring |= leaving
+
     def give_back(self, ids: Iterable[int]) -> None:
         returned = set(ids) & set(self.all)
         if returned & self._free:
             raise ValueError(f"cores {sorted(returned & self._free)} were not taken")
-        self._free |= returned
+        gone = returned & self._retiring
+        if gone:
+            self._retiring -= gone
+            self.all = tuple(i for i in self.all if i not in gone)
+        self._free |= returned - gone
 
 
 def format_core_ids(ids: Iterable[int]) -> str:
