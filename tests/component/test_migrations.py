@@ -95,3 +95,21 @@ def test_a_database_from_a_newer_release_is_refused_untouched(tmp_path):
     with pytest.raises(StoreError, match=f"schema version {len(MIGRATIONS) + 1}, newer than this HakuRiver"):
         Store(str(path))
     assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+
+
+def test_the_host_refuses_a_newer_database_in_one_line(tmp_path):
+    import subprocess
+
+    from support import program, write_toml
+
+    db = tmp_path / "newer.db"
+    Store(str(db)).close()
+    with sqlite3.connect(db) as conn:
+        conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 5}")
+    conn.close()
+    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    config = write_toml(tmp_path / "host.toml", {"database": {"db_file": str(db)}, "network": {"host_port": 1}})
+    res = subprocess.run(program("host") + ["--config", str(config)], capture_output=True, text=True, timeout=30)
+    assert res.returncode != 0 and res.stdout == ""
+    assert res.stderr.count("\n") == 1 and "newer than this HakuRiver knows" in res.stderr, res.stderr
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == before

@@ -171,7 +171,7 @@ class Cluster:
         if task.state is TaskState.PENDING:
             del self.queue[task_id]
             return self._finish(task, TaskState.KILLED, now, error="killed by user before it started")
-        if task.state is TaskState.LOST:  # final now; if its node comes back with it, orders_for kills it
+        if task.state is TaskState.LOST:  # final now; if its node comes back with it, it is a stray
             self.lost.get(task.node, set()).discard(task_id)
             return self._finish(task, TaskState.KILLED, now, error="killed by user while its node was unreachable")
         if task.kill_requested:
@@ -242,10 +242,19 @@ class Cluster:
                 effects += self._finish(task, TaskState.KILLED, now, error="killed by user before it started")
             elif task.state is TaskState.ASSIGNING and task_id not in held:
                 orders.launch.append(task)
-        # Still running here, yet final on the host: killed while its node was unreachable (also
-        # before a host restart: the rule needs no memory of it), or unknown to the host.
-        orders.kill += sorted(held - ending - self.tasks.keys())
         return orders, effects
+
+    def strays(self, node_name: str, held: set[str], ending: frozenset[str]) -> list[str]:
+        """Tasks the node's runner still runs that are not active here: killed while the node was
+        unreachable (before a host restart too: this needs no memory of them), or unknown.
+
+        `held` must be what the runner itself just said: a launch the host sent since, or a
+        heartbeat's `held` grown stale while it waited, would count tasks that ended normally.
+        """
+        node = self.nodes.get(node_name)
+        if node is None or node.state is NodeState.OFFLINE:
+            return []
+        return sorted(held - ending - self.tasks.keys())
 
     def on_started(self, node_name: str, event: Started) -> list[Effect]:
         task = self.tasks.get(event.task_id)
@@ -289,7 +298,7 @@ class Cluster:
         why = f"node {node.name} stopped answering (no heartbeat for {self.heartbeat_timeout:g}s)"
         for task_id in sorted(node.task_ids):
             task = self.tasks[task_id]
-            if task.kill_requested:  # final now; if the node comes back with it, orders_for kills it
+            if task.kill_requested:  # final now; if the node comes back with it, it is a stray
                 effects += self._finish(task, TaskState.KILLED, now, error=f"killed by user; {why}")
             else:
                 self.lost.setdefault(node.name, set()).add(task_id)

@@ -319,9 +319,12 @@ class HostService:
         event = self._node_event(report.name)
         deadline = self.clock() + min(max(hb.wait, 0.0), p.MAX_WAIT_SECONDS)
         ending = frozenset(hb.ending)
+        strays = self._stray_kills(report.name, held, ending)  # now, while `held` is fresh
         while True:
             event.clear()
             orders = self._orders(report.name, held, ending)
+            orders.kill += strays
+            strays = []
             remaining = deadline - self.clock()
             if orders.launch or orders.kill or remaining <= 0:
                 await self.settled()
@@ -343,7 +346,9 @@ class HostService:
             return p.Ack(task_ids=acked)
         if r.finished:
             self._run_schedule()  # now, so that the freed cores' next tasks ride on this answer
-        orders = self._orders(r.node, set(r.held), frozenset(r.ending))
+        held, ending = set(r.held), frozenset(r.ending)
+        orders = self._orders(r.node, held, ending)
+        orders.kill += self._stray_kills(r.node, held, ending)
         # everything pending for this node goes out in this answer: its waiting heartbeat need not wake for it
         self._staged_orders.discard(r.node)
         return p.Ack(task_ids=acked, orders=convert.orders_message(orders))
@@ -363,6 +368,11 @@ class HostService:
             self.request_schedule()
         offered.update(t.task_id for t in orders.launch)
         return orders
+
+    def _stray_kills(self, node: str, held: set[str], ending: frozenset[str]) -> list[str]:
+        """The node's strays that the host has a record of. One it never heard of is left running:
+        a host started on another database must not kill the work of a whole cluster."""
+        return [t for t in self.cluster.strays(node, held, ending) if self.store.get_task(t) is not None]
 
     # ---- periodic ------------------------------------------------------------------------
     async def watch_heartbeats(self, interval: float) -> None:

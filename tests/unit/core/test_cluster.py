@@ -187,8 +187,8 @@ def test_killing_a_lost_task_is_final_and_kills_it_if_the_node_returns():
     c.on_tick(now=31)
     assert changed(c.on_kill("t1", now=32)) == {"t1": "killed"}
     c.on_heartbeat(NodeReport("a", (0,)), {"t1"}, now=40)
-    orders, _ = c.orders_for("a", {"t1"}, now=40)
-    assert orders.kill == ["t1"]
+    assert c.strays("a", {"t1"}, frozenset()) == ["t1"]
+    assert c.strays("a", {"t1"}, frozenset({"t1"})) == []  # already ending there: nothing to order
     assert changed(c.on_finished("a", Finished("t1", 41, killed=True))) == {}
     c.check_invariants()
 

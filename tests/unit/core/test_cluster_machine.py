@@ -236,6 +236,7 @@ class ClusterMachine(RuleBasedStateMachine):
         held, ending = r.held(), r.ending()
         orders, effects = self.cluster.orders_for(name, held, self.now, ending)
         self.apply(effects)
+        orders.kill += self.cluster.strays(name, held, ending)
         node = self.cluster.nodes.get(name)
         assert not orders or (node is not None and node.state is NodeState.ONLINE), f"orders for offline {name}"
         assert len(set(orders.kill)) == len(orders.kill), f"repeated kill orders {orders.kill}"
@@ -449,5 +450,4 @@ def test_a_task_killed_while_lost_is_still_killed_when_its_node_returns_after_a_
     fresh = Cluster(TIMEOUT)
     fresh.restore(copy.deepcopy(list(c.nodes.values())), [], now=40)  # no active task left to store
     fresh.on_heartbeat(NodeReport("a", (0,)), {"t1"}, now=41)
-    orders, _ = fresh.orders_for("a", {"t1"}, now=41)
-    assert orders.kill == ["t1"], "t1 runs on, on a core the host hands out again"
+    assert fresh.strays("a", {"t1"}, frozenset()) == ["t1"], "t1 runs on, on a core the host hands out again"
