@@ -82,6 +82,7 @@ _UPDATE_TASK = f"UPDATE tasks SET {', '.join(f'{c.name} = ?' for c in _CHANGING)
 _SELECT = f"SELECT {_ALL} FROM tasks"
 _GET_TASK = f"{_SELECT} WHERE task_id = ?"
 ACTIVE_STATES = ("pending", "assigning", "running", "lost")
+_ALL_STATES = tuple(s.value for s in TaskState)
 _ACTIVE_TASKS = f"{_SELECT} WHERE state IN {ACTIVE_STATES} ORDER BY submitted_at, rowid"
 _BATCH_TASKS = f"{_SELECT} WHERE batch_id = ? ORDER BY submitted_at, rowid"
 _BATCH_COUNTS = "SELECT state, COUNT(*) FROM tasks WHERE batch_id = ? GROUP BY state"
@@ -124,9 +125,14 @@ class TaskFilter:
 
     def where(self) -> tuple[str, list[Any]]:
         terms, params = [], []
-        if self.states:
-            terms.append(f"state IN ({', '.join('?' * len(self.states))})")
-            params += self.states
+        states = self.states
+        if not states and (self.node or self.owner) and not self.batch_id:
+            # every state, spelled out: the (node, state) and (owner, state) indexes then give
+            # each state's rows newest first, and SQLite merges them without sorting them all
+            states = _ALL_STATES
+        if states:
+            terms.append(f"state IN ({', '.join('?' * len(states))})")
+            params += states
         for column, value in (("node", self.node), ("owner", self.owner)):
             if value:
                 terms.append(f"{column} = ?")
