@@ -69,7 +69,7 @@ class HostConnection:
                 self.close()
                 if not (reused and idempotent):
                     raise HostUnreachable(self.url, _reason(exc)) from None
-            except OSError as exc:
+            except (OSError, ValueError) as exc:  # ValueError: a malformed length or chunk size
                 self.close()
                 raise HostUnreachable(self.url, _reason(exc)) from None
         if status >= 400:
@@ -85,7 +85,7 @@ class HostConnection:
             status, headers = self._send_and_read_head("GET", path, b"", timeout or self.timeout)
             if status >= 400:
                 raise ApiError(status, _error_message(self._read_body(headers), status))
-        except (OSError, _Closed) as exc:
+        except (OSError, _Closed, ValueError) as exc:
             self.close()
             raise HostUnreachable(self.url, _reason(exc)) from None
         return headers, self._pieces(headers)
@@ -93,7 +93,7 @@ class HostConnection:
     def _pieces(self, headers: dict[bytes, bytes]) -> Iterator[bytes]:
         try:
             yield from self._body_pieces(headers)
-        except (OSError, _Closed) as exc:
+        except (OSError, _Closed, ValueError) as exc:  # ValueError: a malformed chunk size
             self.close()
             raise HostUnreachable(self.url, _reason(exc)) from None
         if headers.get(b"connection", b"").lower() == b"close":

@@ -76,6 +76,11 @@ def test_list_filters_names_and_paging(cluster):
     (["--tail", "3", "--status", "12345678"], "--tail goes with --logs"),
     (["--name", "", "--", "true"], None),  # an empty name is no name
     (["--name", "x" * 129, "--", "true"], "a name is 1 to 128 printable characters"),
+    (["--status", "12345678", "--cores", "2"], "--cores goes with a submission, not with --status"),
+    (["--list", "--wait"], "--wait goes with a submission, not with --list"),
+    (["--kill", "12345678", "--node", "a"], "--node goes with a submission, not with --kill"),
+    (["--list", "--", "true"], "--list takes no command after '--'"),
+    (["--list", "--batch", "deadbeef"], "no batch with ID deadbeef"),
 ])
 def test_bad_read_flags_are_one_line_errors(cluster, flags, problem):
     res = cluster.client(*flags)
@@ -96,6 +101,9 @@ def test_json_on_every_read_and_submission(cluster):
     assert log == {"task_id": done["task_id"], "stream": "stdout", "text": "hi\n", "offset": 3}
     batch = _json(cluster.client("--json", "--wait", "--array", "1-2", "--", "true"))
     assert batch["done"] and batch["counts"] == {"completed": 2}
+    sleeper = _json(cluster.client("--json", "--", "sleep", "30"))["task_id"]
+    killed = _json(cluster.client("--kill", sleeper[:8], "--json"))
+    assert killed["task_id"] == sleeper and "kill" in killed["message"]
 
 
 @pytest.fixture

@@ -71,6 +71,9 @@ def _name(text: str) -> str:
 #: flags that only mean something with one action, and that action's flag
 _ONLY_WITH = {"state": "list", "batch": "list", "user": "list", "limit": "list",
               "stderr": "logs", "tail": "logs", "follow": "logs"}
+#: the read actions; the submission flags mean nothing with them (--node and --name also filter --list)
+_READS = ("list_nodes", "list", "status", "logs", "kill")
+_SUBMIT_ONLY = ("cores", "env", "wait", "array", "file", "progress")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -143,10 +146,27 @@ def parse(argv: list[str]) -> argparse.Namespace:
         args.command = argv[cut + 1:]
     else:
         args = parser.parse_args(argv)
-    for flag, action in _ONLY_WITH.items():
-        if getattr(args, flag) != parser.get_default(flag) and not getattr(args, action):
-            fail(PROG, f"--{flag} goes with --{action} (see {PROG} --help)", EXIT_USAGE)
+    _check_combination(args, parser)
     return args
+
+
+def _check_combination(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """A flag that would be ignored is an error: the user meant something by it."""
+    def given(flag: str) -> bool:
+        return getattr(args, flag) != parser.get_default(flag)
+
+    for flag, action in _ONLY_WITH.items():
+        if given(flag) and not getattr(args, action):
+            fail(PROG, f"--{flag} goes with --{action} (see {PROG} --help)", EXIT_USAGE)
+    read = next((a for a in _READS if getattr(args, a)), None)
+    if read is None:
+        return
+    shown = "--" + read.replace("_", "-")
+    if args.command:
+        fail(PROG, f"{shown} takes no command after '--'", EXIT_USAGE)
+    for flag in _SUBMIT_ONLY + (() if read == "list" else ("node", "name")):
+        if given(flag):
+            fail(PROG, f"--{flag} goes with a submission, not with {shown} (see {PROG} --help)", EXIT_USAGE)
 
 
 def main(argv: list[str] | None = None) -> None:

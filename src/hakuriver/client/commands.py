@@ -34,7 +34,7 @@ def dispatch(args: argparse.Namespace, client: HostClient) -> int:
     if args.status:
         return cmd_status(args, client)
     if args.kill:
-        return cmd_kill(args.kill, client)
+        return cmd_kill(args, client)
     if args.logs:
         return cmd_logs(args, client)
     if args.array is not None or args.file is not None:
@@ -68,15 +68,15 @@ def cmd_status(args: argparse.Namespace, client: HostClient) -> int:
     return 0
 
 
-def cmd_kill(some_id: str, client: HostClient) -> int:
+def cmd_kill(args: argparse.Namespace, client: HostClient) -> int:
     try:
-        reply = client.kill(some_id)
+        reply = client.kill(args.kill)
     except ApiError as exc:
         if exc.status != 404:
             raise
-        batch_id = _batch_or_not_found(client, some_id).batch_id
+        batch_id = _batch_or_not_found(client, args.kill).batch_id
         reply = client.kill_batch(batch_id)
-    print(reply.message)
+    emit(args, reply, lambda: reply.message)
     return 0
 
 

@@ -261,7 +261,10 @@ class Cluster:
         if task is None or task.node != node_name or task.state not in (TaskState.ASSIGNING, TaskState.LOST):
             return []
         if task.state is TaskState.LOST and self.nodes[node_name].state is not NodeState.ONLINE:
-            return []  # its node's next heartbeat recovers it; an offline node's tasks would never time out
+            # noted, but not reclaimed: nothing times out an offline node's tasks; its next heartbeat recovers it
+            task.started_at = event.started_at
+            task.stdout_path, task.stderr_path = event.stdout_path, event.stderr_path
+            return [TaskChanged(task)]
         if task.state is TaskState.LOST and not self._reclaim(task):
             return []
         task.state = TaskState.RUNNING

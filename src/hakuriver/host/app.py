@@ -21,7 +21,7 @@ from hakuriver.core.model import Task
 from hakuriver.core.states import TaskState
 from hakuriver.host import logs
 from hakuriver.host.convert import node_view, task_view
-from hakuriver.host.service import SCAN_PAGE, AmbiguousId, HostService, KillRefused, TaskNotFound
+from hakuriver.host.service import SCAN_PAGE, AmbiguousId, HostService, KillRefused, NotFound
 from hakuriver.host.store import StoreWriteError, TaskFilter
 
 log = logging.getLogger("hakuriver.host")
@@ -123,6 +123,8 @@ class _Api:
             ids, batch_id = self.service.submit(body.tasks, body.batch, owner=body.user)
         except SubmitRefused as exc:
             raise BadRequest(str(exc), 422) from None
+        except StoreWriteError as exc:
+            raise BadRequest(f"{exc}; nothing was submitted: free space on the host's disk and submit again", 507) from None
         # no settled(): submit committed the new records itself, and other requests' changes are theirs
         return _json(p.SubmitReply(task_ids=ids, batch_id=batch_id), 201)
 
@@ -143,15 +145,21 @@ class _Api:
         return StreamingResponse(self._streamed_list(where, limit, offset), media_type="application/json")
 
     async def _streamed_list(self, where: TaskFilter, limit: int, offset: int) -> AsyncIterator[bytes]:
-        """A TaskList of any length, encoded a page at a time on worker threads (never all in memory)."""
+        """A TaskList of any length, encoded a page at a time on worker threads (never all in memory).
+
+        The head and the tail are cut from the encoding of an empty TaskList (tasks is its first field).
+        """
         head_and_tail = p.encode(p.TaskList(tasks=[], total=0, limit=limit, offset=offset))
         head = head_and_tail[:head_and_tail.index(b"[]") + 1]
         yield head
-        separator = b""
+        separator, sent = b"", 0
         async for tasks in self.service.task_pages(where, limit, offset):
             yield separator + await asyncio.to_thread(_encoded_views, tasks)
-            separator = b","
-        total, exact = await self.service.count_tasks(where)
+            separator, sent = b",", sent + len(tasks)
+        if limit == 0 and (sent or not offset):  # every match was sent: the count is exact
+            total, exact = offset + sent, True
+        else:
+            total, exact = await self.service.count_tasks(where)
         yield p.encode(p.TaskList(tasks=[], total=total, limit=limit, offset=offset, total_exact=exact))[len(head):]
 
     async def get_task(self, request: Request) -> Response:
@@ -187,7 +195,8 @@ class _Api:
         return _json(self.service.batch_view(self._batch_id(request)))
 
     async def batch_tasks(self, request: Request) -> Response:
-        return _json([task_view(t) for t in await self.service.batch_tasks(self._batch_id(request))])
+        tasks = await self.service.batch_tasks(self._batch_id(request))
+        return Response(b"[" + await asyncio.to_thread(_encoded_views, tasks) + b"]", media_type="application/json")
 
     async def wait_batch(self, request: Request) -> Response:
         batch_id = self._batch_id(request)
@@ -250,14 +259,14 @@ def _guard(handler: Handler) -> Handler:
             return await handler(request)
         except BadRequest as exc:
             return _error(str(exc), exc.status)
-        except TaskNotFound as exc:
-            return _error(f"no task with ID {exc}", 404)
+        except NotFound as exc:
+            return _error(str(exc), 404)
         except (KillRefused, AmbiguousId) as exc:
             return _error(str(exc), 409)
         except logs.LogUnavailable as exc:
             return _error(str(exc), 404)
-        except StoreWriteError as exc:
-            return _error(f"{exc}; nothing was changed: free space on the host and try again", 507)
+        except StoreWriteError as exc:  # the change stays in memory; the host commits it once it can
+            return _error(f"{exc}; the request is kept and carried out once the host's disk has room", 507)
         except Exception:
             log.exception("internal error on %s %s", request.method, request.url.path)
             return _error("internal error in the host; see the host's log", 500)

@@ -22,11 +22,16 @@ class LogUnavailable(Exception):
     """The host cannot read the file; the message says which and why."""
 
 
-def _size(path: str) -> int:
+def _size(path: str, final: bool) -> int:
+    """The file's size; a file not there yet is empty, unless the task has ended (then it is gone)."""
     try:
         return os.stat(path).st_size
     except FileNotFoundError:
-        return 0
+        if not final:
+            return 0
+        raise LogUnavailable(
+            f"the host cannot find {path}: it was removed, or the host does not see the shared folder there"
+        ) from None
     except OSError as exc:
         raise LogUnavailable(f"the host cannot read {path}: {exc.strerror}") from None
 
@@ -72,7 +77,7 @@ async def locate(
     deadline = loop.time() + wait
     while True:
         path, state = probe()
-        end = await asyncio.to_thread(_size, path) if path else 0
+        end = await asyncio.to_thread(_size, path, state.is_final) if path else 0
         start = offset
         if tail and end:
             start = max(offset, await asyncio.to_thread(_tail_start, path, tail, end))

@@ -24,8 +24,11 @@ from hakuriver.host.store import Store, StoreWriteError, TaskFilter
 log = logging.getLogger("hakuriver.host")
 
 
-class TaskNotFound(Exception):
-    pass
+class NotFound(Exception):
+    """No task or batch has this ID; the message says which was looked for."""
+
+    def __init__(self, kind: str, some_id: str) -> None:
+        super().__init__(f"no {kind} with ID {some_id}")
 
 
 class KillRefused(Exception):
@@ -59,6 +62,7 @@ class HostService:
         self._staged_orders: set[str] = set()
         #: the last commit failed (it is retried every COMMIT_RETRY seconds until it succeeds)
         self.write_error: str = ""
+        self._retry: asyncio.TimerHandle | None = None
         self._commit: asyncio.Future[None] | None = None
         #: per batch, its tasks not yet final (lost counts as final), to answer batch waits
         self._batch_open: dict[str, set[str]] = {}
@@ -140,9 +144,11 @@ class HostService:
         if commit is not None:
             commit.set_exception(exc)
             commit.exception()  # mark it retrieved: handlers that await it report the error
-        asyncio.get_running_loop().call_later(COMMIT_RETRY, self._retry_commit)
+        if self._retry is None:  # one timer, however many requests' commits failed meanwhile
+            self._retry = asyncio.get_running_loop().call_later(COMMIT_RETRY, self._retry_commit)
 
     def _retry_commit(self) -> None:
+        self._retry = None
         if self._has_staged():
             self._commit_soon()
 
@@ -223,7 +229,7 @@ class HostService:
     def get_task(self, task_id: str) -> Task:
         task = self.cluster.tasks.get(task_id) or self._staged_tasks.get(task_id) or self.store.get_task(task_id)
         if task is None:
-            raise TaskNotFound(task_id)
+            raise NotFound("task", task_id)
         return task
 
     async def list_tasks(self, where: TaskFilter, limit: int, offset: int) -> tuple[list[Task], int, bool]:
@@ -251,13 +257,13 @@ class HostService:
     async def batch_tasks(self, batch_id: str) -> list[Task]:
         tasks = await asyncio.to_thread(self.store.batch_tasks, batch_id)
         if not tasks:
-            raise TaskNotFound(batch_id)
+            raise NotFound("batch", batch_id)
         return tasks
 
     def batch_view(self, batch_id: str) -> p.BatchView:
         counts = self.store.batch_counts(batch_id)
         if not counts:
-            raise TaskNotFound(batch_id)
+            raise NotFound("batch", batch_id)
         problems = [p.TaskBrief(*row) for row in self.store.batch_problems(batch_id, BATCH_PROBLEMS_SHOWN)]
         return p.BatchView(batch_id, sum(counts.values()), counts, batch_id not in self._batch_open, problems)
 
@@ -271,7 +277,7 @@ class HostService:
         return view
 
     def kill_batch(self, batch_id: str) -> tuple[int, str]:
-        self.batch_view(batch_id)  # raises TaskNotFound for an unknown batch
+        self.batch_view(batch_id)  # raises NotFound for an unknown batch
         ids = sorted(self._batch_open.get(batch_id, ()))
         ids += [t.task_id for t in self.cluster.tasks.values() if t.batch_id == batch_id and t.state.is_final]
         effects: list[Effect] = []
@@ -408,7 +414,7 @@ def _wake(futures: list[asyncio.Future[None]]) -> None:
 
 def _unique(prefix: str, matches: list[str], kind: str) -> str:
     if not matches:
-        raise TaskNotFound(prefix)
+        raise NotFound(kind, prefix)
     if len(matches) > 1:
         shown = ", ".join(matches[:5]) + (", ..." if len(matches) > 5 else "")
         raise AmbiguousId(f"the short ID {prefix} matches more than one {kind}: {shown}; give more characters")

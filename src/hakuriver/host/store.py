@@ -162,8 +162,8 @@ class Store:
             raise StoreError(f"cannot open database {path}: {exc}") from None
 
     def _connect(self) -> sqlite3.Connection:
-        # check_same_thread=False: the host uses it from its event loop thread only, but the
-        # loop may be created on a different thread than the one that opened the file.
+        # check_same_thread=False: each connection is used by one thread only (the event loop's,
+        # or a worker's reader), but the loop may run on another thread than the one that opened it.
         return sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
 
     def close(self) -> None:
@@ -189,7 +189,10 @@ class Store:
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             if self._db.in_transaction:  # SQLite may have rolled back by itself (a full disk does)
-                self._db.execute("ROLLBACK")
+                try:
+                    self._db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # nothing more to undo: the next BEGIN would fail the same way and say so
             raise StoreWriteError(f"cannot write to the database {self.path}: {exc}") from None
 
     # ---- reads (the event loop's connection: small, indexed lookups only) -------------------

@@ -405,7 +405,8 @@ class Keeper:
             if task_id in self.killing:  # its exit comes from its kill thread, once the whole tree is gone
                 self._killed_usage[task_id] = exit_of(task_id, status, usage, now)
                 continue
-            del self.pids[task_id]
+            if self.pids.pop(task_id, None) is None:
+                continue  # killed, and its kill thread's exit already recorded (it saw the zombie as gone)
             ended.append(exit_of(task_id, status, usage, now))
         if ended:
             self._record(ended)
