@@ -15,10 +15,11 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 
 from hakuriver import protocol as p
-from hakuriver.core.cluster import Cluster, Effect, NodeChanged, NodeReport, TaskChanged, UnknownTask
+from hakuriver.core.cluster import Cluster, Effect, NodeChanged, NodeReport, UnknownTask
 from hakuriver.core.cluster import Orders as CoreOrders
 from hakuriver.core.model import Node, Task
 from hakuriver.host import convert
+from hakuriver.host.commits import GroupCommit
 from hakuriver.host.store import Store, StoreWriteError, TaskFilter
 
 log = logging.getLogger("hakuriver.host")
@@ -43,8 +44,6 @@ class AmbiguousId(Exception):
 BATCH_PROBLEMS_SHOWN = 20
 #: tasks per page when a whole list is streamed
 SCAN_PAGE = 1000
-#: seconds between attempts to commit changes that could not be written (e.g. a full disk)
-COMMIT_RETRY = 1.0
 
 
 class HostService:
@@ -57,13 +56,7 @@ class HostService:
         #: launches sent to a node since its last heartbeat (see `_orders`)
         self._offered: dict[str, set[str]] = {}
         self._schedule_requested = False
-        self._staged_tasks: dict[str, Task] = {}
-        self._staged_nodes: dict[str, Node] = {}
-        self._staged_orders: set[str] = set()
-        #: the last commit failed (it is retried every COMMIT_RETRY seconds until it succeeds)
-        self.write_error: str = ""
-        self._retry: asyncio.TimerHandle | None = None
-        self._commit: asyncio.Future[None] | None = None
+        self.commits = GroupCommit(store, self._committed)
         #: per batch, its tasks not yet final (lost counts as final), to answer batch waits
         self._batch_open: dict[str, set[str]] = {}
         self._batch_waiters: dict[str, list[asyncio.Future[None]]] = {}
@@ -77,45 +70,13 @@ class HostService:
 
     # ---- effects -------------------------------------------------------------------------
     def _apply(self, effects: list[Effect]) -> None:
-        """Stage changed records; one commit per loop iteration covers everything staged.
+        """Stage the changed records; runners and waiters are woken once they are committed."""
+        self.commits.stage(effects)
 
-        Group commit: a burst of events costs one SQLite transaction. Runners and waiters are
-        woken only after the commit, and handlers reply only after `settled()`, so nothing a
-        client or runner is told can be lost by a host crash. New tasks are not staged: `submit`
-        has committed them already.
-        """
-        for e in effects:
-            if isinstance(e, TaskChanged):
-                if not e.created:
-                    self._staged_tasks[e.task.task_id] = e.task
-            elif isinstance(e, NodeChanged):
-                self._staged_nodes[e.node.name] = e.node
-            else:
-                self._staged_orders.add(e.node)
-        if effects:
-            self._commit_soon()
+    async def settled(self) -> None:
+        await self.commits.settled()
 
-    def _commit_soon(self) -> None:
-        """One commit at the end of this loop iteration, for everything staged until then."""
-        if self._commit is None:
-            self._commit = asyncio.get_running_loop().create_future()
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    def _has_staged(self) -> bool:
-        return bool(self._staged_tasks or self._staged_nodes or self._staged_orders)
-
-    def _flush(self) -> None:
-        tasks, nodes, orders = self._staged_tasks, self._staged_nodes, self._staged_orders
-        self._staged_tasks, self._staged_nodes, self._staged_orders = {}, {}, set()
-        commit, self._commit = self._commit, None
-        try:
-            self.store.save(changed=tasks.values(), nodes=nodes.values())
-        except StoreWriteError as exc:
-            self._commit_failed(exc, tasks, nodes, orders, commit)
-            return
-        if self.write_error:
-            log.warning("the database can be written again; %d task changes committed", len(tasks))
-            self.write_error = ""
+    def _committed(self, tasks: dict[str, Task], orders: set[str]) -> None:
         for name in orders:
             self._node_event(name).set()
         for task in tasks.values():
@@ -123,45 +84,6 @@ class HostService:
                 self._wake_task_waiters(task.task_id)
             if task.batch_id:
                 self._track_batch(task)
-        if commit is not None:
-            commit.set_result(None)
-
-    def _commit_failed(
-        self, exc: StoreWriteError, tasks: dict[str, Task], nodes: dict[str, Node], orders: set[str],
-        commit: asyncio.Future[None] | None,
-    ) -> None:
-        """Keep the changes staged and try again later; whoever waits for this commit gets the error.
-
-        Nothing is lost: the in-memory records stay as they are, runners get no orders and no
-        acknowledgements until the changes are on disk, and they repeat their reports.
-        """
-        if not self.write_error:
-            log.error("%s; retrying every %gs", exc, COMMIT_RETRY)
-        self.write_error = str(exc)
-        self._staged_tasks = {**tasks, **self._staged_tasks}
-        self._staged_nodes = {**nodes, **self._staged_nodes}
-        self._staged_orders |= orders
-        if commit is not None:
-            commit.set_exception(exc)
-            commit.exception()  # mark it retrieved: handlers that await it report the error
-        if self._retry is None:  # one timer, however many requests' commits failed meanwhile
-            self._retry = asyncio.get_running_loop().call_later(COMMIT_RETRY, self._retry_commit)
-
-    def _retry_commit(self) -> None:
-        self._retry = None
-        if self._has_staged():
-            self._commit_soon()
-
-    async def settled(self) -> None:
-        """Return once every change staged so far is committed; raise StoreWriteError if it cannot be.
-
-        Changes left staged by a failed commit are tried again here at once: whoever is about to
-        acknowledge something learns whether it is on disk now, not at the next timed retry.
-        """
-        if self._has_staged():
-            self._commit_soon()
-        if self._commit is not None:
-            await asyncio.shield(self._commit)
 
     def _track_batch(self, task: Task) -> None:
         open_ids = self._batch_open.setdefault(task.batch_id, set())
@@ -227,7 +149,7 @@ class HostService:
         return _unique(some_id, self.store.batch_ids_with_prefix(some_id, 6), "batch")
 
     def get_task(self, task_id: str) -> Task:
-        task = self.cluster.tasks.get(task_id) or self._staged_tasks.get(task_id) or self.store.get_task(task_id)
+        task = self.cluster.tasks.get(task_id) or self.commits.tasks.get(task_id) or self.store.get_task(task_id)
         if task is None:
             raise NotFound("task", task_id)
         return task
@@ -356,7 +278,7 @@ class HostService:
         orders = self._orders(r.node, held, ending)
         orders.kill += self._stray_kills(r.node, held, ending)
         # everything pending for this node goes out in this answer: its waiting heartbeat need not wake for it
-        self._staged_orders.discard(r.node)
+        self.commits.orders.discard(r.node)
         return p.Ack(task_ids=acked, orders=convert.orders_message(orders))
 
     def _orders(self, node: str, held: set[str], ending: frozenset[str]) -> CoreOrders:
