@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from hakuriver import codec
 from hakuriver import protocol as p
 
 
@@ -57,7 +58,7 @@ def _sample(tp, depth: int = 0):  # noqa: ANN001, ANN202 - a value of the annota
 
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if isinstance(tp, type) and issubclass(tp, p.Message):
-        return tp(**{name: _sample(ftype, depth + 1) for name, ftype in p._field_types(tp).items()})
+        return tp(**{name: _sample(ftype, depth + 1) for name, ftype in codec._field_types(tp).items()})
     if origin is list:
         return [_sample(args[0], depth + 1), _sample(args[0], depth + 1)]
     if origin is dict:
@@ -67,7 +68,7 @@ def _sample(tp, depth: int = 0):  # noqa: ANN001, ANN202 - a value of the annota
     return {str: "text é", int: 7 + depth, float: 2.5 + depth, bool: True}[tp]
 
 
-MESSAGES = p._messages()
+MESSAGES = codec._messages()
 
 
 @pytest.mark.parametrize("kind", MESSAGES, ids=lambda k: k.__name__)
