@@ -12,6 +12,16 @@ from __future__ import annotations
 import re
 
 from hakuriver.codec import DecodeError, Message, decode, dumps, encode, loads  # noqa: F401 - re-exported
+from hakuriver.core.states import FINAL_STATES as _FINAL
+from hakuriver.core.states import PROBLEM_STATES as _PROBLEMS
+from hakuriver.core.states import TaskState
+
+#: the task states by name, in lifecycle order
+STATES = tuple(s.value for s in TaskState)
+#: states that never change again (lost may still take the real outcome: SPEC §6)
+FINAL_STATES = frozenset(s.value for s in _FINAL)
+#: final states of a task that did not complete
+PROBLEM_STATES = tuple(s for s in STATES if s in {p.value for p in _PROBLEMS})
 
 # ---- routes ------------------------------------------------------------------------------
 TASKS = "/api/tasks"                       # POST SubmitRequest -> SubmitReply; GET ?filters -> TaskList
@@ -110,7 +120,7 @@ class TaskList(Message):
     """One page of `--list`: newest first."""
 
     tasks: list[TaskView]
-    #: how many tasks match the filters in all; counting stops at 100,000 (then total_exact is false)
+    #: how many tasks match the filters in all; counting stops at a limit (then total_exact is false)
     total: int
     limit: int
     offset: int = 0
@@ -238,7 +248,7 @@ class Ack(Message):
 
 # ---- validation ----------------------------------------------------------------------------
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-_ID_PREFIX = re.compile(r"^[0-9a-fA-F]{8}(?:-[0-9a-fA-F-]{0,27})?$")
+_ID_PREFIX = re.compile(rf"^[0-9a-fA-F]{{{MIN_PREFIX}}}(?:-[0-9a-fA-F-]{{0,27}})?$")
 
 
 def is_task_id(text: str) -> bool:

@@ -21,7 +21,6 @@ PROG = "hakuriver.client"
 WAIT_SLICE = 30.0  # seconds per long-poll request while waiting
 FOLLOW_SLICE = 10.0  # seconds the host may hold a --logs --follow request open for new output
 EXIT_KILLED = 143
-FINAL_STATES = ("completed", "failed", "killed", "lost")
 
 
 def dispatch(args: argparse.Namespace, client: HostClient) -> int:
@@ -97,7 +96,7 @@ def cmd_logs(args: argparse.Namespace, client: HostClient) -> int:
                 out.write(piece)
         out.flush()
         tail = 0  # only the first request counts lines back from the end
-        if not args.follow or state in FINAL_STATES:
+        if not args.follow or state in p.FINAL_STATES:
             break
     if args.json:
         text = b"".join(kept).decode("utf-8", errors="replace")
@@ -200,7 +199,7 @@ def cmd_submit(args: argparse.Namespace, client: HostClient) -> int:
 def _wait(client: HostClient, task_id: str) -> p.TaskView:
     while True:
         task = client.wait(task_id, WAIT_SLICE)
-        if task.state in FINAL_STATES:
+        if task.state in p.FINAL_STATES:
             return task
 
 

@@ -160,15 +160,12 @@ def task_record(t: p.TaskView, now: float | None = None) -> str:
 
 
 def _final(state: str) -> bool:
-    return state in ("completed", "failed", "killed", "lost")
-
-
-STATE_ORDER = ("pending", "assigning", "running", "completed", "failed", "killed", "lost")
+    return state in p.FINAL_STATES
 
 
 def counts_line(view: p.BatchView) -> str:
     """'1000 tasks: 10 pending, 8 running, 980 completed, 2 failed'"""
-    parts = [f"{view.counts[s]} {s}" for s in STATE_ORDER if view.counts.get(s)]
+    parts = [f"{view.counts[s]} {s}" for s in p.STATES if view.counts.get(s)]
     return f"{view.total} tasks: " + ", ".join(parts)
 
 
@@ -179,6 +176,7 @@ def batch_summary(view: p.BatchView) -> str:
         label = brief.name or (f"index {brief.array_index}" if brief.array_index is not None else "")
         label = f" ({label})" if label else ""
         lines.append(f"  {brief.task_id}{label} {brief.state}{code}{': ' + brief.error if brief.error else ''}")
-    if len(view.problems) < sum(view.counts.get(s, 0) for s in ("failed", "killed", "lost")):
-        lines.append("  ... (first 20 shown; see --status on a task ID)")
+    if len(view.problems) < sum(view.counts.get(s, 0) for s in p.PROBLEM_STATES):
+        every = f"--list --batch {view.batch_id[:8]} --state {','.join(p.PROBLEM_STATES)} --limit 0"
+        lines.append(f"  ... (the first {len(view.problems)} shown; {every} lists them all)")
     return "\n".join(lines)

@@ -131,8 +131,11 @@ class Cluster:
     # ---- client events -------------------------------------------------------------------
     def check_submit(self, tasks: list[Task]) -> None:
         """Raise SubmitRefused if any of the tasks could never run here; changes nothing."""
+        if not self.nodes:
+            raise SubmitRefused("no runner has registered with the host yet; start hakuriver.runner on a node first")
+        largest = max(self.nodes.values(), key=lambda n: n.total_cores)  # once per submission, not per task
         for task in tasks:
-            self._check_fits(task)
+            self._check_fits(task, largest)
 
     def on_submit(self, tasks: list[Task]) -> list[Effect]:
         """Queue tasks, all or none: a batch with one impossible task is refused whole."""
@@ -144,9 +147,7 @@ class Cluster:
             effects.append(TaskChanged(task, created=True))
         return effects
 
-    def _check_fits(self, task: Task) -> None:
-        if not self.nodes:
-            raise SubmitRefused("no runner has registered with the host yet; start hakuriver.runner on a node first")
+    def _check_fits(self, task: Task, largest: Node) -> None:
         if task.target_node:
             node = self.nodes.get(task.target_node)
             if node is None:
@@ -157,7 +158,6 @@ class Cluster:
                     f"{task.cores} cores requested but node {node.name} has only {node.total_cores} cores"
                 )
             return
-        largest = max(self.nodes.values(), key=lambda n: n.total_cores)
         if task.cores > largest.total_cores:
             raise SubmitRefused(
                 f"{task.cores} cores requested but the largest node ({largest.name}) has "

@@ -39,6 +39,8 @@ class NodeState(str, Enum):
 
 
 FINAL_STATES = frozenset({TaskState.COMPLETED, TaskState.FAILED, TaskState.KILLED, TaskState.LOST})
+#: the final states of a task that did not complete: what a batch's view lists as its problems
+PROBLEM_STATES = FINAL_STATES - {TaskState.COMPLETED}
 
 _T = TaskState
 TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {

@@ -42,6 +42,8 @@ class AmbiguousId(Exception):
 
 #: how many of a batch's problem tasks its view names
 BATCH_PROBLEMS_SHOWN = 20
+#: how many matches of an ambiguous short ID the error lists
+MATCHES_SHOWN = 5
 #: tasks per page when a whole list is streamed
 SCAN_PAGE = 1000
 
@@ -140,13 +142,13 @@ class HostService:
         some_id = some_id.lower()
         if p.is_task_id(some_id):
             return some_id
-        return _unique(some_id, self.store.task_ids_with_prefix(some_id, 6), "task")
+        return _unique(some_id, self.store.task_ids_with_prefix(some_id, MATCHES_SHOWN + 1), "task")
 
     def resolve_batch(self, some_id: str) -> str:
         some_id = some_id.lower()
         if p.is_task_id(some_id):
             return some_id
-        return _unique(some_id, self.store.batch_ids_with_prefix(some_id, 6), "batch")
+        return _unique(some_id, self.store.batch_ids_with_prefix(some_id, MATCHES_SHOWN + 1), "batch")
 
     def get_task(self, task_id: str) -> Task:
         task = self.cluster.tasks.get(task_id) or self.commits.tasks.get(task_id) or self.store.get_task(task_id)
@@ -338,6 +340,6 @@ def _unique(prefix: str, matches: list[str], kind: str) -> str:
     if not matches:
         raise NotFound(kind, prefix)
     if len(matches) > 1:
-        shown = ", ".join(matches[:5]) + (", ..." if len(matches) > 5 else "")
+        shown = ", ".join(matches[:MATCHES_SHOWN]) + (", ..." if len(matches) > MATCHES_SHOWN else "")
         raise AmbiguousId(f"the short ID {prefix} matches more than one {kind}: {shown}; give more characters")
     return matches[0]

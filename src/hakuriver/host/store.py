@@ -23,7 +23,7 @@ import msgspec
 
 from hakuriver.core.cores import CoreSet, format_core_ids, parse_core_ids
 from hakuriver.core.model import Node, Task
-from hakuriver.core.states import NodeState, TaskState
+from hakuriver.core.states import PROBLEM_STATES, NodeState, TaskState
 from hakuriver.host.migrations import MIGRATIONS
 
 
@@ -81,15 +81,15 @@ _INSERT_TASK = f"INSERT INTO tasks ({_ALL}) VALUES ({', '.join('?' * len(TASK_CO
 _UPDATE_TASK = f"UPDATE tasks SET {', '.join(f'{c.name} = ?' for c in _CHANGING)} WHERE task_id = ?"
 _SELECT = f"SELECT {_ALL} FROM tasks"
 _GET_TASK = f"{_SELECT} WHERE task_id = ?"
-ACTIVE_STATES = ("pending", "assigning", "running", "lost")
+ACTIVE_STATES = tuple(s.value for s in TaskState if not s.is_final or s is TaskState.LOST)
 _ALL_STATES = tuple(s.value for s in TaskState)
 _ACTIVE_TASKS = f"{_SELECT} WHERE state IN {ACTIVE_STATES} ORDER BY submitted_at, rowid"
 _BATCH_TASKS = f"{_SELECT} WHERE batch_id = ? ORDER BY submitted_at, rowid"
 _BATCH_COUNTS = "SELECT state, COUNT(*) FROM tasks WHERE batch_id = ? GROUP BY state"
-PROBLEM_STATES = ("failed", "killed", "lost")
+_PROBLEM_STATES = tuple(sorted(s.value for s in PROBLEM_STATES))
 _BATCH_PROBLEMS = (
     "SELECT task_id, state, exit_code, error, name, json_extract(env, '$.HAKURIVER_ARRAY_INDEX') "
-    f"FROM tasks WHERE batch_id = ? AND state IN {PROBLEM_STATES} ORDER BY submitted_at, rowid LIMIT ?"
+    f"FROM tasks WHERE batch_id = ? AND state IN {_PROBLEM_STATES} ORDER BY submitted_at, rowid LIMIT ?"
 )
 # ID prefixes: range scans of the primary key and of the batch index ('~' sorts after hex digits and '-')
 _TASKS_BY_PREFIX = "SELECT task_id FROM tasks WHERE task_id >= ? AND task_id < ? ORDER BY task_id LIMIT ?"
