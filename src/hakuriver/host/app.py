@@ -192,7 +192,7 @@ class _Api:
         return _json(p.KillReply(task_id=task.task_id, state=task.state.value, message=message))
 
     async def batch(self, request: Request) -> Response:
-        return _json(self.service.batch_view(self._batch_id(request)))
+        return _json(await self.service.batch_view(self._batch_id(request)))
 
     async def batch_tasks(self, request: Request) -> Response:
         tasks = await self.service.batch_tasks(self._batch_id(request))

@@ -184,24 +184,24 @@ class HostService:
             raise NotFound("batch", batch_id)
         return tasks
 
-    def batch_view(self, batch_id: str) -> p.BatchView:
-        counts = self.store.batch_counts(batch_id)
+    async def batch_view(self, batch_id: str) -> p.BatchView:
+        """Counts by state and the first problems, read off the loop (a batch may hold 100,000 tasks)."""
+        done = batch_id not in self._batch_open  # before the read: a batch done now is done in what it reads
+        counts, problems = await asyncio.to_thread(self.store.batch_summary, batch_id, BATCH_PROBLEMS_SHOWN)
         if not counts:
             raise NotFound("batch", batch_id)
-        problems = [p.TaskBrief(*row) for row in self.store.batch_problems(batch_id, BATCH_PROBLEMS_SHOWN)]
-        return p.BatchView(batch_id, sum(counts.values()), counts, batch_id not in self._batch_open, problems)
+        return p.BatchView(batch_id, sum(counts.values()), counts, done, [p.TaskBrief(*row) for row in problems])
 
     async def wait_batch(self, batch_id: str, timeout: float) -> p.BatchView:
         """The batch once every task is final, or as it is when `timeout` runs out."""
-        view = self.batch_view(batch_id)
-        if not view.done:
+        if batch_id in self._batch_open:
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             await _wait_or_timeout(self._batch_waiters, batch_id, fut, timeout)
-            view = self.batch_view(batch_id)
-        return view
+        return await self.batch_view(batch_id)
 
     def kill_batch(self, batch_id: str) -> tuple[int, str]:
-        self.batch_view(batch_id)  # raises NotFound for an unknown batch
+        if batch_id not in self._batch_open and not self.store.batch_ids_with_prefix(batch_id, 1):
+            raise NotFound("batch", batch_id)
         ids = sorted(self._batch_open.get(batch_id, ()))
         ids += [t.task_id for t in self.cluster.tasks.values() if t.batch_id == batch_id and t.state.is_final]
         effects: list[Effect] = []

@@ -268,11 +268,12 @@ class Store:
     def batch_tasks(self, batch_id: str) -> list[Task]:
         return [_task_from_row(r) for r in self.reader().execute(_BATCH_TASKS, (batch_id,))]
 
-    def batch_counts(self, batch_id: str) -> dict[str, int]:
-        return dict(self._db.execute(_BATCH_COUNTS, (batch_id,)).fetchall())
-
-    def batch_problems(self, batch_id: str, limit: int) -> list[tuple[str, str, int | None, str, str, str | None]]:
-        return self._db.execute(_BATCH_PROBLEMS, (batch_id, limit)).fetchall()
+    def batch_summary(self, batch_id: str, problems: int) -> tuple[dict[str, int], list[tuple[Any, ...]]]:
+        """A batch's task counts by state, and its first `problems` tasks that did not complete
+        (task_id, state, exit_code, error, name, array_index): the fields of protocol.TaskBrief."""
+        db = self.reader()
+        counts = dict(db.execute(_BATCH_COUNTS, (batch_id,)).fetchall())
+        return counts, db.execute(_BATCH_PROBLEMS, (batch_id, problems)).fetchall()
 
 
 def migrate(db: sqlite3.Connection, path: str) -> None:
