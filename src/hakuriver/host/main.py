@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         store = Store(config.database.db_file)
     except StoreError as exc:
-        fail(PROG, f"{exc} (check [database] db_file)")
+        fail(PROG, str(exc))
     sock = _bind(config)
     try:
         _event_loop_policy()

@@ -159,7 +159,7 @@ class Store:
             # the OS before COMMIT returns); only a power loss can drop the latest commits.
             self._db.execute("PRAGMA synchronous=NORMAL")
         except (OSError, sqlite3.Error) as exc:
-            raise StoreError(f"cannot open database {path}: {exc}") from None
+            raise StoreError(f"cannot open database {path}: {exc} (check [database] db_file)") from None
 
     def _connect(self) -> sqlite3.Connection:
         # check_same_thread=False: each connection is used by one thread only (the event loop's,
@@ -282,8 +282,7 @@ def migrate(db: sqlite3.Connection, path: str) -> None:
     if version > len(MIGRATIONS):
         raise StoreError(
             f"database {path} has schema version {version}, newer than this HakuRiver knows ({len(MIGRATIONS)}): "
-            "it was written by a newer release. Upgrade HakuRiver, or set [database] db_file to another file; "
-            "the database was not changed"
+            "it was written by a newer release; upgrade HakuRiver to open it (the database was not changed)"
         )
     for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
         try:
