@@ -83,15 +83,20 @@ def test_a_migrated_database_opens_again_unchanged(release_825ccee_db):
     again.close()
 
 
-def test_a_database_from_a_newer_release_is_refused_untouched(tmp_path):
-    path = tmp_path / "newer.db"
+def _newer_database(path: Path, version: int) -> str:
+    """A database of this schema, stamped with a later version; its bytes' digest."""
     Store(str(path)).close()
     with sqlite3.connect(path) as db:
-        db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+        db.execute(f"PRAGMA user_version = {version}")
     db.close()
     for extra in ("-wal", "-shm"):
         Path(str(path) + extra).unlink(missing_ok=True)
-    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_database_from_a_newer_release_is_refused_untouched(tmp_path):
+    path = tmp_path / "newer.db"
+    before = _newer_database(path, len(MIGRATIONS) + 1)
     with pytest.raises(StoreError, match=f"schema version {len(MIGRATIONS) + 1}, newer than this HakuRiver"):
         Store(str(path))
     assert hashlib.sha256(path.read_bytes()).hexdigest() == before
@@ -103,11 +108,7 @@ def test_the_host_refuses_a_newer_database_in_one_line(tmp_path):
     from support import program, write_toml
 
     db = tmp_path / "newer.db"
-    Store(str(db)).close()
-    with sqlite3.connect(db) as conn:
-        conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 5}")
-    conn.close()
-    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    before = _newer_database(db, len(MIGRATIONS) + 5)
     config = write_toml(tmp_path / "host.toml", {"database": {"db_file": str(db)}, "network": {"host_port": 1}})
     res = subprocess.run(program("host") + ["--config", str(config)], capture_output=True, text=True, timeout=30)
     assert res.returncode != 0 and res.stdout == ""

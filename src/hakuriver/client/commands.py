@@ -17,6 +17,12 @@ from hakuriver.cli_common import EXIT_USAGE, fail
 from hakuriver.client import render
 from hakuriver.client.api import ApiError, HostClient
 
+# annotations only: importing typing would cost the client start-up time
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
 PROG = "hakuriver.client"
 WAIT_SLICE = 30.0  # seconds per long-poll request while waiting
 FOLLOW_SLICE = 10.0  # seconds the host may hold a --logs --follow request open for new output
@@ -54,29 +60,29 @@ def cmd_list(args: argparse.Namespace, client: HostClient) -> int:
 
 
 def cmd_status(args: argparse.Namespace, client: HostClient) -> int:
-    """A task's record, or a batch's counts: one ID space, tasks looked up first."""
-    try:
-        task = client.task(args.status)
-    except ApiError as exc:
-        if exc.status != 404:
-            raise
-        view = _batch_or_not_found(client, args.status)
-        emit(args, view, lambda: render.batch_summary(view))
-        return 0
-    emit(args, task, lambda: render.task_record(task, time.time()))
+    found = _task_else_batch(client, args.status, client.task, lambda view: view)
+    if isinstance(found, p.BatchView):
+        emit(args, found, lambda: render.batch_summary(found))
+    else:
+        emit(args, found, lambda: render.task_record(found, time.time()))
     return 0
 
 
 def cmd_kill(args: argparse.Namespace, client: HostClient) -> int:
+    reply = _task_else_batch(client, args.kill, client.kill, lambda view: client.kill_batch(view.batch_id))
+    emit(args, reply, lambda: reply.message)
+    return 0
+
+
+def _task_else_batch(client: HostClient, some_id: str, for_task: Callable[[str], Any],
+                     for_batch: Callable[[p.BatchView], Any]) -> Any:
+    """One ID space: what `for_task` gives for the task with this ID, else `for_batch` for the batch."""
     try:
-        reply = client.kill(args.kill)
+        return for_task(some_id)
     except ApiError as exc:
         if exc.status != 404:
             raise
-        batch_id = _batch_or_not_found(client, args.kill).batch_id
-        reply = client.kill_batch(batch_id)
-    emit(args, reply, lambda: reply.message)
-    return 0
+    return for_batch(_batch_or_not_found(client, some_id))
 
 
 def cmd_logs(args: argparse.Namespace, client: HostClient) -> int:
