@@ -68,10 +68,15 @@ class DecodeError(ValueError):
     """A body that is not valid JSON or not the expected message; the text says what is wrong."""
 
 
-def encode(obj: Any) -> bytes:
-    import msgspec  # host and runners only; see the module docstring
+_ENCODER: list[Any] = []  # one msgspec encoder, made on first use (host and runners only)
 
-    return msgspec.json.encode(obj, enc_hook=_fields_of)
+
+def encode(obj: Any) -> bytes:
+    if not _ENCODER:
+        import msgspec  # see the module docstring
+
+        _ENCODER.append(msgspec.json.Encoder(enc_hook=_fields_of))
+    return _ENCODER[0].encode(obj)
 
 
 def _fields_of(obj: Any) -> Any:
@@ -86,7 +91,8 @@ def decode(data: bytes, kind: Any) -> Any:
     import msgspec
 
     try:
-        return _from_struct(msgspec.json.decode(data, type=_validator(kind)))
+        decoder, twins = _decoder(kind)
+        return _from_struct(decoder.decode(data), twins.plans)
     except msgspec.DecodeError as exc:  # msgspec.ValidationError is a subclass
         raise DecodeError(str(exc)) from None
 
@@ -164,38 +170,56 @@ def _messages() -> list[type[Message]]:
 
 # msgspec Struct twins of the messages, built on first use by the host or a runner: msgspec
 # validates against them, then `_from_struct` hands back the Message classes everyone uses.
-_STRUCTS: dict[type, Any] = {}
-#: Struct twin -> (its Message class, the fields that may hold messages or lists of them)
-_FROM_STRUCT: dict[Any, tuple[type[Message], frozenset[str]]] = {}
+class _Twins:
+    def __init__(self, structs: dict[type, Any], plans: dict[Any, tuple[type[Message], frozenset[str]]]) -> None:
+        #: message class -> its Struct twin
+        self.structs = structs
+        #: Struct twin -> (its message class, the fields that may hold messages or lists of them)
+        self.plans = plans
+        #: what decode() was asked for -> a msgspec decoder of its twin
+        self.decoders: dict[Any, Any] = {}
 
 
-def _validator(kind: Any) -> Any:
-    if not _STRUCTS:
-        _build_structs()
-    return _twin(kind)
+#: built whole, then published in one assignment: threads decoding at once never see half of it
+_TWINS: _Twins | None = None
 
 
-def _twin(tp: Any) -> Any:
+def _decoder(kind: Any) -> tuple[Any, _Twins]:
+    global _TWINS
+    twins = _TWINS
+    if twins is None:
+        twins = _TWINS = _build_twins()
+    decoder = twins.decoders.get(kind)
+    if decoder is None:
+        import msgspec
+
+        decoder = twins.decoders[kind] = msgspec.json.Decoder(_twin(kind, twins.structs))
+    return decoder, twins
+
+
+def _twin(tp: Any, structs: dict[type, Any]) -> Any:
     """The type msgspec validates against: each message class replaced by its Struct twin."""
     import functools
     import operator
     import typing
 
     if isinstance(tp, type) and issubclass(tp, Message):
-        return _STRUCTS[tp]
+        return structs[tp]
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is list:
-        return list[_twin(args[0])]
+        return list[_twin(args[0], structs)]
     if origin is dict:
-        return dict[_twin(args[0]), _twin(args[1])]
+        return dict[_twin(args[0], structs), _twin(args[1], structs)]
     if args:  # a union
-        return functools.reduce(operator.or_, (_twin(a) for a in args))
+        return functools.reduce(operator.or_, (_twin(a, structs) for a in args))
     return tp
 
 
-def _build_structs() -> None:
+def _build_twins() -> _Twins:
     import msgspec
 
+    structs: dict[type, Any] = {}
+    plans: dict[Any, tuple[type[Message], frozenset[str]]] = {}
     for cls in _messages():  # definition order: a message's parts come before it
         fields = []
         for name, ftype in _field_types(cls).items():
@@ -203,25 +227,26 @@ def _build_structs() -> None:
                 default = cls._defaults[name]
                 if isinstance(default, (list, dict)):
                     default = msgspec.field(default_factory=type(default))
-                fields.append((name, _twin(ftype), default))
+                fields.append((name, _twin(ftype, structs), default))
             else:
-                fields.append((name, _twin(ftype)))
+                fields.append((name, _twin(ftype, structs)))
         struct = msgspec.defstruct(cls.__name__, fields)
-        _STRUCTS[cls] = struct
-        _FROM_STRUCT[struct] = (cls, frozenset(_nested(cls)))
+        structs[cls] = struct
+        plans[struct] = (cls, frozenset(_nested(cls)))
+    return _Twins(structs, plans)
 
 
-def _from_struct(value: Any) -> Any:
+def _from_struct(value: Any, plans: dict[Any, tuple[type[Message], frozenset[str]]]) -> Any:
     """The Message for a validated Struct twin, converting only the fields that can hold messages."""
-    plan = _FROM_STRUCT.get(type(value))
+    plan = plans.get(type(value))
     if plan is not None:
         cls, nested = plan
         obj = cls.__new__(cls)
         fields = obj.__dict__
         for f in cls._fields:
             v = getattr(value, f)
-            fields[f] = _from_struct(v) if f in nested else v
+            fields[f] = _from_struct(v, plans) if f in nested else v
         return obj
     if isinstance(value, list):
-        return [_from_struct(v) for v in value]
+        return [_from_struct(v, plans) for v in value]
     return value

@@ -107,3 +107,36 @@ def test_short_ids_are_8_or_more_leading_characters(text, ok):
 @pytest.mark.parametrize("name, ok", [("a", True), ("x" * 128, True), ("x" * 129, False), ("tab\there", False)])
 def test_names_are_1_to_128_printable_characters(name, ok):
     assert (p.spec_problem(p.TaskSpec("true", name=name)) is None) is ok
+
+
+def test_threads_decoding_at_once_on_a_fresh_codec_all_succeed(monkeypatch):
+    """A runner decodes on two threads from its first second: the lazily built twins must be whole when seen."""
+    import threading
+
+    import time
+
+    body = p.encode(_sample(p.Ack))
+    monkeypatch.setattr(codec, "_TWINS", None)
+    field_types = codec._field_types
+
+    def slow_field_types(cls):  # noqa: ANN001, ANN202 - lets the other threads run mid-build, as a busy machine does
+        time.sleep(0.001)
+        return field_types(cls)
+
+    monkeypatch.setattr(codec, "_field_types", slow_field_types)
+    start, failures = threading.Barrier(8), []
+
+    def decode_many() -> None:
+        start.wait()
+        for _ in range(20):
+            try:
+                assert isinstance(p.decode(body, p.Ack).orders, p.Orders)
+            except Exception as exc:  # noqa: BLE001 - collected for the assertion below
+                failures.append(repr(exc))
+
+    threads = [threading.Thread(target=decode_many) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
