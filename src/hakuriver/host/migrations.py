@@ -47,7 +47,9 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 2: names, owners and resource usage; indexes for --list's filters. Newest first is rowid
     # order, which an index gives for free when every column before the rowid is fixed by an
-    # equality: hence (node, state) and (owner, state), queried with the states spelled out.
+    # equality: hence (node, state), queried with the states spelled out. The owner's index
+    # leaves the state out: an index holding the state is rewritten at every state change,
+    # which costs bulk throughput, and a user's tasks are found newest first all the same.
     """
     ALTER TABLE tasks ADD COLUMN name TEXT NOT NULL DEFAULT '';
     ALTER TABLE tasks ADD COLUMN owner TEXT NOT NULL DEFAULT '';
@@ -57,7 +59,7 @@ MIGRATIONS: tuple[str, ...] = (
     DROP INDEX IF EXISTS tasks_active;
     CREATE INDEX tasks_state ON tasks(state);
     CREATE INDEX tasks_node_state ON tasks(node, state);
-    CREATE INDEX tasks_owner_state ON tasks(owner, state);
+    CREATE INDEX tasks_owner ON tasks(owner);
     CREATE INDEX tasks_name ON tasks(name);
     """,
 )

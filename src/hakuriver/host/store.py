@@ -126,9 +126,9 @@ class TaskFilter:
     def where(self) -> tuple[str, list[Any]]:
         terms, params = [], []
         states = self.states
-        if not states and (self.node or self.owner) and not self.batch_id:
-            # every state, spelled out: the (node, state) and (owner, state) indexes then give
-            # each state's rows newest first, and SQLite merges them without sorting them all
+        if not states and self.node and not self.batch_id:
+            # every state, spelled out: the (node, state) index then gives each state's rows
+            # newest first, and SQLite merges them without sorting them all
             states = _ALL_STATES
         if states:
             terms.append(f"state IN ({', '.join('?' * len(states))})")
