@@ -254,7 +254,7 @@ class Cluster:
         node = self.nodes.get(node_name)
         if node is None or node.state is NodeState.OFFLINE:
             return []
-        return sorted(held - ending - self.tasks.keys())
+        return sorted(t for t in held if t not in self.tasks and t not in ending)  # O(held), not O(tasks)
 
     def on_started(self, node_name: str, event: Started) -> list[Effect]:
         task = self.tasks.get(event.task_id)
