@@ -320,9 +320,14 @@ def _task_from_row(r: tuple[Any, ...]) -> Task:
     return Task(**dict(zip(_TASK_FIELDS, _converted(r, _FROM_DB))))
 
 
-def _node_row(n: Node) -> tuple[Any, ...]:
-    return (n.name, format_core_ids(n.cores.all), n.memory_bytes, n.state.value, n.last_heartbeat)
+def _node_row(n: Node) -> list[Any]:
+    """The node's values in _NODE_COLUMNS order: its cores are stored as the IDs it has."""
+    values = {"name": n.name, "core_ids": format_core_ids(n.cores.all), "memory_bytes": n.memory_bytes,
+              "state": n.state.value, "last_heartbeat": n.last_heartbeat}
+    return [values[c] for c in _NODE_COLUMNS]
 
 
 def _node_from_row(r: tuple[Any, ...]) -> Node:
-    return Node(name=r[0], cores=CoreSet(parse_core_ids(r[1])), memory_bytes=r[2], state=NodeState(r[3]), last_heartbeat=r[4])
+    row = dict(zip(_NODE_COLUMNS, r))
+    return Node(name=row["name"], cores=CoreSet(parse_core_ids(row["core_ids"])), memory_bytes=row["memory_bytes"],
+                state=NodeState(row["state"]), last_heartbeat=row["last_heartbeat"])
