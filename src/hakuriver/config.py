@@ -62,12 +62,23 @@ class RunnerConfig(NamedTuple):
     cores: int
 
 
+class TasksConfig(NamedTuple):
+    default_time_limit: str
+
+    @property
+    def default_time_limit_seconds(self) -> float | None:
+        from hakuriver.protocol import parse_duration
+
+        return parse_duration(self.default_time_limit) if self.default_time_limit else None
+
+
 class Config(NamedTuple):
     network: NetworkConfig
     paths: PathsConfig
     database: DatabaseConfig
     timing: TimingConfig
     runner: RunnerConfig
+    tasks: TasksConfig
 
 
 _SECTION_TYPES = {
@@ -76,6 +87,7 @@ _SECTION_TYPES = {
     "database": DatabaseConfig,
     "timing": TimingConfig,
     "runner": RunnerConfig,
+    "tasks": TasksConfig,
 }
 # Keys whose values are paths: "~" is expanded so that the defaults work for any user.
 _PATH_KEYS = {("paths", "shared_dir"), ("paths", "local_temp_dir"), ("database", "db_file")}
@@ -90,7 +102,19 @@ _RULES: dict[tuple[str, str], tuple[Any, str]] = {
     ("timing", "kill_grace"): (lambda v: v >= 0, "a number of seconds >= 0"),
     ("runner", "cores"): (lambda v: v >= 0, "a whole number >= 0 (0 = all cores)"),
     ("database", "db_file"): (lambda v: v.strip() != "", "a file path"),
+    ("tasks", "default_time_limit"): (lambda v: v == "" or _is_duration(v),
+                                      'empty (no limit) or a duration like 90, 90s, 15m, 2h, 1d or 1:30:00'),
 }
+
+
+def _is_duration(text: str) -> bool:
+    from hakuriver.protocol import parse_duration
+
+    try:
+        parse_duration(text)
+    except ValueError:
+        return False
+    return True
 
 
 def default_toml_text() -> str:

@@ -33,6 +33,8 @@ BATCH = "/api/batches/{batch_id}"          # GET -> BatchView (counts by state)
 BATCH_TASKS = "/api/batches/{batch_id}/tasks"  # GET -> list[TaskView]
 BATCH_WAIT = "/api/batches/{batch_id}/wait"    # GET ?timeout=s -> BatchView (long-poll until all final)
 BATCH_KILL = "/api/batches/{batch_id}/kill"    # POST -> KillReply (task_id = the batch ID)
+TASK_RETRY = "/api/tasks/{task_id}/retry-failed"       # POST RetryRequest -> SubmitReply (a new batch)
+BATCH_RETRY = "/api/batches/{batch_id}/retry-failed"   # POST RetryRequest -> SubmitReply (a new batch)
 NODES = "/api/nodes"                       # GET -> list[NodeView]
 RUNNER_HEARTBEAT = "/api/runner/heartbeat"  # POST Heartbeat -> Orders (long-poll)
 RUNNER_REPORT = "/api/runner/report"       # POST Report -> Ack
@@ -50,6 +52,12 @@ LOG_STATE_HEADER = "x-hakuriver-state"
 MIN_PREFIX = 8
 #: --list's default page size
 DEFAULT_LIST_LIMIT = 50
+#: the most --retries a task may ask for
+MAX_RETRIES = 100
+#: the most --after IDs a task may name
+MAX_AFTER = 100
+#: --wait's exit code for a task that ran out of time (like coreutils `timeout`)
+EXIT_TIMEOUT = 124
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -72,6 +80,14 @@ class TaskSpec(Message):
     node: str = ""
     #: a label to find it by (--name); empty = none
     name: str = ""
+    #: seconds it may run; None = the host's [tasks] default_time_limit
+    time_limit: float | None = None
+    #: attempts after the first when one ends failed, timeout or lost
+    retries: int = 0
+    #: task or batch IDs (or unique prefixes) that must all complete first
+    after: list[str] = []
+    #: at most this many tasks of its batch run at once (--array RANGE%K); 0 = no limit
+    throttle: int = 0
 
 
 class SubmitRequest(Message):
@@ -82,9 +98,30 @@ class SubmitRequest(Message):
     user: str = ""
 
 
+class RetryRequest(Message):
+    #: who resubmits, recorded as the new tasks' owner
+    user: str = ""
+
+
 class SubmitReply(Message):
     task_ids: list[str]
     batch_id: str = ""
+
+
+class AttemptView(Message):
+    """One attempt of a task: the earlier ones and, last, the current one."""
+
+    attempt: int
+    state: str
+    node: str = ""
+    core_ids: list[int] = []
+    started_at: float | None = None
+    finished_at: float | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    error: str = ""
+    stdout_path: str = ""
+    stderr_path: str = ""
 
 
 class TaskView(Message):
@@ -114,6 +151,15 @@ class TaskView(Message):
     cpu_user_seconds: float | None = None
     cpu_system_seconds: float | None = None
     max_rss_bytes: int | None = None
+    time_limit: float | None = None
+    retries: int = 0
+    after: list[str] = []
+    throttle: int = 0
+    #: the number of its current attempt, and every attempt so far (the current one last)
+    attempt: int = 1
+    attempts: list[AttemptView] = []
+    #: for a pending task: what it waits for, in one line
+    pending_reason: str = ""
 
 
 class TaskList(Message):
@@ -182,7 +228,8 @@ class NodeInfo(Message):
 
 class Heartbeat(Message):
     node: NodeInfo
-    #: every task the runner runs or still has an undelivered result for
+    #: every attempt the runner runs or still has an undelivered result for, by run key
+    #: (the task ID, with ".N" for attempt N >= 2: core/model.py run_key)
     held: list[str] = []
     #: how long the host may hold the request open waiting for orders, seconds
     wait: float = 0.0
@@ -195,6 +242,7 @@ class TaskStarted(Message):
     started_at: float
     stdout_path: str = ""
     stderr_path: str = ""
+    attempt: int = 1
 
 
 class TaskFinished(Message):
@@ -210,6 +258,9 @@ class TaskFinished(Message):
     cpu_user_seconds: float | None = None
     cpu_system_seconds: float | None = None
     max_rss_bytes: int | None = None
+    #: the node ended it: its time limit ran out
+    timed_out: bool = False
+    attempt: int = 1
 
 
 class Report(Message):
@@ -230,17 +281,21 @@ class LaunchOrder(Message):
     env: dict[str, str]
     core_ids: list[int]
     cwd: str = ""
+    attempt: int = 1
+    #: seconds it may run, enforced on the node; None = no limit
+    time_limit: float | None = None
 
 
 class Orders(Message):
     launch: list[LaunchOrder] = []
+    #: run keys of the attempts to end
     kill: list[str] = []
 
 
 class Ack(Message):
     """The host's answer to a Report."""
 
-    #: finished results the host has committed; the runner may forget them
+    #: run keys of the finished results the host has committed; the runner may forget them
     task_ids: list[str]
     #: for a Report with `held`: what to do next
     orders: Orders | None = None
@@ -280,4 +335,53 @@ def spec_problem(spec: TaskSpec) -> str | None:
             return f"invalid environment variable name {name!r} (letters, digits, _; not starting with a digit)"
         if "\0" in value:
             return f"environment variable {name} may not contain NUL bytes"
-    return name_problem(spec.name) if spec.name else None
+    return _control_problem(spec) or (name_problem(spec.name) if spec.name else None)
+
+
+def _control_problem(spec: TaskSpec) -> str | None:
+    if spec.time_limit is not None and not 0 < spec.time_limit < 1e9:
+        return f"a time limit is more than 0 seconds, got {spec.time_limit}"
+    if not 0 <= spec.retries <= MAX_RETRIES:
+        return f"--retries is a whole number from 0 to {MAX_RETRIES}, got {spec.retries}"
+    if spec.throttle < 0:
+        return f"an --array throttle (%K) is a whole number >= 1, got {spec.throttle}"
+    if len(spec.after) > MAX_AFTER:
+        return f"--after names at most {MAX_AFTER} IDs, got {len(spec.after)}"
+    bad = next((i for i in spec.after if not is_id_or_prefix(i)), None)
+    if bad is not None:
+        return f"--after: malformed ID {bad!r}: a task or batch ID, or at least its first {MIN_PREFIX} characters"
+    return None
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
+_CLOCK = re.compile(r"^(?:(\d+):)?(\d+):(\d{1,2})$")
+_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from "90", "90s", "15m", "2h", "1d" or "1:30:00" (h:mm:ss; also mm:ss)."""
+    text = text.strip().lower()
+    m = _DURATION.match(text)
+    if m:
+        seconds = float(m.group(1)) * _UNIT[m.group(2)]
+    else:
+        m = _CLOCK.match(text)
+        if not m or int(m.group(3)) >= 60:
+            raise ValueError(f"expected a duration like 90, 90s, 15m, 2h, 1d or 1:30:00, got {text!r}")
+        seconds = int(m.group(1) or 0) * 3600 + int(m.group(2)) * 60 + int(m.group(3))
+    if seconds <= 0:
+        raise ValueError(f"a duration is more than 0 seconds, got {text!r}")
+    return float(seconds)
+
+
+def format_duration(seconds: float) -> str:
+    """90 -> "1m30s"; the inverse of parse_duration, for messages."""
+    whole = int(seconds)
+    if whole != seconds or whole < 60:
+        return f"{seconds:g}s"
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if whole >= size:
+            parts.append(f"{whole // size}{unit}")
+            whole %= size
+    return "".join(parts)

@@ -71,6 +71,11 @@ class HostClient:
     def kill_batch(self, batch_id: str) -> p.KillReply:
         return self._call("POST", p.BATCH_KILL.format(batch_id=batch_id), p.KillReply)
 
+    def retry_failed(self, some_id: str, user: str = "") -> p.SubmitReply:
+        """Resubmit what did not complete of a task or of a batch (the host looks for either)."""
+        return self._call("POST", p.TASK_RETRY.format(task_id=some_id), p.SubmitReply, p.RetryRequest(user=user),
+                          idempotent=False)
+
     def nodes(self) -> list[p.NodeView]:
         return self._call("GET", p.NODES, list[p.NodeView])
 

@@ -16,8 +16,19 @@ class BulkError(ValueError):
     """A bad --array range or --file line; the message says which and why."""
 
 
-def parse_array(text: str) -> list[int]:
-    """'1-1000', '0-9:3' (step), '1,5,7-9' -> the indices, in order, without repeats."""
+def parse_array(text: str) -> tuple[list[int], int]:
+    """'1-1000', '0-9:3' (step), '1,5,7-9', each optionally ending in '%K' (at most K at once)
+    -> the indices, in order, without repeats, and K (0 = no limit)."""
+    text, percent, throttle_text = text.partition("%")
+    throttle = 0
+    if percent:
+        if not throttle_text.isdigit() or int(throttle_text) < 1:
+            raise BulkError(f"--array: %K must end the range with a whole number K >= 1, got %{throttle_text!r}")
+        throttle = int(throttle_text)
+    return _indices(text), throttle
+
+
+def _indices(text: str) -> list[int]:
     indices: dict[int, None] = {}
     for part in text.split(","):
         part = part.strip()

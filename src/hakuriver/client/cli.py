@@ -61,6 +61,28 @@ def _count(flag: str) -> Callable[[str], int]:
     return parse
 
 
+def _time_limit(text: str) -> float:
+    try:
+        return p.parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--time-limit: {exc}") from None
+
+
+def _retries(text: str) -> int:
+    if not text.isdigit() or int(text) > p.MAX_RETRIES:
+        raise argparse.ArgumentTypeError(f"--retries must be a whole number from 0 to {p.MAX_RETRIES}, got {text!r}")
+    return int(text)
+
+
+def _after(text: str) -> list[str]:
+    ids = [part.strip().lower() for part in text.split(",") if part.strip()]
+    bad = next((i for i in ids if not p.is_id_or_prefix(i)), None)
+    if not ids or bad is not None:
+        raise argparse.ArgumentTypeError(
+            f"--after expects task or batch IDs separated by commas (each at least {p.MIN_PREFIX} characters), got {text!r}")
+    return ids
+
+
 def _name(text: str) -> str:
     problem = p.name_problem(text) if text else None  # "" is the default: no name
     if problem:
@@ -72,8 +94,8 @@ def _name(text: str) -> str:
 _ONLY_WITH = {"state": "list", "batch": "list", "user": "list", "limit": "list",
               "stderr": "logs", "tail": "logs", "follow": "logs"}
 #: the read actions; the submission flags mean nothing with them (--node and --name also filter --list)
-_READS = ("list_nodes", "list", "status", "logs", "kill")
-_SUBMIT_ONLY = ("cores", "env", "wait", "array", "file", "progress")
+_READS = ("list_nodes", "list", "status", "logs", "kill", "retry_failed")
+_SUBMIT_ONLY = ("cores", "env", "wait", "array", "file", "progress", "time_limit", "retries", "after")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Submit commands to a HakuRiver cluster, wait for them, find and read them, kill, list nodes. "
                     "Wherever an ID is asked for, its first 8 or more characters will do.",
         usage=f"{PROG} [--config FILE] (--list-nodes | --list [filters] | --status ID | --logs ID | --kill ID "
-              "| [options] -- COMMAND [ARGS...] | [options] --file FILE) [--json]",
+              "| --retry-failed ID | [options] -- COMMAND [ARGS...] | [options] --file FILE) [--json]",
     )
     add_config_flag(parser)
     action = parser.add_mutually_exclusive_group()
@@ -95,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print a task's stdout through the host (--stderr, --tail N, --follow)")
     action.add_argument("--kill", metavar="ID", type=_task_id,
                         help="kill a task (its whole process tree), or every unfinished task of a batch")
+    action.add_argument("--retry-failed", metavar="ID", type=_task_id,
+                        help="submit again, as one new batch, a task or every task of a batch that ended "
+                             "failed, killed, lost or timeout (same command, environment, cores, name, limits)")
     _submit_flags(parser)
     _read_flags(parser)
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments, after --")
@@ -110,11 +135,20 @@ def _submit_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", metavar="NAME", type=_name, default="",
                         help="label the task (1-128 characters; {} becomes the --array index or --file line); "
                              "with --list: a shell-style pattern, e.g. 'sweep-*'")
-    parser.add_argument("--wait", action="store_true", help="wait for the task to end; exit with its exit code")
+    parser.add_argument("--wait", action="store_true",
+                        help="wait for the task to end; exit with its exit code (124 if it ran out of time)")
+    parser.add_argument("--time-limit", metavar="T", type=_time_limit, default=None,
+                        help="end the task if it still runs after T (90, 90s, 15m, 2h, 1d, 1:30:00): SIGTERM, "
+                             "then SIGKILL after kill_grace; it ends timeout (default: [tasks] default_time_limit)")
+    parser.add_argument("--retries", metavar="N", type=_retries, default=0,
+                        help="run it again, up to N more times, when an attempt ends failed, timeout or lost")
+    parser.add_argument("--after", metavar="ID[,ID...]", type=_after, default=[],
+                        help="start only once these tasks or batches have all completed; if one ends otherwise, "
+                             "the task fails without running")
     bulk = parser.add_mutually_exclusive_group()
     bulk.add_argument("--array", metavar="RANGE",
                       help="submit one task per index, e.g. 1-1000, 0-99:10 or 1,5,7-9; {} in the command "
-                           "becomes the index, also in $HAKURIVER_ARRAY_INDEX")
+                           "becomes the index, also in $HAKURIVER_ARRAY_INDEX; RANGE%%K runs at most K at once")
     bulk.add_argument("--file", metavar="FILE",
                       help="submit one task per line of FILE ('-' for stdin); shell-style quoting, # comments")
     parser.add_argument("--progress", action="store_true",

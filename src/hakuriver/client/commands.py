@@ -1,7 +1,8 @@
 """One function per client action: fetch through the HostClient, print through render, return the exit code.
 
 Exit codes: 0 success; with --wait, the task's own exit code (128+N for a signal, 143 when
-killed, 1 when it failed without one or was lost); 1 for an error from or reaching the host;
+killed, 124 when it ran out of time, 1 when it failed without one or was lost); 1 for an error
+from or reaching the host;
 2 for bad flags or config.
 """
 
@@ -40,6 +41,8 @@ def dispatch(args: argparse.Namespace, client: HostClient) -> int:
         return cmd_status(args, client)
     if args.kill:
         return cmd_kill(args, client)
+    if args.retry_failed:
+        return cmd_retry_failed(args, client)
     if args.logs:
         return cmd_logs(args, client)
     if args.array is not None or args.file is not None:
@@ -71,6 +74,16 @@ def cmd_status(args: argparse.Namespace, client: HostClient) -> int:
 def cmd_kill(args: argparse.Namespace, client: HostClient) -> int:
     reply = _task_else_batch(client, args.kill, client.kill, lambda view: client.kill_batch(view.batch_id))
     emit(args, reply, lambda: reply.message)
+    return 0
+
+
+def cmd_retry_failed(args: argparse.Namespace, client: HostClient) -> int:
+    reply = client.retry_failed(args.retry_failed, user=_user())
+    if args.json:
+        emit(args, {"batch_id": reply.batch_id, "task_ids": reply.task_ids}, None)
+    else:
+        print(reply.batch_id)
+    print(f"resubmitted {len(reply.task_ids)} tasks as batch {reply.batch_id}", file=sys.stderr, flush=True)
     return 0
 
 
@@ -122,8 +135,13 @@ def _batch_or_not_found(client: HostClient, some_id: str) -> p.BatchView:
 def _base_spec(args: argparse.Namespace) -> p.TaskSpec:
     if not args.command:
         fail(PROG, "no command given: put it after '--', e.g. hakuriver.client --cores 1 -- python -V", EXIT_USAGE)
-    return p.TaskSpec(command=args.command[0], args=args.command[1:], env=dict(args.env), cores=args.cores,
-                      cwd=_cwd(), node=args.node, name=args.name)
+    return p.TaskSpec(command=args.command[0], args=args.command[1:], **_spec_flags(args))
+
+
+def _spec_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The TaskSpec fields the flags give, the command aside."""
+    return {"env": dict(args.env), "cores": args.cores, "cwd": _cwd(), "node": args.node, "name": args.name,
+            "time_limit": args.time_limit, "retries": args.retries, "after": args.after}
 
 
 def _check(specs: list[p.TaskSpec]) -> None:
@@ -138,13 +156,12 @@ def cmd_submit_batch(args: argparse.Namespace, client: HostClient) -> int:
 
     try:
         if args.array is not None:
-            specs = bulk.array_specs(_base_spec(args), bulk.parse_array(args.array))
+            indices, throttle = bulk.parse_array(args.array)
+            specs = bulk.array_specs(_base_spec(args).replace(throttle=throttle), indices)
         else:
             if args.command:
                 fail(PROG, "--file takes the commands from the file; give none after '--'", EXIT_USAGE)
-            base = p.TaskSpec(command="-", env=dict(args.env), cores=args.cores, cwd=_cwd(), node=args.node,
-                              name=args.name)
-            specs = bulk.file_specs(base, _read_lines(args.file), args.file)
+            specs = bulk.file_specs(p.TaskSpec(command="-", **_spec_flags(args)), _read_lines(args.file), args.file)
     except bulk.BulkError as exc:
         fail(PROG, str(exc), EXIT_USAGE)
     _check(specs)
@@ -214,6 +231,8 @@ def exit_code_of(task: p.TaskView) -> int:
         return 0
     if task.state == "killed":
         return EXIT_KILLED
+    if task.state == "timeout":
+        return p.EXIT_TIMEOUT
     if task.exit_code is not None and task.exit_code != 0:
         return task.exit_code & 0xFF or 1
     if task.signal is not None:

@@ -136,6 +136,7 @@ def task_record(t: p.TaskView, now: float | None = None) -> str:
         ("Name", t.name or "-"),
         ("Owner", t.owner or "-"),
         ("State", t.state + (" (kill requested)" if t.kill_requested and not _final(t.state) else "")),
+        *([("Waiting", t.pending_reason)] if t.pending_reason else []),
         ("Command", command_line(t)),
         ("Cores", str(t.cores)),
         ("Node", t.node or (f"(waiting; asked for {t.target_node})" if t.target_node else "-")),
@@ -152,11 +153,28 @@ def task_record(t: p.TaskView, now: float | None = None) -> str:
         ("Stderr", t.stderr_path or "-"),
         ("Working dir", t.cwd or "-"),
         ("Environment", " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(t.env.items())) or "-"),
+        ("Time limit", "-" if t.time_limit is None else p.format_duration(t.time_limit)),
+        ("Retries", f"{t.retries} (this is attempt {t.attempt} of at most {t.retries + 1})" if t.retries else "0"),
     ]
+    if t.after:
+        fields.append(("After", ", ".join(t.after)))
     if t.batch_id:
-        fields.append(("Batch", t.batch_id))
+        fields.append(("Batch", t.batch_id + (f" (at most {t.throttle} running at once)" if t.throttle else "")))
     width = max(len(k) for k, _ in fields)
-    return "\n".join(f"{k + ':':<{width + 1}} {v}" for k, v in fields)
+    lines = [f"{k + ':':<{width + 1}} {v}" for k, v in fields]
+    if len(t.attempts) > 1:
+        lines += [f"Attempts ({len(t.attempts)}):", *(attempt_line(a) for a in t.attempts)]
+    return "\n".join(lines)
+
+
+def attempt_line(a: p.AttemptView) -> str:
+    """'  #2 failed on node-a (cores 0,1), exit code 3, 1.2s; /shared/task_outputs/<id>.2.out'"""
+    where = f" on {a.node} (cores {','.join(str(c) for c in a.core_ids)})" if a.node else ""
+    how = f", exit code {a.exit_code}" if a.exit_code else (f", signal {a.signal}" if a.signal else "")
+    took = f", {a.finished_at - a.started_at:.1f}s" if a.started_at and a.finished_at else ""
+    why = f": {a.error}" if a.error else ""
+    out = f"; {a.stdout_path}" if a.stdout_path else ""
+    return f"  #{a.attempt} {a.state}{where}{how}{took}{why}{out}"
 
 
 def _final(state: str) -> bool:

@@ -7,86 +7,26 @@ long-poll). Only tasks that can still change are kept here; final ones live in t
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
 
+from hakuriver.core.attempts import close_attempt, note_late
 from hakuriver.core.cores import CoreSet
-from hakuriver.core.model import Node, Task
+from hakuriver.core.depends import Dependencies
+from hakuriver.core.events import (  # noqa: F401 - re-exported: the machine's vocabulary
+    Effect,
+    Finished,
+    NodeChanged,
+    NodeReport,
+    Orders,
+    OrdersReady,
+    Started,
+    SubmitRefused,
+    TaskChanged,
+    UnknownTask,
+)
+from hakuriver.core.model import Node, Task, split_run_key
 from hakuriver.core.scheduler import Capacity, Request, plan
-from hakuriver.core.states import NodeState, TaskState, check_transition
-
-
-@dataclass(frozen=True)
-class TaskChanged:
-    task: Task
-    #: a new record (submitted), as opposed to a change of an existing one
-    created: bool = False
-
-
-@dataclass(frozen=True)
-class NodeChanged:
-    node: Node
-
-
-@dataclass(frozen=True)
-class OrdersReady:
-    """The node's runner has new launch or kill orders waiting."""
-
-    node: str
-
-
-Effect = TaskChanged | NodeChanged | OrdersReady
-
-
-class SubmitRefused(Exception):
-    """The submission can never run here (too many cores, unknown node); nothing was queued."""
-
-
-class UnknownTask(Exception):
-    """No active task has this ID (it may be final, then the store knows it)."""
-
-
-@dataclass(frozen=True)
-class NodeReport:
-    """What a runner says about itself with every heartbeat."""
-
-    name: str
-    core_ids: tuple[int, ...]
-    memory_bytes: int = 0
-
-
-@dataclass(frozen=True)
-class Started:
-    task_id: str
-    started_at: float
-    stdout_path: str = ""
-    stderr_path: str = ""
-
-
-@dataclass(frozen=True)
-class Finished:
-    task_id: str
-    finished_at: float
-    exit_code: int | None = None
-    signal: int | None = None
-    error: str = ""
-    #: the runner ended it because the host ordered a kill
-    killed: bool = False
-    started_at: float | None = None
-    stdout_path: str = ""
-    stderr_path: str = ""
-    cpu_user_seconds: float | None = None
-    cpu_system_seconds: float | None = None
-    max_rss_bytes: int | None = None
-
-
-@dataclass
-class Orders:
-    launch: list[Task] = field(default_factory=list)
-    kill: list[str] = field(default_factory=list)
-
-    def __bool__(self) -> bool:
-        return bool(self.launch or self.kill)
+from hakuriver.core.states import RETRIED_STATES, NodeState, TaskState, check_transition
 
 
 class Cluster:
@@ -95,56 +35,77 @@ class Cluster:
         self.nodes: dict[str, Node] = {}
         #: every task that can still change, by ID
         self.tasks: dict[str, Task] = {}
-        #: pending task IDs in submission order (dict: ordered, O(1) removal)
+        #: pending task IDs free to run, in the order they became so (dict: ordered, O(1) removal)
         self.queue: dict[str, None] = {}
+        #: pending tasks waiting for others to complete (--after)
+        self.deps = Dependencies()
         #: lost tasks by node, kept to take their real outcome when the node returns
         self.lost: dict[str, set[str]] = {}
+        #: per batch, its tasks that have not completed (and did not end otherwise), for --after a batch
+        self.batch_left: dict[str, int] = {}
+        #: per throttled batch (--array RANGE%K), its tasks holding cores
+        self.batch_running: dict[str, int] = {}
 
     # ---- restart -------------------------------------------------------------------------
-    def restore(self, nodes: Iterable[Node], tasks: Iterable[Task], now: float) -> None:
+    def restore(self, nodes: Iterable[Node], tasks: Iterable[Task], now: float,
+                outcomes: Mapping[str, TaskState] | None = None) -> list[Effect]:
         """Rebuild from the store after a host restart.
 
         Nodes get a fresh heartbeat deadline: their runners have one timeout to reconnect
-        before their tasks count as lost.
+        before their tasks count as lost. `outcomes`: how the dependencies of pending tasks
+        that are no longer active ended (see `on_submit`).
         """
         for node in nodes:
             node.last_heartbeat = now
             node.task_ids = set()
             node.cores = CoreSet(node.cores.all)  # ownership is rebuilt from the tasks below
             self.nodes[node.name] = node
-        for task in sorted(tasks, key=lambda t: t.submitted_at):
+        restored = sorted(tasks, key=lambda t: t.submitted_at)
+        for task in restored:
             self._restore_task(task)
+        effects: list[Effect] = []
+        for task in restored:
+            if task.state is TaskState.PENDING:
+                effects += self._queue_or_wait(task, now, outcomes or {})
+        return effects
 
     def _restore_task(self, task: Task) -> None:
-        if task.state is TaskState.PENDING:
-            self.tasks[task.task_id] = task
-            self.queue[task.task_id] = None
-        elif task.state.holds_cores:
+        self.tasks[task.task_id] = task
+        self._count_in_batch(task)
+        if task.state.holds_cores:
             node = self.nodes.get(task.node)
             if node is not None and node.cores.take_exact(task.core_ids):
-                node.task_ids.add(task.task_id)
-            self.tasks[task.task_id] = task
+                self._hold(task, node)
         elif task.state is TaskState.LOST:
-            self.tasks[task.task_id] = task
             self.lost.setdefault(task.node, set()).add(task.task_id)
 
     # ---- client events -------------------------------------------------------------------
-    def check_submit(self, tasks: list[Task]) -> None:
+    def check_submit(self, tasks: list[Task], outcomes: Mapping[str, TaskState] | None = None) -> None:
         """Raise SubmitRefused if any of the tasks could never run here; changes nothing."""
         if not self.nodes:
             raise SubmitRefused("no runner has registered with the host yet; start hakuriver.runner on a node first")
         largest = max(self.nodes.values(), key=lambda n: n.total_cores)  # once per submission, not per task
         for task in tasks:
             self._check_fits(task, largest)
+            for dep in task.after:
+                self._dependency(dep, outcomes or {})
 
-    def on_submit(self, tasks: list[Task]) -> list[Effect]:
-        """Queue tasks, all or none: a batch with one impossible task is refused whole."""
-        self.check_submit(tasks)
+    def on_submit(self, tasks: list[Task], now: float = 0.0,
+                  outcomes: Mapping[str, TaskState] | None = None) -> list[Effect]:
+        """Queue tasks, all or none: a batch with one impossible task is refused whole.
+
+        `outcomes` says how each --after ID that is not an active task or batch here ended
+        (for a batch: completed, or the state of a task of it that did not complete); an ID
+        that is neither active nor there is unknown, and refuses the submission.
+        """
+        self.check_submit(tasks, outcomes)
         effects: list[Effect] = []
         for task in tasks:
             self.tasks[task.task_id] = task
-            self.queue[task.task_id] = None
+            self._count_in_batch(task)
             effects.append(TaskChanged(task, created=True))
+        for task in tasks:
+            effects += self._queue_or_wait(task, now, outcomes or {})
         return effects
 
     def _check_fits(self, task: Task, largest: Node) -> None:
@@ -164,13 +125,40 @@ class Cluster:
                 f"{largest.total_cores} cores"
             )
 
+    def _dependency(self, dep: str, outcomes: Mapping[str, TaskState]) -> TaskState | None:
+        """How dependency `dep` stands: None while it may still complete, else its outcome."""
+        outcome = outcomes.get(dep)
+        if outcome is not None and outcome is not TaskState.COMPLETED:
+            return outcome
+        task = self.tasks.get(dep)
+        if task is not None:
+            return TaskState.LOST if task.state is TaskState.LOST else None
+        if self.batch_left.get(dep):
+            return None
+        if outcome is None:
+            raise SubmitRefused(f"--after: no task or batch with ID {dep}")
+        return outcome
+
+    def _queue_or_wait(self, task: Task, now: float, outcomes: Mapping[str, TaskState]) -> list[Effect]:
+        unmet = []
+        for dep in task.after:
+            state = self._dependency(dep, outcomes)
+            if state is None:
+                unmet.append(dep)
+            elif state is not TaskState.COMPLETED:
+                return self._never_runs(task, now, f"dependency {dep} ended {state.value}")
+        if unmet:
+            self.deps.add(task.task_id, unmet)
+        else:
+            self.queue[task.task_id] = None
+        return []
+
     def on_kill(self, task_id: str, now: float) -> list[Effect]:
         task = self.tasks.get(task_id)
         if task is None:
             raise UnknownTask(task_id)
         if task.state is TaskState.PENDING:
-            del self.queue[task_id]
-            return self._finish(task, TaskState.KILLED, now, error="killed by user before it started")
+            return self._never_runs(task, now, "killed by user before it started", TaskState.KILLED)
         if task.state is TaskState.LOST:  # final now; if its node comes back with it, it is a stray
             self.lost.get(task.node, set()).discard(task_id)
             return self._finish(task, TaskState.KILLED, now, error="killed by user while its node was unreachable")
@@ -181,7 +169,7 @@ class Cluster:
 
     # ---- runner events -------------------------------------------------------------------
     def on_heartbeat(self, report: NodeReport, held: set[str], now: float) -> list[Effect]:
-        """A runner is alive and holds `held` (tasks it runs or has results for)."""
+        """A runner is alive and holds `held` (run keys of the attempts it runs or has results for)."""
         node = self.nodes.get(report.name)
         effects: list[Effect] = []
         if node is None:
@@ -212,41 +200,43 @@ class Cluster:
     def _recover_lost(self, node: Node, held: set[str], now: float) -> list[Effect]:
         """Lost tasks the node still holds are running again (their result follows)."""
         effects: list[Effect] = []
-        for task_id in sorted(self.lost.get(node.name, set()) & held):
+        for task_id in sorted(self.lost.get(node.name, set())):
             task = self.tasks[task_id]
-            if not node.cores.take_exact(task.core_ids):
-                continue  # its cores went elsewhere; stays lost, its result may still arrive
+            if task.run_key not in held or not node.cores.take_exact(task.core_ids):
+                continue  # not there, or its cores went elsewhere: stays lost, its result may still arrive
             self.lost[node.name].discard(task_id)
             check_transition(task.state, TaskState.RUNNING)
             task.state = TaskState.RUNNING
             task.error = ""
-            node.task_ids.add(task_id)
+            self._hold(task, node)
             effects.append(TaskChanged(task))
         return effects
 
     def orders_for(
         self, node_name: str, held: set[str], now: float, ending: frozenset[str] = frozenset()
     ) -> tuple[Orders, list[Effect]]:
-        """What the node's runner should do next, given the tasks it holds and those already ending there."""
+        """What the node's runner should do next, given the attempts it holds and those already ending there."""
         node = self.nodes.get(node_name)
         orders, effects = Orders(), []
         if node is None or node.state is NodeState.OFFLINE:
             return orders, effects
         for task_id in sorted(node.task_ids, key=lambda i: self.tasks[i].submitted_at):
             task = self.tasks[task_id]
-            if task.kill_requested and task_id in held:
-                if task_id not in ending:
-                    orders.kill.append(task_id)
+            key = task.run_key
+            if task.kill_requested and key in held:
+                if key not in ending:
+                    orders.kill.append(key)
             elif task.kill_requested and task.state is TaskState.ASSIGNING:
                 # never delivered: nothing runs, so it is killed right here
                 effects += self._finish(task, TaskState.KILLED, now, error="killed by user before it started")
-            elif task.state is TaskState.ASSIGNING and task_id not in held:
+            elif task.state is TaskState.ASSIGNING and key not in held:
                 orders.launch.append(task)
         return orders, effects
 
     def strays(self, node_name: str, held: set[str], ending: frozenset[str]) -> list[str]:
-        """Tasks the node's runner still runs that are not active here: killed while the node was
-        unreachable (before a host restart too: this needs no memory of them), or unknown.
+        """Attempts the node's runner still runs that are not the current attempt of an active
+        task: killed while the node was unreachable (before a host restart too: this needs no
+        memory of them), retried elsewhere meanwhile, or unknown. Run keys, O(held).
 
         `held` must be what the runner itself just said: a launch the host sent since, or a
         heartbeat's `held` grown stale while it waited, would count tasks that ended normally.
@@ -254,11 +244,17 @@ class Cluster:
         node = self.nodes.get(node_name)
         if node is None or node.state is NodeState.OFFLINE:
             return []
-        return sorted(t for t in held if t not in self.tasks and t not in ending)  # O(held), not O(tasks)
+        return sorted(k for k in held if k not in ending and not self._is_current(k))
+
+    def _is_current(self, key: str) -> bool:
+        task_id, attempt = split_run_key(key)
+        task = self.tasks.get(task_id)
+        return task is not None and task.attempt == attempt
 
     def on_started(self, node_name: str, event: Started) -> list[Effect]:
         task = self.tasks.get(event.task_id)
-        if task is None or task.node != node_name or task.state not in (TaskState.ASSIGNING, TaskState.LOST):
+        if (task is None or task.node != node_name or task.attempt != event.attempt
+                or task.state not in (TaskState.ASSIGNING, TaskState.LOST)):
             return []
         if task.state is TaskState.LOST and self.nodes[node_name].state is not NodeState.ONLINE:
             # noted, but not reclaimed: nothing times out an offline node's tasks; its next heartbeat recovers it
@@ -274,6 +270,8 @@ class Cluster:
 
     def on_finished(self, node_name: str, event: Finished) -> list[Effect]:
         task = self.tasks.get(event.task_id)
+        if task is not None and task.attempt != event.attempt:
+            return [TaskChanged(task)] if note_late(task, event, event.state) else []
         if task is None or task.node != node_name:
             return []
         if task.state is TaskState.LOST:
@@ -285,7 +283,7 @@ class Cluster:
         task.exit_code, task.signal = event.exit_code, event.signal
         task.cpu_user_seconds, task.cpu_system_seconds = event.cpu_user_seconds, event.cpu_system_seconds
         task.max_rss_bytes = event.max_rss_bytes
-        return self._finish(task, _final_state(event), event.finished_at, error=event.error)
+        return self._end_attempt(task, event.state, event.finished_at, event.error)
 
     def on_tick(self, now: float) -> list[Effect]:
         """Nodes silent for longer than the heartbeat timeout go offline; their tasks are lost."""
@@ -304,8 +302,7 @@ class Cluster:
             if task.kill_requested:  # final now; if the node comes back with it, it is a stray
                 effects += self._finish(task, TaskState.KILLED, now, error=f"killed by user; {why}")
             else:
-                self.lost.setdefault(node.name, set()).add(task_id)
-                effects += self._finish(task, TaskState.LOST, now, error=why)
+                effects += self._end_attempt(task, TaskState.LOST, now, why)
         return effects
 
     # ---- scheduling ----------------------------------------------------------------------
@@ -323,14 +320,14 @@ class Cluster:
         requests = (self._request(task_id) for task_id in self.queue)
         effects: list[Effect] = []
         woken: set[str] = set()
-        for placement in plan(requests, online):
+        for placement in plan(requests, online, self.batch_running):
             task = self.tasks[placement.task_id]
             node = self.nodes[placement.node]
             del self.queue[task.task_id]
             check_transition(task.state, TaskState.ASSIGNING)
             task.state, task.node = TaskState.ASSIGNING, node.name
             task.core_ids = node.cores.take(task.cores)
-            node.task_ids.add(task.task_id)
+            self._hold(task, node)
             effects.append(TaskChanged(task))
             woken.add(node.name)
         effects += [OrdersReady(name) for name in sorted(woken)]
@@ -338,37 +335,118 @@ class Cluster:
 
     def _request(self, task_id: str) -> Request:
         task = self.tasks[task_id]
-        return Request(task_id, task.cores, task.target_node)
+        return Request(task_id, task.cores, task.target_node, task.batch_id, task.throttle)
+
+    def why_pending(self, task_id: str) -> str:
+        """One line on what a pending task waits for."""
+        task = self.tasks.get(task_id)
+        if task is None or task.state is not TaskState.PENDING:
+            return ""
+        if task_id in self.deps:
+            dep, count = self.deps.first_unmet(task_id)
+            more = f" (and {count - 1} more)" if count > 1 else ""
+            return f"waiting for dependency {dep} to complete{more}"
+        if task.throttle and self.batch_running.get(task.batch_id, 0) >= task.throttle:
+            return f"throttled: its batch already runs {task.throttle} tasks, the most its --array %{task.throttle} allows"
+        online = [n for n in self.nodes.values() if n.state is NodeState.ONLINE
+                  and (not task.target_node or n.name == task.target_node)]
+        if task.target_node and not online:
+            return f"node {task.target_node} is offline"
+        if not online:
+            return "no node is online"
+        best = max(online, key=lambda n: (n.free_cores, n.name))
+        if task.cores > best.free_cores:
+            return f"needs {task.cores} cores; the largest free block is {best.free_cores} (on {best.name})"
+        return "queued behind earlier tasks; it runs as soon as the scheduler's next pass reaches it"
 
     # ---- shared steps --------------------------------------------------------------------
+    def _count_in_batch(self, task: Task) -> None:
+        if task.batch_id and task.state is not TaskState.COMPLETED:
+            self.batch_left[task.batch_id] = self.batch_left.get(task.batch_id, 0) + 1
+
+    def _hold(self, task: Task, node: Node) -> None:
+        node.task_ids.add(task.task_id)
+        if task.throttle:
+            self.batch_running[task.batch_id] = self.batch_running.get(task.batch_id, 0) + 1
+
+    def _release(self, task: Task) -> list[Effect]:
+        """Give back the cores the task holds, if it holds any."""
+        node = self.nodes.get(task.node)
+        if node is None or task.task_id not in node.task_ids:
+            return []
+        node.task_ids.discard(task.task_id)
+        if task.throttle:
+            self.batch_running[task.batch_id] -= 1
+            if not self.batch_running[task.batch_id]:
+                del self.batch_running[task.batch_id]
+        total = node.total_cores
+        node.cores.give_back(task.core_ids)
+        return [NodeChanged(node)] if node.total_cores != total else []  # it held cores its node no longer offers
+
     def _reclaim(self, task: Task) -> bool:
         node = self.nodes[task.node]
         if not node.cores.take_exact(task.core_ids):
             return False
         self.lost.get(node.name, set()).discard(task.task_id)
-        node.task_ids.add(task.task_id)
+        self._hold(task, node)
         return True
+
+    def _end_attempt(self, task: Task, state: TaskState, now: float, error: str) -> list[Effect]:
+        """The current attempt ended in `state`: the task ends so too, or, with retries left, goes back to the queue."""
+        if state not in RETRIED_STATES or task.attempt > task.retries or task.kill_requested:
+            if state is TaskState.LOST:
+                self.lost.setdefault(task.node, set()).add(task.task_id)
+            return self._finish(task, state, now, error=error)
+        check_transition(task.state, TaskState.PENDING)
+        effects = [TaskChanged(task), *self._release(task)]
+        close_attempt(task, state, now, error)
+        self.queue[task.task_id] = None
+        return effects
+
+    def _never_runs(self, task: Task, now: float, error: str, state: TaskState = TaskState.FAILED) -> list[Effect]:
+        """A pending task ends without running (killed, or a dependency did not complete)."""
+        self.queue.pop(task.task_id, None)
+        self.deps.drop(task.task_id)
+        return self._finish(task, state, now, error=error)
 
     def _finish(self, task: Task, state: TaskState, now: float, error: str = "") -> list[Effect]:
         check_transition(task.state, state)
-        effects: list[Effect] = [TaskChanged(task)]
-        node = self.nodes.get(task.node)
-        if node is not None and task.task_id in node.task_ids:
-            node.task_ids.discard(task.task_id)
-            total = node.total_cores
-            node.cores.give_back(task.core_ids)
-            if node.total_cores != total:  # it held cores its node no longer offers
-                effects.append(NodeChanged(node))
+        effects: list[Effect] = [TaskChanged(task), *self._release(task)]
         task.state = state
         task.finished_at = now
         task.error = error
         if state is not TaskState.LOST:
             del self.tasks[task.task_id]
+        return effects + self._dependents_of(task, state, now)
+
+    def _dependents_of(self, task: Task, state: TaskState, now: float) -> list[Effect]:
+        """Settle what waited on this task, or on its batch, now that it ended in `state`."""
+        effects: list[Effect] = []
+        ended = [(task.task_id, state)]
+        if task.batch_id and state is not TaskState.LOST and task.batch_id in self.batch_left:
+            self.batch_left[task.batch_id] -= 1
+            if not self.batch_left[task.batch_id]:
+                del self.batch_left[task.batch_id]
+                ended.append((task.batch_id, state))
+            elif state is not TaskState.COMPLETED:
+                ended.append((task.batch_id, state))
+        elif task.batch_id and state is TaskState.LOST:
+            ended.append((task.batch_id, state))
+        for dep, how in ended:
+            if how is TaskState.COMPLETED:
+                for ready in self.deps.completed(dep):
+                    self.queue[ready] = None
+            else:  # each failure may cascade down a chain: its own dependents fail in turn
+                for doomed in self.deps.ended_badly(dep):
+                    effects += self._finish(self.tasks[doomed], TaskState.FAILED, now, f"dependency {dep} ended {how.value}")
         return effects
 
     # ---- checks --------------------------------------------------------------------------
     def check_invariants(self) -> None:
-        """Disjoint core sets, free + used = total, and every holding task on its node."""
+        """Disjoint core sets, free + used = total, every holding task on its node, every
+        pending task either queued or waiting on a dependency that can still complete, and
+        the throttles' counts true."""
+        running: dict[str, int] = {}
         for node in self.nodes.values():
             used: set[int] = set()
             for task_id in node.task_ids:
@@ -377,17 +455,19 @@ class Cluster:
                 assert task.node == node.name, f"{task_id} is on {task.node}, listed on {node.name}"
                 assert not used & set(task.core_ids), f"cores {sorted(used & set(task.core_ids))} shared"
                 used |= set(task.core_ids)
+                if task.throttle:
+                    running[task.batch_id] = running.get(task.batch_id, 0) + 1
             assert len(used) + node.free_cores == node.total_cores, f"core count broken on {node.name}"
             assert not used & set(node.cores.free_ids()), f"taken cores listed free on {node.name}"
+        assert running == self.batch_running, f"throttle counts {self.batch_running} but {running} hold cores"
         for task in self.tasks.values():
             if task.state.holds_cores:
                 assert task.task_id in self.nodes[task.node].task_ids, f"{task.task_id} not on its node"
-            assert (task.state is TaskState.PENDING) == (task.task_id in self.queue), f"queue broken: {task.task_id}"
-
-
-def _final_state(event: Finished) -> TaskState:
-    if event.killed:
-        return TaskState.KILLED
-    if event.exit_code == 0 and event.signal is None and not event.error:
-        return TaskState.COMPLETED
-    return TaskState.FAILED
+            queued, waiting = task.task_id in self.queue, task.task_id in self.deps
+            assert (task.state is TaskState.PENDING) == (queued or waiting), f"queue broken: {task.task_id}"
+            assert not (queued and waiting), f"{task.task_id} both queued and waiting"
+        for task_id, deps in self.deps.waiting.items():
+            for dep in deps:
+                live = self.tasks.get(dep)
+                assert (live is not None and live.state is not TaskState.LOST) or self.batch_left.get(dep), (
+                    f"{task_id} waits on {dep}, which has already ended")

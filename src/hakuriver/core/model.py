@@ -8,6 +8,34 @@ from hakuriver.core.cores import CoreSet
 from hakuriver.core.states import NodeState, TaskState
 
 
+def run_key(task_id: str, attempt: int) -> str:
+    """How a node names one attempt of a task: the task ID, with ".N" from the second attempt on
+    (so a first attempt is named as before attempts existed, and a journal from then still reads)."""
+    return task_id if attempt == 1 else f"{task_id}.{attempt}"
+
+
+def split_run_key(key: str) -> tuple[str, int]:
+    task_id, _, attempt = key.partition(".")  # task IDs are UUIDs: no dot of their own
+    return task_id, int(attempt) if attempt.isdigit() else 1
+
+
+@dataclass
+class Attempt:
+    """One earlier attempt of a task (the current one is the task's own fields)."""
+
+    attempt: int
+    state: TaskState
+    node: str = ""
+    core_ids: tuple[int, ...] = ()
+    started_at: float | None = None
+    finished_at: float | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    error: str = ""
+    stdout_path: str = ""
+    stderr_path: str = ""
+
+
 @dataclass
 class Task:
     task_id: str
@@ -40,6 +68,22 @@ class Task:
     cpu_user_seconds: float | None = None
     cpu_system_seconds: float | None = None
     max_rss_bytes: int | None = None
+    #: seconds it may run before the node ends it (state timeout); None = no limit
+    time_limit: float | None = None
+    #: how many more attempts it gets when an attempt ends failed, timeout or lost
+    retries: int = 0
+    #: task and batch IDs that must all complete before it may start (--after)
+    after: list[str] = field(default_factory=list)
+    #: at most this many tasks of its batch run at once (--array RANGE%K); 0 = no limit
+    throttle: int = 0
+    #: the number of its current attempt, from 1
+    attempt: int = 1
+    #: its earlier attempts, oldest first
+    attempts: list[Attempt] = field(default_factory=list)
+
+    @property
+    def run_key(self) -> str:
+        return run_key(self.task_id, self.attempt)
 
 
 @dataclass

@@ -6,7 +6,7 @@ counts and returns where tasks should go. It never mutates its inputs or reads a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 
@@ -16,6 +16,9 @@ class Request:
     cores: int
     #: the node the user named; empty = any node
     target_node: str = ""
+    #: its batch, and how many of the batch's tasks may run at once (0 = any number)
+    batch_id: str = ""
+    throttle: int = 0
 
 
 @dataclass(frozen=True)
@@ -31,14 +34,17 @@ class Placement:
     node: str
 
 
-def plan(queue: Iterable[Request], nodes: Sequence[Capacity]) -> list[Placement]:
+def plan(queue: Iterable[Request], nodes: Sequence[Capacity], running: Mapping[str, int] | None = None) -> list[Placement]:
     """Place queued requests, in order, on online nodes.
 
     The first request that cannot be placed reserves the node where it will fit soonest (the
     one with the most free cores among those large enough). Later, smaller requests may
     backfill every other node, but never the reserved one: its cores only free up from then on,
-    so the head of the queue cannot starve. Cost: O(queue) plus O(nodes) per placement.
+    so the head of the queue cannot starve. A request whose batch already runs its throttle's
+    worth of tasks (`running`: holding cores, by batch) is passed over and reserves nothing.
+    Cost: O(queue) plus O(nodes) per placement.
     """
+    running = dict(running or {})
     free = {n.name: n.free for n in nodes}
     total = {n.name: n.total for n in nodes}
     reserved: str | None = None
@@ -47,11 +53,15 @@ def plan(queue: Iterable[Request], nodes: Sequence[Capacity]) -> list[Placement]
     for req in queue:
         if largest_free == 0:
             break
+        if req.throttle and running.get(req.batch_id, 0) >= req.throttle:
+            continue
         node = _best_fit(req, free, reserved) if req.cores <= largest_free else None
         if node is not None:
             placements.append(Placement(req.task_id, node))
             free[node] -= req.cores
             largest_free = _largest_free(free, reserved)
+            if req.throttle:
+                running[req.batch_id] = running.get(req.batch_id, 0) + 1
         elif reserved is None:
             reserved = _reservation(req, free, total)
             if reserved is not None:

@@ -20,6 +20,8 @@ class TaskState(str, Enum):
     KILLED = "killed"
     #: its node stopped answering; may still change to the real outcome when the node returns
     LOST = "lost"
+    #: still running when its time limit ran out: ended by the node (SIGTERM, then SIGKILL)
+    TIMEOUT = "timeout"
 
     @property
     def is_final(self) -> bool:
@@ -38,20 +40,26 @@ class NodeState(str, Enum):
     OFFLINE = "offline"
 
 
-FINAL_STATES = frozenset({TaskState.COMPLETED, TaskState.FAILED, TaskState.KILLED, TaskState.LOST})
+FINAL_STATES = frozenset({TaskState.COMPLETED, TaskState.FAILED, TaskState.KILLED, TaskState.LOST, TaskState.TIMEOUT})
 #: the final states of a task that did not complete: what a batch's view lists as its problems
 PROBLEM_STATES = FINAL_STATES - {TaskState.COMPLETED}
 
+#: the outcomes of an attempt after which a task with retries left goes back to the queue
+RETRIED_STATES = frozenset({TaskState.FAILED, TaskState.TIMEOUT, TaskState.LOST})
+
 _T = TaskState
 TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
-    _T.PENDING: frozenset({_T.ASSIGNING, _T.KILLED}),
-    _T.ASSIGNING: frozenset({_T.RUNNING, _T.COMPLETED, _T.FAILED, _T.KILLED, _T.LOST}),
-    _T.RUNNING: frozenset({_T.COMPLETED, _T.FAILED, _T.KILLED, _T.LOST}),
+    # a pending task that never runs: killed, or failed because a dependency did not complete
+    _T.PENDING: frozenset({_T.ASSIGNING, _T.KILLED, _T.FAILED}),
+    # -> pending: the attempt ended failed, timeout or lost and the task has retries left
+    _T.ASSIGNING: frozenset({_T.RUNNING, _T.COMPLETED, _T.FAILED, _T.KILLED, _T.LOST, _T.TIMEOUT, _T.PENDING}),
+    _T.RUNNING: frozenset({_T.COMPLETED, _T.FAILED, _T.KILLED, _T.LOST, _T.TIMEOUT, _T.PENDING}),
     _T.COMPLETED: frozenset(),
     _T.FAILED: frozenset(),
     _T.KILLED: frozenset(),
+    _T.TIMEOUT: frozenset(),
     # A node that comes back tells the real outcome of what it was running.
-    _T.LOST: frozenset({_T.RUNNING, _T.COMPLETED, _T.FAILED, _T.KILLED}),
+    _T.LOST: frozenset({_T.RUNNING, _T.COMPLETED, _T.FAILED, _T.KILLED, _T.TIMEOUT}),
 }
 
 

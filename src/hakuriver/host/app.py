@@ -120,7 +120,7 @@ class _Api:
             if problem:
                 raise BadRequest(problem)
         try:
-            ids, batch_id = self.service.submit(body.tasks, body.batch, owner=body.user)
+            ids, batch_id = await self.service.submit(body.tasks, body.batch, owner=body.user)
         except SubmitRefused as exc:
             raise BadRequest(str(exc), 422) from None
         except StoreWriteError as exc:
@@ -163,7 +163,7 @@ class _Api:
         yield p.encode(p.TaskList(tasks=[], total=total, limit=limit, offset=offset, total_exact=exact))[len(head):]
 
     async def get_task(self, request: Request) -> Response:
-        return _json(task_view(self.service.get_task(self._task_id(request))))
+        return _json(self.service.view(self.service.get_task(self._task_id(request))))
 
     async def task_logs(self, request: Request) -> Response:
         task_id = self._task_id(request)
@@ -184,7 +184,7 @@ class _Api:
     async def wait_task(self, request: Request) -> Response:
         task_id = self._task_id(request)
         timeout = _float_param(request, "timeout", 30.0)
-        return _json(task_view(await self.service.wait_task(task_id, timeout)))
+        return _json(self.service.view(await self.service.wait_task(task_id, timeout)))
 
     async def kill_task(self, request: Request) -> Response:
         task, message = self.service.kill(self._task_id(request))
@@ -207,6 +207,20 @@ class _Api:
         _, message = self.service.kill_batch(batch_id)
         await self.service.settled()
         return _json(p.KillReply(task_id=batch_id, state="", message=message))
+
+    async def retry_task(self, request: Request) -> Response:
+        return await self._retry(request, _id(request))
+
+    async def retry_batch(self, request: Request) -> Response:
+        return await self._retry(request, _id(request, "batch_id"))
+
+    async def _retry(self, request: Request, some_id: str) -> Response:
+        body = await _body(request, p.RetryRequest)
+        try:
+            ids, batch_id = await self.service.retry_failed(some_id, body.user)
+        except SubmitRefused as exc:
+            raise BadRequest(str(exc), 422) from None
+        return _json(p.SubmitReply(task_ids=ids, batch_id=batch_id), 201)
 
     async def nodes(self, request: Request) -> Response:
         return _json([node_view(n) for n in self.service.nodes()])
@@ -240,6 +254,8 @@ def build_app(service: HostService) -> Starlette:
         Route(p.BATCH_TASKS, _guard(api.batch_tasks), methods=["GET"]),
         Route(p.BATCH_WAIT, _guard(api.wait_batch), methods=["GET"]),
         Route(p.BATCH_KILL, _guard(api.kill_batch), methods=["POST"]),
+        Route(p.TASK_RETRY, _guard(api.retry_task), methods=["POST"]),
+        Route(p.BATCH_RETRY, _guard(api.retry_batch), methods=["POST"]),
         Route(p.NODES, _guard(api.nodes), methods=["GET"]),
         Route(p.RUNNER_HEARTBEAT, _guard(api.heartbeat), methods=["POST"]),
         Route(p.RUNNER_REPORT, _guard(api.report), methods=["POST"]),

@@ -7,12 +7,13 @@ spec's `node` is the task's `target_node`) are spelled out.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from typing import Any
 
 from hakuriver import protocol as p
 from hakuriver.core.cluster import Finished, Orders, Started
-from hakuriver.core.model import Node, Task
+from hakuriver.core.model import Attempt, Node, Task
 
 #: TaskSpec field -> Task field, where the names differ
 _SPEC_TO_TASK = {"node": "target_node"}
@@ -20,18 +21,35 @@ _SPEC_TO_TASK = {"node": "target_node"}
 
 def task_from_spec(spec: p.TaskSpec, now: float, batch_id: str, owner: str) -> Task:
     values = {_SPEC_TO_TASK.get(f, f): getattr(spec, f) for f in spec._fields}
-    values["args"], values["env"] = list(spec.args), dict(spec.env)
+    values["args"], values["env"], values["after"] = list(spec.args), dict(spec.env), list(spec.after)
     return Task(task_id=str(uuid.uuid4()), submitted_at=now, batch_id=batch_id, owner=owner, **values)
+
+
+def spec_of(t: Task) -> p.TaskSpec:
+    """The spec that submits this task again (--retry-failed): everything the user gave but --after,
+    which the first run has already waited for."""
+    values = {f: _view_value(getattr(t, _SPEC_TO_TASK.get(f, f))) for f in p.TaskSpec._fields}
+    values["after"] = []
+    return p.TaskSpec(**values)
 
 
 def _view_value(value: Any) -> Any:
     if isinstance(value, tuple):
         return list(value)
+    if isinstance(value, list) and value and isinstance(value[0], Attempt):
+        return [attempt_view(a) for a in value]
     return getattr(value, "value", value)  # enums travel as their names
 
 
-def task_view(t: Task) -> p.TaskView:
-    return p.TaskView(**{f: _view_value(getattr(t, f)) for f in p.TaskView._fields})
+def attempt_view(a: Attempt) -> p.AttemptView:
+    return p.AttemptView(**{f.name: _view_value(getattr(a, f.name)) for f in dataclasses.fields(a)})
+
+
+def task_view(t: Task, pending_reason: str = "") -> p.TaskView:
+    """The task as the API shows it: its earlier attempts, then the current one."""
+    values = {f: _view_value(getattr(t, f)) for f in p.TaskView._fields if f not in ("attempts", "pending_reason")}
+    current = p.AttemptView(**{f: values[f] for f in p.AttemptView._fields if f != "attempt"}, attempt=t.attempt)
+    return p.TaskView(**values, attempts=[*_view_value(t.attempts), current], pending_reason=pending_reason)
 
 
 def node_view(n: Node) -> p.NodeView:

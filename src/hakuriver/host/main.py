@@ -67,7 +67,8 @@ async def _serve(config: Config, store: Store, sock: socket.socket) -> None:
     from hakuriver.host.app import build_app
     from hakuriver.host.service import HostService
 
-    service = HostService(Cluster(config.timing.heartbeat_timeout), store)
+    service = HostService(Cluster(config.timing.heartbeat_timeout), store,
+                          default_time_limit=config.tasks.default_time_limit_seconds)
     service.restore()
     server = uvicorn.Server(
         uvicorn.Config(

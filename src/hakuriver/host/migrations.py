@@ -62,4 +62,13 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX tasks_owner ON tasks(owner);
     CREATE INDEX tasks_name ON tasks(name);
     """,
+    # 3: control (SPEC §11): time limits, retries and their attempts, dependencies, throttles
+    """
+    ALTER TABLE tasks ADD COLUMN time_limit REAL;
+    ALTER TABLE tasks ADD COLUMN retries INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE tasks ADD COLUMN after TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE tasks ADD COLUMN throttle INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE tasks ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE tasks ADD COLUMN attempts TEXT NOT NULL DEFAULT '[]';
+    """,
 )

@@ -15,9 +15,12 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 
 from hakuriver import protocol as p
-from hakuriver.core.cluster import Cluster, Effect, NodeChanged, NodeReport, UnknownTask
+from hakuriver.core.attempts import note_late
+from hakuriver.core.cluster import Cluster, Effect, NodeChanged, NodeReport, SubmitRefused, TaskChanged, UnknownTask
+from hakuriver.core.cluster import Finished as FinishedEvent
 from hakuriver.core.cluster import Orders as CoreOrders
-from hakuriver.core.model import Node, Task
+from hakuriver.core.model import Node, Task, run_key, split_run_key
+from hakuriver.core.states import PROBLEM_STATES, TaskState
 from hakuriver.host import convert
 from hakuriver.host.commits import GroupCommit
 from hakuriver.host.store import Store, StoreWriteError, TaskFilter
@@ -49,10 +52,13 @@ SCAN_PAGE = 1000
 
 
 class HostService:
-    def __init__(self, cluster: Cluster, store: Store, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, cluster: Cluster, store: Store, clock: Callable[[], float] = time.time,
+                 default_time_limit: float | None = None) -> None:
         self.cluster = cluster
         self.store = store
         self.clock = clock
+        #: [tasks] default_time_limit, for tasks submitted without one
+        self.default_time_limit = default_time_limit
         self._task_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._node_wakeups: dict[str, asyncio.Event] = {}
         #: launches sent to a node since its last heartbeat (see `_orders`)
@@ -64,7 +70,11 @@ class HostService:
         self._batch_waiters: dict[str, list[asyncio.Future[None]]] = {}
 
     def restore(self) -> None:
-        self.cluster.restore(self.store.nodes(), self.store.active_tasks(), self.clock())
+        tasks = self.store.active_tasks()
+        active = {t.task_id for t in tasks}
+        deps = {d for t in tasks if t.state is TaskState.PENDING for d in t.after if d not in active}
+        outcomes = {d: state for d in deps if (state := self._ended_as(d)) is not None}
+        self._apply(self.cluster.restore(self.store.nodes(), tasks, self.clock(), outcomes))
         for task in self.cluster.tasks.values():
             if task.batch_id and not task.state.is_final:
                 self._batch_open.setdefault(task.batch_id, set()).add(task.task_id)
@@ -116,37 +126,92 @@ class HostService:
         _wake(self._task_waiters.pop(task_id, []))
 
     # ---- client requests -----------------------------------------------------------------
-    def submit(self, specs: list[p.TaskSpec], batch: bool = False, owner: str = "") -> tuple[list[str], str]:
+    async def submit(self, specs: list[p.TaskSpec], batch: bool = False, owner: str = "") -> tuple[list[str], str]:
         """Queue the tasks; their IDs are returned only after the records are committed.
 
         The new records are written before the cluster sees them: if the disk refuses them,
         nothing was queued and the caller gets the StoreWriteError.
         """
+        outcomes: dict[str, TaskState] = {}
+        if any(spec.after for spec in specs):
+            specs, outcomes = await self._dependencies(specs)
         now = self.clock()
         batch_id = str(uuid.uuid4()) if batch or len(specs) > 1 else ""
         tasks = [convert.task_from_spec(spec, now, batch_id, owner) for spec in specs]
-        self.cluster.check_submit(tasks)
+        if self.default_time_limit is not None:
+            for task in tasks:
+                if task.time_limit is None:
+                    task.time_limit = self.default_time_limit
+        self.cluster.check_submit(tasks, outcomes)
         try:
             self.store.insert(tasks)
         except StoreWriteError as exc:
             log.error("refused a submission of %d tasks: %s", len(tasks), exc)
             raise
-        self._apply(self.cluster.on_submit(tasks))
+        self._apply(self.cluster.on_submit(tasks, now, outcomes))
         if batch_id:
             self._batch_open[batch_id] = {t.task_id for t in tasks}
         self.request_schedule()
         return [t.task_id for t in tasks], batch_id
 
-    def resolve_task(self, some_id: str) -> str:
+    async def _dependencies(self, specs: list[p.TaskSpec]) -> tuple[list[p.TaskSpec], dict[str, TaskState]]:
+        """The specs with their --after IDs in full, and how those that are no longer active ended.
+
+        Everything after `settled()` runs without a pause, so no dependency can end between
+        this look at the store and the cluster's decision.
+        """
+        await self.settled()
+        full: dict[str, str] = {}
+        for some_id in {d for spec in specs for d in spec.after}:
+            try:
+                full[some_id] = self.resolve_task(some_id, must_exist=True)
+            except NotFound:
+                try:
+                    full[some_id] = self.resolve_batch(some_id, must_exist=True)
+                except NotFound:
+                    raise SubmitRefused(f"--after: no task or batch with ID {some_id}") from None
+        specs = [spec.replace(after=sorted({full[d] for d in spec.after})) if spec.after else spec for spec in specs]
+        outcomes = {d: state for d in set(full.values()) if (state := self._ended_as(d)) is not None}
+        return specs, outcomes
+
+    def _ended_as(self, some_id: str) -> TaskState | None:
+        """How a task, or a batch (completed, or a problem of it), has ended as far as the store
+        and staged changes know; None while it is active, or unknown."""
+        if some_id in self.cluster.tasks:
+            return None
+        task = self.commits.tasks.get(some_id) or self.store.get_task(some_id)
+        if task is not None:
+            return task.state
+        counts, _ = self.store.batch_summary(some_id, 0)
+        if not counts:
+            return None
+        problem = next((TaskState(s) for s in counts if TaskState(s) in PROBLEM_STATES), None)
+        return problem or TaskState.COMPLETED
+
+    async def retry_failed(self, some_id: str, user: str) -> tuple[list[str], str]:
+        """Submit again, as one new batch, every task of a task or batch that did not complete."""
+        try:
+            tasks = [self.get_task(self.resolve_task(some_id))]
+            kind = "task"
+        except NotFound:
+            tasks = await self.batch_tasks(self.resolve_batch(some_id))
+            kind = "batch"
+        retried = [t for t in tasks if t.state in PROBLEM_STATES]
+        if not retried:
+            states = ", ".join(sorted({t.state.value for t in tasks}))
+            raise KillRefused(f"{kind} {some_id} has no failed, killed, lost or timed-out task to retry ({states})")
+        return await self.submit([convert.spec_of(t) for t in retried], batch=True, owner=user)
+
+    def resolve_task(self, some_id: str, must_exist: bool = False) -> str:
         """The full task ID for a full ID or a unique prefix of one."""
         some_id = some_id.lower()
-        if p.is_task_id(some_id):
+        if p.is_task_id(some_id) and not must_exist:
             return some_id
         return _unique(some_id, self.store.task_ids_with_prefix(some_id, MATCHES_SHOWN + 1), "task")
 
-    def resolve_batch(self, some_id: str) -> str:
+    def resolve_batch(self, some_id: str, must_exist: bool = False) -> str:
         some_id = some_id.lower()
-        if p.is_task_id(some_id):
+        if p.is_task_id(some_id) and not must_exist:
             return some_id
         return _unique(some_id, self.store.batch_ids_with_prefix(some_id, MATCHES_SHOWN + 1), "batch")
 
@@ -155,6 +220,9 @@ class HostService:
         if task is None:
             raise NotFound("task", task_id)
         return task
+
+    def view(self, task: Task) -> p.TaskView:
+        return convert.task_view(task, self.cluster.why_pending(task.task_id))
 
     async def list_tasks(self, where: TaskFilter, limit: int, offset: int) -> tuple[list[Task], int, bool]:
         """A page of matching tasks, newest first, and the number matching; read off the event loop."""
@@ -267,9 +335,9 @@ class HostService:
         for s in r.started:
             effects += self.cluster.on_started(r.node, convert.started_event(s))
         for f in r.finished:
-            effects += self.cluster.on_finished(r.node, convert.finished_event(f))
+            effects += self.cluster.on_finished(r.node, convert.finished_event(f)) or self._late(convert.finished_event(f))
         self._apply(effects)
-        acked = [f.task_id for f in r.finished]
+        acked = [run_key(f.task_id, f.attempt) for f in r.finished]
         if r.held is None:
             if r.finished:
                 self.request_schedule()
@@ -282,6 +350,15 @@ class HostService:
         # everything pending for this node goes out in this answer: its waiting heartbeat need not wake for it
         self.commits.orders.discard(r.node)
         return p.Ack(task_ids=acked, orders=convert.orders_message(orders))
+
+    def _late(self, event: FinishedEvent) -> list[Effect]:
+        """The outcome of an attempt older than its task's latest, the task already final: history only."""
+        if event.task_id in self.cluster.tasks:
+            return []
+        task = self.commits.tasks.get(event.task_id) or self.store.get_task(event.task_id)
+        if task is None or task.attempt == event.attempt or not note_late(task, event, event.state):
+            return []
+        return [TaskChanged(task)]
 
     def _orders(self, node: str, held: set[str], ending: frozenset[str]) -> CoreOrders:
         """The node's orders, leaving out launches already offered since its last heartbeat.
@@ -296,13 +373,13 @@ class HostService:
         if effects:
             self._apply(effects)
             self.request_schedule()
-        offered.update(t.task_id for t in orders.launch)
+        offered.update(t.run_key for t in orders.launch)
         return orders
 
     def _stray_kills(self, node: str, held: set[str], ending: frozenset[str]) -> list[str]:
         """The node's strays that the host has a record of. One it never heard of is left running:
         a host started on another database must not kill the work of a whole cluster."""
-        return [t for t in self.cluster.strays(node, held, ending) if self.store.get_task(t) is not None]
+        return [k for k in self.cluster.strays(node, held, ending) if self.store.get_task(split_run_key(k)[0]) is not None]
 
     # ---- periodic ------------------------------------------------------------------------
     async def watch_heartbeats(self, interval: float) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 import msgspec
 
 from hakuriver.core.cores import CoreSet, format_core_ids, parse_core_ids
-from hakuriver.core.model import Node, Task
+from hakuriver.core.model import Attempt, Node, Task
 from hakuriver.core.states import PROBLEM_STATES, NodeState, TaskState
 from hakuriver.host.migrations import MIGRATIONS
 
@@ -33,6 +33,10 @@ def _same(value: Any) -> Any:
 
 def _json_text(value: object) -> str:
     return msgspec.json.encode(value).decode()  # several times faster than json.dumps: a batch holds thousands
+
+
+def _attempts_from_db(text: str) -> list[Attempt]:
+    return [Attempt(**{**a, "state": TaskState(a["state"]), "core_ids": tuple(a["core_ids"])}) for a in json.loads(text)]
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,12 @@ TASK_COLUMNS: tuple[Column, ...] = (
     Column("cpu_user_seconds"),
     Column("cpu_system_seconds"),
     Column("max_rss_bytes"),
+    Column("time_limit", changes=False),
+    Column("retries", changes=False),
+    Column("after", _json_text, json.loads, changes=False),
+    Column("throttle", changes=False),
+    Column("attempt"),
+    Column("attempts", _json_text, _attempts_from_db),
 )
 _NODE_COLUMNS = ("name", "core_ids", "memory_bytes", "state", "last_heartbeat")
 

@@ -15,6 +15,7 @@ import threading
 import time
 
 from hakuriver import protocol as p
+from hakuriver.core.model import run_key
 from hakuriver.runner.outbox import Outbox
 from hakuriver.runner.supervisor import Supervisor
 from hakuriver.transport import ApiError, HostConnection, HostUnreachable
@@ -60,7 +61,7 @@ class Agent:
     # called by the supervisor, from any thread
     def task_started(self, event: p.TaskStarted) -> None:
         with self._lock:
-            self._started[event.task_id] = event
+            self._started[run_key(event.task_id, event.attempt)] = event
         self.result_ready()
 
     def result_ready(self) -> None:
@@ -68,7 +69,7 @@ class Agent:
             self.supervisor.wake()
 
     def held_and_ending(self) -> tuple[list[str], list[str]]:
-        """Every task this node holds, and those of them already being killed or already ended."""
+        """Every attempt this node holds (run keys), and those of them already being killed or already ended."""
         results = self.outbox.ids()
         return list(self.supervisor.held() | results), list(self.supervisor.killing() | results)
 
@@ -99,9 +100,9 @@ class Agent:
             self._obey(orders)
 
     def _obey(self, orders: p.Orders) -> None:
-        for task_id in orders.kill:
-            log.info("killing task %s", task_id)
-            self.supervisor.kill(task_id)
+        for key in orders.kill:
+            log.info("killing task %s", key)
+            self.supervisor.kill(key)
         if orders.launch:
             self.supervisor.launch(orders.launch)
 
@@ -123,10 +124,10 @@ class Agent:
                 continue
             with self._lock:
                 finished = self.outbox.pending(REPORT_BATCH)
-                done = {f.task_id for f in finished}
-                started = [s for s in self._started.values() if s.task_id not in done]
-                for task_id in done:
-                    self._started.pop(task_id, None)
+                done = {run_key(f.task_id, f.attempt) for f in finished}
+                started = [s for key, s in self._started.items() if key not in done]
+                for key in done:
+                    self._started.pop(key, None)
             held, ending = self.held_and_ending()
             try:
                 report = p.encode(p.Report(self.node.name, started, finished, held=held, ending=ending))
@@ -141,8 +142,9 @@ class Agent:
             self.outbox.ack(ack.task_ids)
             with self._lock:
                 for s in started:
-                    if self._started.get(s.task_id) is s:
-                        del self._started[s.task_id]
+                    key = run_key(s.task_id, s.attempt)
+                    if self._started.get(key) is s:
+                        del self._started[key]
             if ack.orders is not None:
                 self._obey(ack.orders)
 

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 import msgspec
 
 from hakuriver import protocol as p
+from hakuriver.core.model import run_key
 
 log = logging.getLogger("hakuriver.runner")
 
@@ -36,15 +37,23 @@ class TaskRecord(msgspec.Struct):
     #: only for a task whose keeper was lost: its first process, found again by the task ID
     pid: int = 0
     start_time: float | None = None
+    attempt: int = 1
+    #: seconds it may run (enforced by the keeper, or by the runner for a task whose keeper was lost)
+    time_limit: float | None = None
+
+    @property
+    def key(self) -> str:
+        """The attempt's run key: what the keeper, the journal and the host's orders name it by."""
+        return run_key(self.task_id, self.attempt)
 
 
 class Journal:
     def __init__(self, path: str) -> None:
         self.path = path
         self.lock = threading.RLock()
-        #: launched and not finished
+        #: launched and not finished, by run key (core/model.py run_key: one per attempt)
         self.records: dict[str, TaskRecord] = {}
-        #: finished and not yet acknowledged by the host
+        #: finished and not yet acknowledged by the host, by run key
         self.results: dict[str, p.TaskFinished] = {}
         self._fd = -1
         self._lines = 0
@@ -54,7 +63,7 @@ class Journal:
 
     @staticmethod
     def peek(path: str) -> tuple[dict[str, TaskRecord], dict[str, p.TaskFinished]]:
-        """Read a journal without touching it (for operators and tests): live records and results."""
+        """Read a journal without touching it (for operators and tests): live records and results, by run key."""
         view = Journal.__new__(Journal)
         view.path, view.records, view.results = path, {}, {}
         view._replay()
@@ -64,27 +73,28 @@ class Journal:
     def launched(self, recs: list[TaskRecord]) -> None:
         with self.lock:
             for rec in recs:
-                self.records[rec.task_id] = rec
+                self.records[rec.key] = rec
             self._append([LAUNCHED + b" " + _record_line(rec) for rec in recs])
 
-    def killing(self, task_id: str) -> None:
+    def killing(self, key: str) -> None:
         with self.lock:
-            rec = self.records.get(task_id)
+            rec = self.records.get(key)
             if rec is not None:
                 rec.killing = True
-                self._append([KILLING + b" " + msgspec.json.encode(task_id)])
+                self._append([KILLING + b" " + msgspec.json.encode(key)])
 
     def finished(self, results: list[p.TaskFinished]) -> None:
         """Each result is kept and its record dropped in one append: never neither, never both lost."""
         with self.lock:
             for result in results:
-                self.records.pop(result.task_id, None)
-                self.results[result.task_id] = result
+                key = run_key(result.task_id, result.attempt)
+                self.records.pop(key, None)
+                self.results[key] = result
             self._append([FINISHED + b" " + p.encode(result) for result in results])
 
-    def acked(self, task_ids: Iterable[str]) -> None:
+    def acked(self, keys: Iterable[str]) -> None:
         with self.lock:
-            done = [t for t in task_ids if self.results.pop(t, None) is not None]
+            done = [k for k in keys if self.results.pop(k, None) is not None]
             if done:
                 self._append([ACKED + b" " + msgspec.json.encode(done)])
 
@@ -116,18 +126,19 @@ class Journal:
         try:
             if kind == LAUNCHED:
                 rec = msgspec.json.decode(payload, type=TaskRecord)
-                self.records[rec.task_id] = rec
+                self.records[rec.key] = rec
             elif kind == KILLING:
                 rec = self.records.get(msgspec.json.decode(payload, type=str))
                 if rec is not None:
                     rec.killing = True
             elif kind == FINISHED:
                 result = p.decode(payload, p.TaskFinished)
-                self.records.pop(result.task_id, None)
-                self.results[result.task_id] = result
+                key = run_key(result.task_id, result.attempt)
+                self.records.pop(key, None)
+                self.results[key] = result
             elif kind == ACKED:
-                for task_id in msgspec.json.decode(payload, type=list[str]):
-                    self.results.pop(task_id, None)
+                for key in msgspec.json.decode(payload, type=list[str]):
+                    self.results.pop(key, None)
         except (msgspec.DecodeError, p.DecodeError):
             log.warning("skipping a torn line in the runner journal %s", self.path)
 

@@ -9,7 +9,9 @@ node-local disk, and tells the runner. It outlives the runner and serves the nex
 once no runner is connected and no task is left.
 
 The runner talks to it over a Unix socket in the runner's state folder (mode 0700: only this
-user), one JSON message per line. The runner's journal stays the authority on which tasks exist:
+user), one JSON message per line. The keeper's `task_id` is the attempt's run key (the task ID,
+".N" added for attempt N >= 2): each attempt is a run of its own here. It also enforces time
+limits, so that they hold while the runner or the host is down. The runner's journal stays the authority on which tasks exist:
 the keeper only ever holds what the runner asked it to run and the exits not yet forgotten.
 
     python -m hakuriver.runner.keeper STATE_DIR     (started by the runner; not a user command)
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import heapq
 import logging
 import os
 import queue
@@ -69,6 +72,9 @@ class Spawn(msgspec.Struct, tag="spawn", omit_defaults=True):
     scratch: str
     #: CPUs to pin to before the program starts; None when numactl in argv does it
     cpus: list[int] | None = None
+    #: seconds it may run before it is ended (SIGTERM to its tree, SIGKILL after `grace`); None = no limit
+    time_limit: float | None = None
+    grace: float = 0.0
 
 
 class Kill(msgspec.Struct, tag="kill"):
@@ -91,6 +97,8 @@ class Exit(msgspec.Struct, tag="exit", omit_defaults=True):
     killed: bool = False
     #: the task never ran (it could not be started)
     not_started: bool = False
+    #: ended by the keeper: its time limit ran out
+    timed_out: bool = False
     #: its process tree's CPU time and peak memory (wait4's rusage), when it was reaped here
     cpu_user_seconds: float | None = None
     cpu_system_seconds: float | None = None
@@ -114,6 +122,12 @@ _exit_line = msgspec.json.Decoder(Exit).decode
 
 def encode_lines(messages: Iterable[msgspec.Struct]) -> bytes:
     return b"".join(_encode(m) + b"\n" for m in messages)
+
+
+def _seconds(limit: float) -> str:
+    from hakuriver.protocol import format_duration
+
+    return format_duration(limit)
 
 
 def socket_address(state_dir: str) -> str:
@@ -154,6 +168,8 @@ class Keeper:
         self.killing: set[str] = set()
         #: what reaping a task being killed measured, for the exit its kill thread posts
         self._killed_usage: dict[str, Exit] = {}
+        #: (deadline on the monotonic clock, task) of tasks with a time limit, soonest first
+        self._deadlines: list[tuple[float, str, float, float]] = []
         #: exits the runner has not forgotten yet (also in the exits log)
         self.exits: dict[str, Exit] = {}
         self._posted: queue.SimpleQueue[Exit] = queue.SimpleQueue()
@@ -192,7 +208,7 @@ class Keeper:
                 # (a runner that connected just now is served first, not left with a closed socket)
                 log.info("no runner and no task left: keeper exits")
                 return
-            for key, mask in self.sel.select(timeout=1.0):
+            for key, mask in self.sel.select(timeout=self._expire_due()):
                 key.data(mask)
 
     def _woken(self, _mask: int) -> None:
@@ -312,6 +328,23 @@ class Keeper:
             os.close(err_fd)
         self.pids[msg.task_id] = pid
         self._task_of[pid] = msg.task_id
+        if msg.time_limit is not None:
+            heapq.heappush(self._deadlines, (time.monotonic() + msg.time_limit, msg.task_id, msg.time_limit, msg.grace))
+
+    def _expire_due(self) -> float:
+        """End the tasks whose time limit ran out; seconds until the next one is due (at most 1)."""
+        now = time.monotonic()
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, task_id, limit, grace = heapq.heappop(self._deadlines)
+            pid = self.pids.get(task_id)
+            if pid is None or task_id in self.killing:
+                continue  # ended already, or being killed
+            log.info("task %s reached its time limit of %gs", task_id, limit)
+            self.killing.add(task_id)
+            ended = Exit(task_id, 0.0, timed_out=True, error=f"time limit of {_seconds(limit)} reached")
+            threading.Thread(target=self._kill_tree, args=(task_id, pid, grace, ended), name=f"limit-{task_id[:8]}",
+                             daemon=True).start()
+        return min(1.0, self._deadlines[0][0] - now) if self._deadlines else 1.0
 
     def _start(self, msg: Spawn, out_fd: int, err_fd: int) -> int:
         """posix_spawn has no "change directory" or "set CPU mask" action in Python. A child
@@ -360,16 +393,19 @@ class Keeper:
             self._record([Exit(msg.task_id, time.time(), killed=True, not_started=True, error="killed by user")])
             return
         self.killing.add(msg.task_id)
-        threading.Thread(target=self._kill_tree, args=(msg.task_id, pid, msg.grace), name=f"kill-{msg.task_id[:8]}",
-                         daemon=True).start()
+        ended = Exit(msg.task_id, 0.0, killed=True, error="killed by user")
+        threading.Thread(target=self._kill_tree, args=(msg.task_id, pid, msg.grace, ended),
+                         name=f"kill-{msg.task_id[:8]}", daemon=True).start()
 
-    def _kill_tree(self, task_id: str, pid: int, grace: float) -> None:
+    def _kill_tree(self, task_id: str, pid: int, grace: float, ended: Exit) -> None:
+        """End the task's whole tree; `ended` is its exit, timed when the tree is gone."""
         from hakuriver.runner.launch import kill_tree  # psutil: loaded only by a keeper that kills
 
         try:
             kill_tree(pid, grace)
         finally:
-            self._post(Exit(task_id, time.time(), killed=True, error="killed by user"))
+            ended.ended_at = time.time()
+            self._post(ended)
 
     def _collect_posted(self) -> None:
         done = []

@@ -37,6 +37,7 @@ def task_env(
     core_ids: Iterable[int],
     shared_dir: str,
     temp_dir: str,
+    attempt: int = 1,
 ) -> dict[str, str]:
     """The runner's environment, then the user's --env, then HakuRiver's own variables."""
     ids = list(core_ids)
@@ -44,6 +45,7 @@ def task_env(
     env.update(user)
     env.update(
         HAKURIVER_TASK_ID=task_id,
+        HAKURIVER_ATTEMPT=str(attempt),
         HAKURIVER_NODE=node,
         HAKURIVER_CORES=format_core_ids(ids),
         HAKURIVER_SHARED_DIR=shared_dir,
@@ -115,8 +117,8 @@ class CommandCheck:
         return path, problem
 
 
-def find_task_leader(task_id: str) -> tuple[int, float] | None:
-    """The pid and start time of a task's first process, found by the task ID in its environment.
+def find_task_leader(task_id: str, attempt: int = 1) -> tuple[int, float] | None:
+    """The pid and start time of an attempt's first process, found by the task ID and attempt in its environment.
 
     Only needed for a task whose keeper is gone (killed, or the node's state folder lost): the
     task still runs, but nobody can collect its exit status any more.
@@ -126,7 +128,8 @@ def find_task_leader(task_id: str) -> tuple[int, float] | None:
         try:
             if os.getsid(proc.pid) != proc.pid or proc.status() == psutil.STATUS_ZOMBIE:
                 continue
-            if proc.environ().get("HAKURIVER_TASK_ID") == task_id:
+            env = proc.environ()
+            if env.get("HAKURIVER_TASK_ID") == task_id and env.get("HAKURIVER_ATTEMPT", "1") == str(attempt):
                 found.append((proc.create_time(), proc.pid))
         except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError, PermissionError):
             continue

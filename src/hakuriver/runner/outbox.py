@@ -19,16 +19,17 @@ class Outbox:
         self.journal.finished(results)
         self.on_add()
 
-    def ack(self, task_ids: list[str]) -> None:
-        self.journal.acked(task_ids)
+    def ack(self, keys: list[str]) -> None:
+        self.journal.acked(keys)
 
     def ids(self) -> set[str]:
+        """Run keys of the results not yet acknowledged."""
         with self.journal.lock:
             return set(self.journal.results)
 
-    def __contains__(self, task_id: str) -> bool:
+    def __contains__(self, key: str) -> bool:
         with self.journal.lock:
-            return task_id in self.journal.results
+            return key in self.journal.results
 
     def has_pending(self) -> bool:
         return bool(self.journal.results)  # a read of one dict's size: no lock needed

@@ -11,6 +11,7 @@ the two repeats a report but never loses one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -20,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from hakuriver import protocol as p
+from hakuriver.core.attempts import numbered_output
+from hakuriver.core.model import run_key
 from hakuriver.runner import launch
 from hakuriver.runner.journal import TaskRecord
 from hakuriver.runner.keeper import Exit, Forget, KeeperGone, KeeperLink, Kill, Spawn, State
@@ -74,12 +77,13 @@ class Supervisor:
 
     # ---- queries -------------------------------------------------------------------------
     def held(self) -> set[str]:
+        """Run keys of the attempts launched here and not finished."""
         with self._lock:
             return set(self._records)
 
     def killing(self) -> set[str]:
         with self._lock:
-            return {task_id for task_id, rec in self._records.items() if rec.killing}
+            return {key for key, rec in self._records.items() if rec.killing}
 
     def running_count(self) -> int:
         with self._lock:
@@ -120,13 +124,13 @@ class Supervisor:
         self._exited(state.exits)
         running = set(state.running)
         with self._lock:
-            live = [rec for rec in self._records.values() if rec.task_id in running]
-            lost = [rec for rec in self._records.values() if rec.task_id not in running and rec.task_id not in self._orphans]
-        self._send([Kill(rec.task_id, self.setup.kill_grace) for rec in live if rec.killing])
+            live = [rec for rec in self._records.values() if rec.key in running]
+            lost = [rec for rec in self._records.values() if rec.key not in running and rec.key not in self._orphans]
+        self._send([Kill(rec.key, self.setup.kill_grace) for rec in live if rec.killing])
         adopted = live + [rec for rec in lost if self._adopt_orphan(rec)]
         if adopted:
             log.info("took over %d running tasks", len(adopted))
-        return [p.TaskStarted(rec.task_id, rec.started_at, rec.stdout, rec.stderr) for rec in adopted]
+        return [_started(rec) for rec in adopted]
 
     def _send(self, messages: list) -> None:  # noqa: ANN001 - keeper messages
         """To the keeper, with the exits it may forget riding along (see `flush_forgets`)."""
@@ -154,17 +158,18 @@ class Supervisor:
     def launch(self, orders: list[p.LaunchOrder]) -> None:
         """Journal the new tasks, then hand them to the keeper in one message."""
         now = time.time()
-        with self._lock:  # orders come from heartbeats and acknowledgements: claim each task once
-            new = [o for o in orders if o.task_id not in self._records and o.task_id not in self.outbox
-                   and o.task_id not in self._launching]
-            self._launching.update(o.task_id for o in new)
+        with self._lock:  # orders come from heartbeats and acknowledgements: claim each attempt once
+            new = [o for o in orders if (k := run_key(o.task_id, o.attempt)) not in self._records
+                   and k not in self.outbox and k not in self._launching]
+            keys = [run_key(o.task_id, o.attempt) for o in new]
+            self._launching.update(keys)
         if not new:
-            return  # repeated orders: these tasks are already ours
+            return  # repeated orders: these attempts are already ours
         try:
             self._launch(new, now)
         finally:
             with self._lock:
-                self._launching.difference_update(o.task_id for o in new)
+                self._launching.difference_update(keys)
 
     def _launch(self, new: list[p.LaunchOrder], now: float) -> None:
         _ensure_folder(self.setup.output_dir)
@@ -173,7 +178,7 @@ class Supervisor:
         cwds: dict[str, str] = {}
         records, spawns, failed = [], [], []
         for order in new:
-            paths = self._paths(order.task_id)
+            paths = self._paths(order)
             try:
                 spawn, problem = self._prepare(order, paths, cwds) if not scratch_problem else (None, scratch_problem)
             except OSError as exc:
@@ -181,31 +186,39 @@ class Supervisor:
             if spawn is None:
                 log.warning("task %s failed to start: %s", order.task_id, problem)
                 failed.append(p.TaskFinished(order.task_id, time.time(), error=problem, started_at=None,
-                                             stdout_path=paths.stdout, stderr_path=paths.stderr))
+                                             stdout_path=paths.stdout, stderr_path=paths.stderr, attempt=order.attempt))
                 continue
-            records.append(TaskRecord(order.task_id, now, paths.stdout, paths.stderr, paths.temp_dir))
+            records.append(TaskRecord(order.task_id, now, paths.stdout, paths.stderr, paths.temp_dir,
+                                      attempt=order.attempt, time_limit=order.time_limit))
             spawns.append(spawn)
         with self._lock:
             self.journal.launched(records)  # before the keeper hears of them: never a second launch
         self._send(spawns)
         for rec in records:
-            self.on_started(p.TaskStarted(rec.task_id, now, rec.stdout, rec.stderr))
+            self.on_started(_started(rec))
         if failed:
             self.outbox.add(failed)
 
-    def _paths(self, task_id: str) -> launch.TaskPaths:
+    def _paths(self, order: p.LaunchOrder) -> launch.TaskPaths:
+        """Where the attempt writes: the latest attempt's output at <id>.out and <id>.err, so a
+        later attempt first moves the one before it aside (core/attempts.py numbered_output)."""
         s = self.setup
-        return launch.TaskPaths(
-            stdout=os.path.join(s.output_dir, f"{task_id}.out"),
-            stderr=os.path.join(s.output_dir, f"{task_id}.err"),
-            temp_dir=os.path.join(s.local_temp_dir, f"hakuriver-task-{task_id}"),
+        paths = launch.TaskPaths(
+            stdout=os.path.join(s.output_dir, f"{order.task_id}.out"),
+            stderr=os.path.join(s.output_dir, f"{order.task_id}.err"),
+            temp_dir=os.path.join(s.local_temp_dir, f"hakuriver-task-{run_key(order.task_id, order.attempt)}"),
         )
+        if order.attempt > 1:
+            for path in (paths.stdout, paths.stderr):
+                with contextlib.suppress(OSError):  # the earlier attempt may never have written any
+                    os.rename(path, numbered_output(path, order.attempt - 1))
+        return paths
 
     def _prepare(self, order: p.LaunchOrder, paths: launch.TaskPaths, cwds: dict[str, str]) -> tuple[Spawn | None, str]:
         """What the keeper is to start, or why the task cannot start."""
         s = self.setup
         env = launch.task_env({}, order.env, task_id=order.task_id, node=s.node, core_ids=order.core_ids,
-                              shared_dir=s.shared_dir, temp_dir=paths.temp_dir)
+                              shared_dir=s.shared_dir, temp_dir=paths.temp_dir, attempt=order.attempt)
         if order.cwd not in cwds:
             cwds[order.cwd] = launch.choose_cwd(order.cwd, "")
         cwd = cwds[order.cwd] or paths.temp_dir
@@ -215,8 +228,8 @@ class Supervisor:
             return None, problem
         cpus = s.physical(order.core_ids)
         path, argv = launch.task_argv(program, order.command, order.args, cpus=cpus, numactl=s.numactl_path)
-        return Spawn(order.task_id, path, argv, env, cwd, paths.stdout, paths.stderr, paths.temp_dir,
-                     None if s.numactl_path else cpus), ""
+        return Spawn(run_key(order.task_id, order.attempt), path, argv, env, cwd, paths.stdout, paths.stderr,
+                     paths.temp_dir, None if s.numactl_path else cpus, order.time_limit, s.kill_grace), ""
 
     # ---- exits ---------------------------------------------------------------------------
     def _exited(self, exits: list[Exit]) -> None:
@@ -237,31 +250,33 @@ class Supervisor:
         return p.TaskFinished(rec.task_id, ex.ended_at, exit_code=ex.exit_code, signal=ex.signal, error=ex.error,
                               killed=ex.killed, started_at=None if ex.not_started else rec.started_at,
                               stdout_path=rec.stdout, stderr_path=rec.stderr, cpu_user_seconds=ex.cpu_user_seconds,
-                              cpu_system_seconds=ex.cpu_system_seconds, max_rss_bytes=ex.max_rss_bytes)
+                              cpu_system_seconds=ex.cpu_system_seconds, max_rss_bytes=ex.max_rss_bytes,
+                              timed_out=ex.timed_out, attempt=rec.attempt)
 
     # ---- kill ----------------------------------------------------------------------------
-    def kill(self, task_id: str) -> None:
+    def kill(self, key: str) -> None:
+        """End an attempt, by run key."""
         with self._lock:
-            rec = self._records.get(task_id)
+            rec = self._records.get(key)
             if rec is None or rec.killing:
                 return
-            self.journal.killing(task_id)
-            orphan = task_id in self._orphans
+            self.journal.killing(key)
+            orphan = key in self._orphans
         if orphan:
-            threading.Thread(target=self._kill_orphan, args=(rec,), name=f"kill-{task_id[:8]}", daemon=True).start()
+            threading.Thread(target=self._kill_orphan, args=(rec,), name=f"kill-{key[:8]}", daemon=True).start()
         else:
-            self._send([Kill(task_id, self.setup.kill_grace)])
+            self._send([Kill(key, self.setup.kill_grace)])
 
     # ---- tasks whose keeper was lost -----------------------------------------------------
     def _adopt_orphan(self, rec: TaskRecord) -> bool:
         """Watch a task the keeper does not know; False (and its result) if it is not running."""
-        leader = launch.find_task_leader(rec.task_id)
+        leader = launch.find_task_leader(rec.task_id, rec.attempt)
         if leader is None:
             self._finish_orphan(rec, "ended without an exit status: it never started, or its keeper was killed")
             return False
         rec.pid, rec.start_time = leader
         with self._lock:
-            self._orphans.add(rec.task_id)
+            self._orphans.add(rec.key)
             if self._orphan_watch is None:
                 self._orphan_watch = threading.Thread(target=self._watch_orphans, name="orphans", daemon=True)
                 self._orphan_watch.start()
@@ -275,20 +290,33 @@ class Supervisor:
             with self._lock:
                 watched = [self._records[t] for t in self._orphans if t in self._records]
             for rec in watched:
-                if not rec.killing and not launch.is_alive(rec.pid, rec.start_time):
+                if rec.killing:
+                    continue
+                if not launch.is_alive(rec.pid, rec.start_time):
                     self._finish_orphan(rec, "ended after its keeper was killed: no exit status")
+                elif rec.time_limit is not None and time.time() >= rec.started_at + rec.time_limit:
+                    rec.killing = True  # the keeper that held its deadline is gone: the runner keeps it
+                    threading.Thread(target=self._kill_orphan, args=(rec, True), daemon=True).start()
 
-    def _kill_orphan(self, rec: TaskRecord) -> None:
+    def _kill_orphan(self, rec: TaskRecord, timed_out: bool = False) -> None:
         if launch.is_alive(rec.pid, rec.start_time):
             launch.kill_tree(rec.pid, self.setup.kill_grace)
-        self._finish_orphan(rec, "killed by user", killed=True)
+        if timed_out:
+            self._finish_orphan(rec, f"time limit of {p.format_duration(rec.time_limit or 0)} reached", timed_out=True)
+        else:
+            self._finish_orphan(rec, "killed by user", killed=True)
 
-    def _finish_orphan(self, rec: TaskRecord, error: str, killed: bool = False) -> None:
+    def _finish_orphan(self, rec: TaskRecord, error: str, killed: bool = False, timed_out: bool = False) -> None:
         with self._lock:
-            self._orphans.discard(rec.task_id)
+            self._orphans.discard(rec.key)
         self.outbox.add([p.TaskFinished(rec.task_id, time.time(), error=error, killed=killed, started_at=rec.started_at,
-                                        stdout_path=rec.stdout, stderr_path=rec.stderr)])
+                                        stdout_path=rec.stdout, stderr_path=rec.stderr, timed_out=timed_out,
+                                        attempt=rec.attempt)])
         _remove_folder(rec.temp_dir)
+
+
+def _started(rec: TaskRecord) -> p.TaskStarted:
+    return p.TaskStarted(rec.task_id, rec.started_at, rec.stdout, rec.stderr, attempt=rec.attempt)
 
 
 def _ensure_folder(path: str) -> None:

@@ -10,7 +10,7 @@ from hakuriver.client import bulk
 # a value other than the default for every TaskSpec field; a new field must be added here,
 # and the test below fails until it is (so a new flag cannot be dropped silently)
 NON_DEFAULT = {"command": "run", "args": ["--x"], "env": {"A": "1"}, "cores": 3, "cwd": "/work", "node": "n1",
-               "name": "job-{}"}
+               "name": "job-{}", "time_limit": 90.0, "retries": 2, "after": ["0123abcd"], "throttle": 4}
 #: the fields the bulk paths derive per task, and how
 PER_TASK = {"command", "args", "env", "name"}
 
@@ -41,3 +41,16 @@ def test_every_spec_field_survives(how):
 def test_array_braces_in_the_command_become_the_index():
     [spec] = bulk.array_specs(p.TaskSpec("echo", ["in-{}.txt"]), [7])
     assert (spec.command, spec.args, spec.name) == ("echo", ["in-7.txt"], "")
+
+
+@pytest.mark.parametrize("text, indices, throttle", [
+    ("1-4", [1, 2, 3, 4], 0), ("1-4%2", [1, 2, 3, 4], 2), ("0-9:3%1", [0, 3, 6, 9], 1), ("1,5%3", [1, 5], 3),
+])
+def test_an_array_range_may_end_in_a_throttle(text, indices, throttle):
+    assert bulk.parse_array(text) == (indices, throttle)
+
+
+@pytest.mark.parametrize("text", ["1-4%0", "1-4%", "1-4%x", "1-4%-1", "1%2%3"])
+def test_a_bad_throttle_is_refused(text):
+    with pytest.raises(bulk.BulkError, match="%K"):
+        bulk.parse_array(text)

@@ -7,11 +7,15 @@ from hakuriver.core.states import FINAL_STATES, TRANSITIONS, IllegalTransition, 
 T = TaskState
 
 LEGAL = [
-    (T.PENDING, T.ASSIGNING), (T.PENDING, T.KILLED),
+    # a pending task that never runs: killed, or a dependency did not complete
+    (T.PENDING, T.ASSIGNING), (T.PENDING, T.KILLED), (T.PENDING, T.FAILED),
     (T.ASSIGNING, T.RUNNING), (T.ASSIGNING, T.COMPLETED), (T.ASSIGNING, T.FAILED), (T.ASSIGNING, T.KILLED),
-    (T.ASSIGNING, T.LOST),
+    (T.ASSIGNING, T.LOST), (T.ASSIGNING, T.TIMEOUT),
     (T.RUNNING, T.COMPLETED), (T.RUNNING, T.FAILED), (T.RUNNING, T.KILLED), (T.RUNNING, T.LOST),
-    (T.LOST, T.RUNNING), (T.LOST, T.COMPLETED), (T.LOST, T.FAILED), (T.LOST, T.KILLED),
+    (T.RUNNING, T.TIMEOUT),
+    # an attempt that ended failed, timeout or lost, with retries left: back to the queue
+    (T.ASSIGNING, T.PENDING), (T.RUNNING, T.PENDING),
+    (T.LOST, T.RUNNING), (T.LOST, T.COMPLETED), (T.LOST, T.FAILED), (T.LOST, T.KILLED), (T.LOST, T.TIMEOUT),
 ]
 
 
