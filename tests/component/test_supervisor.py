@@ -213,3 +213,49 @@ def test_an_exit_logged_by_a_keeper_that_then_died_still_reaches_the_journal(nod
         assert (r.exit_code, r.error, taken_over) == (4, "", [])
     finally:
         pump.stop()
+
+
+def attempt(task_id: str, n: int, *argv: str, time_limit: float | None = None) -> p.LaunchOrder:
+    return p.LaunchOrder(task_id, argv[0], list(argv[1:]), {}, [0], attempt=n, time_limit=time_limit)
+
+
+def test_each_attempt_is_a_run_of_its_own_and_a_repeated_order_runs_once(node):
+    setup, sup, outbox, started = node
+    gate = os.path.join(setup.shared_dir, "gate")
+    script = f'echo "$HAKURIVER_ATTEMPT"; while [ ! -e {gate} ]; do sleep 0.02; done'
+    sup.launch([attempt("t", 1, "sh", "-c", script)])
+    # (the host orders attempt 2 only after attempt 1 ended, or after its node was silent for the heartbeat timeout)
+    wait_until(lambda: Path(setup.output_dir, "t.out").exists(), 10, "attempt 1 to start")
+    sup.launch([attempt("t", 2, "sh", "-c", script), attempt("t", 1, "sh", "-c", script)])  # 1 again: ignored
+    sup.launch([attempt("t", 2, "sh", "-c", script)])
+    assert sup.held() == {"t", "t.2"}
+    assert sorted((s.task_id, s.attempt) for s in started) == [("t", 1), ("t", 2)]
+    open(gate, "w").close()
+    wait_until(lambda: {(r.task_id, r.attempt) for r in outbox.pending(10)} == {("t", 1), ("t", 2)}, 10, "both ended")
+    out = Path(setup.output_dir)
+    # attempt 2 moved attempt 1's output aside before it started
+    assert (out / "t.1.out").read_text() == "1\n" and (out / "t.out").read_text() == "2\n"
+    outbox.ack(["t"])
+    assert {(r.task_id, r.attempt) for r in outbox.pending(10)} == {("t", 2)}
+
+
+def test_the_keeper_ends_a_task_at_its_time_limit_even_one_that_ignores_sigterm(node):
+    _, sup, outbox, _ = node
+    ignore = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+    sup.launch([attempt("slow", 1, sys.executable, "-c", ignore, time_limit=0.5)])
+    r = result(outbox, "slow")
+    assert r.timed_out and not r.killed and r.error == "time limit of 0.5s reached"
+    assert r.cpu_user_seconds is not None  # reaped by the keeper: its usage is known
+    assert launch.find_task_leader("slow") is None
+
+
+def test_an_orphan_is_held_to_its_time_limit_by_the_runner(node):
+    """The keeper that held the deadline is gone: the runner's watch of the orphan enforces it."""
+    setup, sup, outbox, _ = node
+    sup.launch([attempt("limited", 3, "sleep", "60", time_limit=1.5)])
+    wait_until(lambda: launch.find_task_leader("limited", 3), 10, "the task to run")
+    [keeper] = keepers_below(setup.state_dir)
+    keeper.kill()
+    r = result(outbox, "limited")
+    assert (r.attempt, r.timed_out) == (3, True) and "time limit" in r.error
+    assert launch.find_task_leader("limited", 3) is None

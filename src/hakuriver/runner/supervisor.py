@@ -201,7 +201,10 @@ class Supervisor:
 
     def _paths(self, order: p.LaunchOrder) -> launch.TaskPaths:
         """Where the attempt writes: the latest attempt's output at <id>.out and <id>.err, so a
-        later attempt first moves the one before it aside (core/attempts.py numbered_output)."""
+        later attempt first moves the one before it aside (core/attempts.py numbered_output).
+        The host orders attempt N+1 only once attempt N has ended or its node has been silent
+        for the heartbeat timeout, so attempt N's files exist by then (a rename leaves an open
+        file writing on, under its new name)."""
         s = self.setup
         paths = launch.TaskPaths(
             stdout=os.path.join(s.output_dir, f"{order.task_id}.out"),
