@@ -236,18 +236,27 @@ def test_a_throttled_task_says_why_it_waits(cluster, tmp_path):
 
 # ---- retry-failed --------------------------------------------------------------------------
 def test_retry_failed_resubmits_exactly_the_problem_tasks_of_a_batch(cluster):
-    first = _json(cluster.client("--json", "--array", "1-4", "--name", "odd-{}", "--env", "X=1", "--", "sh", "-c",
-                                 'exit $(( HAKURIVER_ARRAY_INDEX % 2 ))'))
+    # index 1 completes, 2 fails, 3 runs out of time, 4 is killed
+    script = 'case $HAKURIVER_ARRAY_INDEX in 1) exit 0;; 2) exit 1;; *) sleep 30;; esac'
+    first = _json(cluster.client("--json", "--array", "1-4", "--name", "job-{}", "--env", "X=1", "--time-limit", "2",
+                                 "--", "sh", "-c", script))
+    by_name = {cluster.task(t)["name"]: t for t in first["task_ids"]}
+    cluster.wait_state(by_name["job-4"], "running")
+    assert cluster.client("--kill", by_name["job-4"]).returncode == 0
     for t in first["task_ids"]:
-        cluster.wait_state(t, "completed", "failed")
-    failed = {r["task_id"]: r for r in cluster.query(
-        "SELECT * FROM tasks WHERE batch_id = ? AND state = 'failed'", first["batch_id"])}
+        cluster.wait_state(t, "completed", "failed", "timeout", "killed")
+    states = {r["name"]: r["state"] for r in cluster.query("SELECT * FROM tasks WHERE batch_id = ?", first["batch_id"])}
+    assert states == {"job-1": "completed", "job-2": "failed", "job-3": "timeout", "job-4": "killed"}
+    problems = [r for r in cluster.query("SELECT * FROM tasks WHERE batch_id = ? AND state != 'completed'",
+                                         first["batch_id"])]
     again = _json(cluster.client("--retry-failed", first["batch_id"][:8], "--json"))
-    assert again["batch_id"] != first["batch_id"] and len(again["task_ids"]) == len(failed) == 2
+    assert again["batch_id"] != first["batch_id"] and len(again["task_ids"]) == 3
     new = [cluster.task(t) for t in again["task_ids"]]
-    same = ("command", "args", "env", "cores", "name", "cwd", "time_limit", "retries", "throttle")
-    assert sorted(tuple(r[k] for k in same) for r in new) == sorted(tuple(r[k] for k in same) for r in failed.values())
-    assert {r["batch_id"] for r in new} == {again["batch_id"]}
+    same = ("command", "args", "env", "cores", "name", "cwd", "target_node", "time_limit", "retries", "throttle")
+    assert sorted(tuple(r[k] for k in same) for r in new) == sorted(tuple(r[k] for k in same) for r in problems)
+    assert {r["batch_id"] for r in new} == {again["batch_id"]} and {r["attempt"] for r in new} == {1}
+    for t in again["task_ids"]:
+        cluster.client("--kill", t)
 
 
 def test_retry_failed_on_one_task_and_on_nothing_to_retry(cluster):
