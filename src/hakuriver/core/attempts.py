@@ -39,10 +39,13 @@ def close_attempt(task: Task, state: TaskState, now: float, error: str) -> None:
 def note_late(task: Task, event: Finished, state: TaskState) -> bool:
     """An earlier attempt's real outcome arrived (its node was unreachable): history only.
 
-    False if the task has no such earlier attempt (nothing to record).
+    False if the task has no such earlier attempt, or if it already shows this outcome (the runner
+    sent it again, its acknowledgement lost): nothing to record.
     """
     for old in task.attempts:
         if old.attempt == event.attempt:
+            if (old.state, old.finished_at, old.exit_code, old.signal) == (state, event.finished_at, event.exit_code, event.signal):
+                return False
             old.state, old.finished_at = state, event.finished_at
             old.exit_code, old.signal = event.exit_code, event.signal
             old.error = f"{old.error}; then {event.error or state.value}" if old.error else event.error

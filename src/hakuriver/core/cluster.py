@@ -35,7 +35,8 @@ class Cluster:
         self.nodes: dict[str, Node] = {}
         #: every task that can still change, by ID
         self.tasks: dict[str, Task] = {}
-        #: pending task IDs free to run, in the order they became so (dict: ordered, O(1) removal)
+        #: pending task IDs free to run, in submission order, the order of `tasks` and the one a
+        #: restart rebuilds (dict: ordered, O(1) removal)
         self.queue: dict[str, None] = {}
         #: pending tasks waiting for others to complete (--after)
         self.deps = Dependencies()
@@ -400,8 +401,15 @@ class Cluster:
         check_transition(task.state, TaskState.PENDING)
         effects = [TaskChanged(task), *self._release(task)]
         close_attempt(task, state, now, error)
-        self.queue[task.task_id] = None
+        self._requeue([task.task_id])
         return effects
+
+    def _requeue(self, task_ids: list[str]) -> None:
+        """Queue tasks that became free to run after others (a retry, dependencies met) in their
+        place by submission, not at the back: a restart could not rebuild that order. O(active)."""
+        if task_ids:
+            self.queue.update(dict.fromkeys(task_ids))
+            self.queue = {task_id: None for task_id in self.tasks if task_id in self.queue}
 
     def _never_runs(self, task: Task, now: float, error: str, state: TaskState = TaskState.FAILED) -> list[Effect]:
         """A pending task ends without running (killed, or a dependency did not complete)."""
@@ -410,6 +418,9 @@ class Cluster:
         return self._finish(task, state, now, error=error)
 
     def _finish(self, task: Task, state: TaskState, now: float, error: str = "") -> list[Effect]:
+        return self._close(task, state, now, error) + self._dependents_of(task, state, now)
+
+    def _close(self, task: Task, state: TaskState, now: float, error: str) -> list[Effect]:
         check_transition(task.state, state)
         effects: list[Effect] = [TaskChanged(task), *self._release(task)]
         task.state = state
@@ -417,11 +428,29 @@ class Cluster:
         task.error = error
         if state is not TaskState.LOST:
             del self.tasks[task.task_id]
-        return effects + self._dependents_of(task, state, now)
+        return effects
 
     def _dependents_of(self, task: Task, state: TaskState, now: float) -> list[Effect]:
-        """Settle what waited on this task, or on its batch, now that it ended in `state`."""
+        """Settle what waited on this task, or on its batch, now that it ended in `state`.
+
+        Each failure may cascade down a chain: its own dependents fail in turn. A work list,
+        not recursion, so that a chain of any length fails whole (not half, then RecursionError).
+        """
         effects: list[Effect] = []
+        work = [(task, state)]
+        for ended_task, ended_state in work:  # grows while the loop runs
+            for dep, how in self._ended_ids(ended_task, ended_state):
+                if how is TaskState.COMPLETED:
+                    self._requeue(self.deps.completed(dep))
+                    continue
+                for doomed in self.deps.ended_badly(dep):
+                    failed = self.tasks[doomed]
+                    effects += self._close(failed, TaskState.FAILED, now, f"dependency {dep} ended {how.value}")
+                    work.append((failed, TaskState.FAILED))
+        return effects
+
+    def _ended_ids(self, task: Task, state: TaskState) -> list[tuple[str, TaskState]]:
+        """The task's ID and, if the batch ended with it (or a task of it ended other than completed), its batch's."""
         ended = [(task.task_id, state)]
         if task.batch_id and state is not TaskState.LOST and task.batch_id in self.batch_left:
             self.batch_left[task.batch_id] -= 1
@@ -432,14 +461,7 @@ class Cluster:
                 ended.append((task.batch_id, state))
         elif task.batch_id and state is TaskState.LOST:
             ended.append((task.batch_id, state))
-        for dep, how in ended:
-            if how is TaskState.COMPLETED:
-                for ready in self.deps.completed(dep):
-                    self.queue[ready] = None
-            else:  # each failure may cascade down a chain: its own dependents fail in turn
-                for doomed in self.deps.ended_badly(dep):
-                    effects += self._finish(self.tasks[doomed], TaskState.FAILED, now, f"dependency {dep} ended {how.value}")
-        return effects
+        return ended
 
     # ---- checks --------------------------------------------------------------------------
     def check_invariants(self) -> None:

@@ -41,8 +41,10 @@ def plan(queue: Iterable[Request], nodes: Sequence[Capacity], running: Mapping[s
     one with the most free cores among those large enough). Later, smaller requests may
     backfill every other node, but never the reserved one: its cores only free up from then on,
     so the head of the queue cannot starve. A request whose batch already runs its throttle's
-    worth of tasks (`running`: holding cores, by batch) is passed over and reserves nothing.
-    Cost: O(queue) plus O(nodes) per placement.
+    worth of tasks (`running`: holding cores, by batch) is passed over and reserves nothing; the
+    request that reserves a node also reserves its place in its batch's throttle, or a later task
+    of its batch could take the last place and leave the node reserved for a request that cannot
+    start. Cost: O(queue) plus O(nodes) per placement.
     """
     running = dict(running or {})
     free = {n.name: n.free for n in nodes}
@@ -66,6 +68,8 @@ def plan(queue: Iterable[Request], nodes: Sequence[Capacity], running: Mapping[s
             reserved = _reservation(req, free, total)
             if reserved is not None:
                 largest_free = _largest_free(free, reserved)
+                if req.throttle:
+                    running[req.batch_id] = running.get(req.batch_id, 0) + 1
     return placements
 
 
