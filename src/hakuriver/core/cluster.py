@@ -25,6 +25,7 @@ from hakuriver.core.events import (  # noqa: F401 - re-exported: the machine's v
     UnknownTask,
 )
 from hakuriver.core.model import Node, Task, split_run_key
+from hakuriver.core.queue import RunQueue
 from hakuriver.core.scheduler import Capacity, Request, plan
 from hakuriver.core.states import RETRIED_STATES, NodeState, TaskState, check_transition
 
@@ -35,9 +36,11 @@ class Cluster:
         self.nodes: dict[str, Node] = {}
         #: every task that can still change, by ID
         self.tasks: dict[str, Task] = {}
-        #: pending task IDs free to run, in submission order, the order of `tasks` and the one a
-        #: restart rebuilds (dict: ordered, O(1) removal)
-        self.queue: dict[str, None] = {}
+        #: pending tasks free to run, in submission order (and tasks their throttle holds back)
+        self.queue = RunQueue()
+        #: each active task's place in submission order (the queue's order; a restart gives the same)
+        self.rank: dict[str, int] = {}
+        self._ranks_given = 0
         #: pending tasks waiting for others to complete (--after)
         self.deps = Dependencies()
         #: lost tasks by node, kept to take their real outcome when the node returns
@@ -71,8 +74,7 @@ class Cluster:
         return effects
 
     def _restore_task(self, task: Task) -> None:
-        self.tasks[task.task_id] = task
-        self._count_in_batch(task)
+        self._add_task(task)
         if task.state.holds_cores:
             node = self.nodes.get(task.node)
             if node is not None and node.cores.take_exact(task.core_ids):
@@ -102,8 +104,7 @@ class Cluster:
         self.check_submit(tasks, outcomes)
         effects: list[Effect] = []
         for task in tasks:
-            self.tasks[task.task_id] = task
-            self._count_in_batch(task)
+            self._add_task(task)
             effects.append(TaskChanged(task, created=True))
         for task in tasks:
             effects += self._queue_or_wait(task, now, outcomes or {})
@@ -151,7 +152,7 @@ class Cluster:
         if unmet:
             self.deps.add(task.task_id, unmet)
         else:
-            self.queue[task.task_id] = None
+            self._enqueue(task)
         return []
 
     def on_kill(self, task_id: str, now: float) -> list[Effect]:
@@ -324,7 +325,7 @@ class Cluster:
         for placement in plan(requests, online, self.batch_running):
             task = self.tasks[placement.task_id]
             node = self.nodes[placement.node]
-            del self.queue[task.task_id]
+            self.queue.remove(task.task_id)
             check_transition(task.state, TaskState.ASSIGNING)
             task.state, task.node = TaskState.ASSIGNING, node.name
             task.core_ids = node.cores.take(task.cores)
@@ -347,7 +348,7 @@ class Cluster:
             dep, count = self.deps.first_unmet(task_id)
             more = f" (and {count - 1} more)" if count > 1 else ""
             return f"waiting for dependency {dep} to complete{more}"
-        if task.throttle and self.batch_running.get(task.batch_id, 0) >= task.throttle:
+        if self.queue.is_parked(task_id) or (task.throttle and self.batch_running.get(task.batch_id, 0) >= task.throttle):
             return f"throttled: its batch already runs {task.throttle} tasks, the most its --array %{task.throttle} allows"
         online = [n for n in self.nodes.values() if n.state is NodeState.ONLINE
                   and (not task.target_node or n.name == task.target_node)]
@@ -361,9 +362,16 @@ class Cluster:
         return "queued behind earlier tasks; it runs as soon as the scheduler's next pass reaches it"
 
     # ---- shared steps --------------------------------------------------------------------
-    def _count_in_batch(self, task: Task) -> None:
+    def _add_task(self, task: Task) -> None:
+        self.tasks[task.task_id] = task
+        self._ranks_given += 1
+        self.rank[task.task_id] = self._ranks_given
         if task.batch_id and task.state is not TaskState.COMPLETED:
             self.batch_left[task.batch_id] = self.batch_left.get(task.batch_id, 0) + 1
+
+    def _enqueue(self, task: Task) -> None:
+        self.queue.add(task.task_id, self.rank[task.task_id], task.batch_id, task.throttle,
+                       self.batch_running.get(task.batch_id, 0))
 
     def _hold(self, task: Task, node: Node) -> None:
         node.task_ids.add(task.task_id)
@@ -380,6 +388,7 @@ class Cluster:
             self.batch_running[task.batch_id] -= 1
             if not self.batch_running[task.batch_id]:
                 del self.batch_running[task.batch_id]
+            self.queue.admit(task.batch_id, task.throttle, self.batch_running.get(task.batch_id, 0))
         total = node.total_cores
         node.cores.give_back(task.core_ids)
         return [NodeChanged(node)] if node.total_cores != total else []  # it held cores its node no longer offers
@@ -401,19 +410,14 @@ class Cluster:
         check_transition(task.state, TaskState.PENDING)
         effects = [TaskChanged(task), *self._release(task)]
         close_attempt(task, state, now, error)
-        self._requeue([task.task_id])
+        self._enqueue(task)  # in its place by submission (RunQueue), not at the back
         return effects
-
-    def _requeue(self, task_ids: list[str]) -> None:
-        """Queue tasks that became free to run after others (a retry, dependencies met) in their
-        place by submission, not at the back: a restart could not rebuild that order. O(active)."""
-        if task_ids:
-            self.queue.update(dict.fromkeys(task_ids))
-            self.queue = {task_id: None for task_id in self.tasks if task_id in self.queue}
 
     def _never_runs(self, task: Task, now: float, error: str, state: TaskState = TaskState.FAILED) -> list[Effect]:
         """A pending task ends without running (killed, or a dependency did not complete)."""
-        self.queue.pop(task.task_id, None)
+        self.queue.remove(task.task_id)
+        if task.throttle:
+            self.queue.admit(task.batch_id, task.throttle, self.batch_running.get(task.batch_id, 0))
         self.deps.drop(task.task_id)
         return self._finish(task, state, now, error=error)
 
@@ -428,6 +432,7 @@ class Cluster:
         task.error = error
         if state is not TaskState.LOST:
             del self.tasks[task.task_id]
+            del self.rank[task.task_id]
         return effects
 
     def _dependents_of(self, task: Task, state: TaskState, now: float) -> list[Effect]:
@@ -441,7 +446,8 @@ class Cluster:
         for ended_task, ended_state in work:  # grows while the loop runs
             for dep, how in self._ended_ids(ended_task, ended_state):
                 if how is TaskState.COMPLETED:
-                    self._requeue(self.deps.completed(dep))
+                    for ready in self.deps.completed(dep):
+                        self._enqueue(self.tasks[ready])
                     continue
                 for doomed in self.deps.ended_badly(dep):
                     failed = self.tasks[doomed]
@@ -485,9 +491,11 @@ class Cluster:
         for task in self.tasks.values():
             if task.state.holds_cores:
                 assert task.task_id in self.nodes[task.node].task_ids, f"{task.task_id} not on its node"
-            queued, waiting = task.task_id in self.queue, task.task_id in self.deps
-            assert (task.state is TaskState.PENDING) == (queued or waiting), f"queue broken: {task.task_id}"
-            assert not (queued and waiting), f"{task.task_id} both queued and waiting"
+            places = (task.task_id in self.queue) + (task.task_id in self.deps) + self.queue.is_parked(task.task_id)
+            assert places == (task.state is TaskState.PENDING), f"queue broken: {task.task_id} in {places} places"
+            if self.queue.is_parked(task.task_id):  # held back only while its throttle has no place
+                running = self.batch_running.get(task.batch_id, 0)
+                assert self.queue.queued_in(task.batch_id) + running >= task.throttle, f"{task.task_id} parked needlessly"
         for task_id, deps in self.deps.waiting.items():
             for dep in deps:
                 live = self.tasks.get(dep)

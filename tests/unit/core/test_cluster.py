@@ -91,7 +91,7 @@ def test_submit_refused_when_larger_than_any_node_and_nothing_is_queued():
     c = cluster_with(a=4, b=2)
     with pytest.raises(SubmitRefused, match=r"5 cores requested but the largest node \(a\) has 4 cores"):
         c.on_submit([task(1, 1), task(2, 5)])
-    assert c.tasks == {} and c.queue == {}
+    assert c.tasks == {} and not c.queue
 
 
 def test_submit_refused_with_no_nodes_or_unknown_node():
@@ -106,7 +106,7 @@ def test_kill_pending_is_immediate():
     c.on_submit([task(1), task(2)])
     c.schedule()
     assert changed(c.on_kill("t2", now=3)) == {"t2": "killed"}
-    assert c.queue == {}
+    assert not c.queue
     c.check_invariants()
 
 

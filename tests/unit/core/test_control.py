@@ -87,7 +87,7 @@ def test_without_retries_a_failed_timed_out_or_lost_task_ends_so():
     c.on_finished("a", Finished("t1", 2, exit_code=1))
     c.on_finished("a", Finished("t2", 2, timed_out=True, signal=15))
     assert states(c.on_tick(now=31)) == {"t3": "lost"}
-    assert c.queue == {} and set(c.tasks) == {"t3"}  # lost stays in memory for its node's return
+    assert not c.queue and set(c.tasks) == {"t3"}  # lost stays in memory for its node's return
     c.check_invariants()
 
 
@@ -105,7 +105,7 @@ def test_a_task_the_user_killed_is_not_retried(outcome):
     assert orders.kill == ["t1"]
     effects = c.on_finished("a", outcome)
     assert states(effects) == {"t1": outcome.state.value}
-    assert "t1" not in c.tasks and c.queue == {}
+    assert "t1" not in c.tasks and not c.queue
     c.check_invariants()
 
 
@@ -233,7 +233,7 @@ def test_a_failed_dependency_fails_its_dependents_down_the_chain_without_running
     assert failed["t2"].error == "dependency t1 ended failed"
     assert failed["t3"].error == "dependency t2 ended failed"
     assert failed["t3"].node == "" and failed["t3"].started_at is None
-    assert c.tasks == {} and c.queue == {} and not c.deps.waiting
+    assert c.tasks == {} and not c.queue and not c.deps.waiting
     c.check_invariants()
 
 
