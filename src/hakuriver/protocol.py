@@ -122,6 +122,8 @@ class AttemptView(Message):
     error: str = ""
     stdout_path: str = ""
     stderr_path: str = ""
+    #: false for an attempt whose launch never reached its node (queued again, not counted against retries)
+    delivered: bool = True
 
 
 class TaskView(Message):

@@ -20,13 +20,13 @@ def numbered_output(path: str, attempt: int) -> str:
     return f"{stem}.{attempt}.{ext}" if dot else f"{path}.{attempt}"
 
 
-def close_attempt(task: Task, state: TaskState, now: float, error: str) -> None:
+def close_attempt(task: Task, state: TaskState, now: float, error: str, delivered: bool = True) -> None:
     """Record the current attempt as ended in `state`, and make the task a fresh pending attempt."""
     task.attempts.append(Attempt(
         attempt=task.attempt, state=state, node=task.node, core_ids=task.core_ids, started_at=task.started_at,
         finished_at=now, exit_code=task.exit_code, signal=task.signal, error=error,
         stdout_path=numbered_output(task.stdout_path, task.attempt),
-        stderr_path=numbered_output(task.stderr_path, task.attempt),
+        stderr_path=numbered_output(task.stderr_path, task.attempt), delivered=delivered,
     ))
     task.attempt += 1
     task.state = TaskState.PENDING

@@ -200,12 +200,16 @@ class Cluster:
         node.cores.retire(held - offered)
 
     def _recover_lost(self, node: Node, held: set[str], now: float) -> list[Effect]:
-        """Lost tasks the node still holds are running again (their result follows)."""
+        """Lost tasks the node still holds are running again (their result follows). One it does
+        not hold that never started is queued again: its launch never reached the node."""
         effects: list[Effect] = []
         for task_id in sorted(self.lost.get(node.name, set())):
             task = self.tasks[task_id]
+            if task.run_key not in held and task.started_at is None:
+                effects += self._run_again(task, node, now)
+                continue
             if task.run_key not in held or not node.cores.take_exact(task.core_ids):
-                continue  # not there, or its cores went elsewhere: stays lost, its result may still arrive
+                continue  # gone, or its cores went elsewhere: stays lost, its result may still arrive
             self.lost[node.name].discard(task_id)
             check_transition(task.state, TaskState.RUNNING)
             task.state = TaskState.RUNNING
@@ -213,6 +217,15 @@ class Cluster:
             self._hold(task, node)
             effects.append(TaskChanged(task))
         return effects
+
+    def _run_again(self, task: Task, node: Node, now: float) -> list[Effect]:
+        """A new attempt for a lost one that never started (it does not count against --retries)."""
+        self.lost[node.name].discard(task.task_id)
+        check_transition(task.state, TaskState.PENDING)
+        close_attempt(task, TaskState.LOST, now, f"{task.error}; it had not started there, and {node.name} came "
+                                                 "back without it: queued again", delivered=False)
+        self._enqueue(task)
+        return [TaskChanged(task)]
 
     def orders_for(
         self, node_name: str, held: set[str], now: float, ending: frozenset[str] = frozenset()
@@ -403,7 +416,7 @@ class Cluster:
 
     def _end_attempt(self, task: Task, state: TaskState, now: float, error: str) -> list[Effect]:
         """The current attempt ended in `state`: the task ends so too, or, with retries left, goes back to the queue."""
-        if state not in RETRIED_STATES or task.attempt > task.retries or task.kill_requested:
+        if state not in RETRIED_STATES or task.retries_used >= task.retries or task.kill_requested:
             if state is TaskState.LOST:
                 self.lost.setdefault(task.node, set()).add(task.task_id)
             return self._finish(task, state, now, error=error)

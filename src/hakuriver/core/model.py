@@ -34,6 +34,9 @@ class Attempt:
     error: str = ""
     stdout_path: str = ""
     stderr_path: str = ""
+    #: False for an attempt whose launch never reached its node (lost before it started, and the
+    #: node came back without it): queued again without counting against --retries
+    delivered: bool = True
 
 
 @dataclass
@@ -84,6 +87,11 @@ class Task:
     @property
     def run_key(self) -> str:
         return run_key(self.task_id, self.attempt)
+
+    @property
+    def retries_used(self) -> int:
+        """Earlier attempts that count against --retries: all but those whose launch never reached their node."""
+        return sum(1 for a in self.attempts if a.delivered)
 
 
 @dataclass

@@ -58,8 +58,9 @@ TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     _T.FAILED: frozenset(),
     _T.KILLED: frozenset(),
     _T.TIMEOUT: frozenset(),
-    # A node that comes back tells the real outcome of what it was running.
-    _T.LOST: frozenset({_T.RUNNING, _T.COMPLETED, _T.FAILED, _T.KILLED, _T.TIMEOUT}),
+    # A node that comes back tells the real outcome of what it was running; -> pending: it
+    # came back without the task, which had never started there (the launch never arrived)
+    _T.LOST: frozenset({_T.RUNNING, _T.COMPLETED, _T.FAILED, _T.KILLED, _T.TIMEOUT, _T.PENDING}),
 }
 
 

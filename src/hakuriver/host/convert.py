@@ -48,7 +48,8 @@ def attempt_view(a: Attempt) -> p.AttemptView:
 def task_view(t: Task, pending_reason: str = "") -> p.TaskView:
     """The task as the API shows it: its earlier attempts, then the current one."""
     values = {f: _view_value(getattr(t, f)) for f in p.TaskView._fields if f not in ("attempts", "pending_reason")}
-    current = p.AttemptView(**{f: values[f] for f in p.AttemptView._fields if f != "attempt"}, attempt=t.attempt)
+    current = p.AttemptView(**{f: values[f] for f in p.AttemptView._fields if f in values and f != "attempt"},
+                            attempt=t.attempt)
     return p.TaskView(**values, attempts=[*_view_value(t.attempts), current], pending_reason=pending_reason)
 
 

@@ -31,8 +31,9 @@ Checked after every step, beyond `Cluster.check_invariants()`:
 - every in-memory record equals its stored copy: the effects name every change to persist;
 - no task in a final state other than lost stays in memory, every lost task is remembered for
   its node's return, no task is both queued and on a node, and the queue keeps submission order;
-- attempt numbers only grow, never past 1 + retries (so a task without retries never gets a
-  second attempt), and a task lists every earlier attempt, numbered 1 to attempt - 1;
+- attempt numbers only grow, never past 1 + retries but for attempts whose launch never reached
+  their node (lost before they started, the node back without them: queued again, uncounted),
+  and a task lists every earlier attempt, numbered 1 to attempt - 1;
 - no task has two live attempts (launched, not being killed) on online nodes, and each live
   attempt there is the current attempt of an active task placed on that node. The core cannot
   promise this at every instant, only once strays are killed: a node that comes back after being
@@ -491,7 +492,7 @@ class ClusterMachine(RuleBasedStateMachine):
     def check_attempt_ended(self, before: Task, event: Finished) -> None:
         """The attempt's result ends the task, or, with retries left, queues its next attempt."""
         tid, state = before.task_id, expected_state(event)
-        if state in RETRIED_STATES and before.attempt <= before.retries and not before.kill_requested:
+        if state in RETRIED_STATES and before.retries_used < before.retries and not before.kill_requested:
             task = self.cluster.tasks[tid]
             assert task.state is TaskState.PENDING and task.attempt == before.attempt + 1, f"{tid} not retried after {state.value}"
             assert tid in self.cluster.queue or self.cluster.queue.is_parked(tid), f"retried {tid} not queued"
@@ -647,7 +648,8 @@ class ClusterMachine(RuleBasedStateMachine):
     @invariant()
     def attempts_count_up(self) -> None:
         for tid, task in self.live.items():
-            assert task.attempt <= 1 + task.retries, f"{tid} is at attempt {task.attempt} with {task.retries} retries"
+            # attempt numbers past 1 + retries: only for launches that never reached their node
+            assert task.retries_used <= task.retries, f"{tid} used {task.retries_used} of {task.retries} retries"
             numbers = [a.attempt for a in task.attempts]
             assert numbers == list(range(1, task.attempt)), f"{tid} at attempt {task.attempt} lists attempts {numbers}"
 

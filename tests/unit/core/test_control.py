@@ -354,3 +354,49 @@ def test_why_pending_names_the_offline_node_a_task_asked_for():
     c.schedule()
     assert c.why_pending("t1") == "node b is offline"
     c.check_invariants()
+
+
+# ---- a launch that never reached its node --------------------------------------------------
+def test_a_lost_task_that_never_started_runs_once_its_node_is_back_without_it():
+    """Found by the chaos run: assigned just before its node went silent, the task was lost, and
+    the node came back without it (the launch order never arrived), so nothing would ever end it."""
+    c = cluster_with(a=1)
+    t1 = task(1)  # no --retries: this is not a retry
+    c.on_submit([t1])
+    c.schedule()
+    assert t1.state is TaskState.ASSIGNING
+    c.on_tick(TIMEOUT + 1)
+    assert t1.state is TaskState.LOST
+    effects = c.on_heartbeat(NodeReport("a", (0,)), set(), now=TIMEOUT + 2)  # back, holding nothing
+    assert states(effects) == {"t1": "pending"} and (t1.attempt, t1.retries_used) == (2, 0)
+    [first] = t1.attempts
+    assert (first.state, first.delivered, first.started_at) == (TaskState.LOST, False, None)
+    assert "came back without it" in first.error
+    c.schedule()
+    assert launch(c, "a", now=TIMEOUT + 3) == ["t1.2"]
+    complete(c, "a", "t1", now=TIMEOUT + 4)
+    assert "t1" not in c.tasks
+    c.check_invariants()
+
+
+def test_a_lost_task_that_had_started_stays_lost_when_its_node_comes_back_without_it():
+    c = cluster_with(a=1)
+    t1 = task(1)
+    c.on_submit([t1])
+    c.schedule()
+    launch(c, "a")
+    c.on_tick(TIMEOUT + 2)
+    c.on_heartbeat(NodeReport("a", (0,)), set(), now=TIMEOUT + 3)
+    assert (t1.state, t1.attempt) == (TaskState.LOST, 1)  # it ran: running it again would be a second run
+    c.check_invariants()
+
+
+def test_with_retries_a_task_lost_before_it_started_is_retried_at_once_and_that_counts():
+    """At the silence the host cannot know whether the launch arrived: the retry is spent."""
+    c = cluster_with(a=1)
+    t1 = task(1, retries=1)
+    c.on_submit([t1])
+    c.schedule()
+    c.on_tick(TIMEOUT + 1)  # lost before it started: with a retry left, queued again at once
+    assert (t1.state, t1.attempt, t1.retries_used) == (TaskState.PENDING, 2, 1)
+    c.check_invariants()

@@ -16,6 +16,8 @@ LEGAL = [
     # an attempt that ended failed, timeout or lost, with retries left: back to the queue
     (T.ASSIGNING, T.PENDING), (T.RUNNING, T.PENDING),
     (T.LOST, T.RUNNING), (T.LOST, T.COMPLETED), (T.LOST, T.FAILED), (T.LOST, T.KILLED), (T.LOST, T.TIMEOUT),
+    # a lost task that never started there, its node back without it: queued again
+    (T.LOST, T.PENDING),
 ]
 
 
