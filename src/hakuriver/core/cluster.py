@@ -25,6 +25,8 @@ from hakuriver.core.events import (  # noqa: F401 - re-exported: the machine's v
     UnknownTask,
 )
 from hakuriver.core.model import Node, Task, split_run_key
+from hakuriver.core.explain import why_pending
+from hakuriver.core.invariants import check_invariants
 from hakuriver.core.queue import RunQueue
 from hakuriver.core.scheduler import Capacity, Request, plan
 from hakuriver.core.states import RETRIED_STATES, NodeState, TaskState, check_transition
@@ -353,26 +355,8 @@ class Cluster:
         return Request(task_id, task.cores, task.target_node, task.batch_id, task.throttle)
 
     def why_pending(self, task_id: str) -> str:
-        """One line on what a pending task waits for."""
-        task = self.tasks.get(task_id)
-        if task is None or task.state is not TaskState.PENDING:
-            return ""
-        if task_id in self.deps:
-            dep, count = self.deps.first_unmet(task_id)
-            more = f" (and {count - 1} more)" if count > 1 else ""
-            return f"waiting for dependency {dep} to complete{more}"
-        if self.queue.is_parked(task_id) or (task.throttle and self.batch_running.get(task.batch_id, 0) >= task.throttle):
-            return f"throttled: its batch already runs {task.throttle} tasks, the most its --array %{task.throttle} allows"
-        online = [n for n in self.nodes.values() if n.state is NodeState.ONLINE
-                  and (not task.target_node or n.name == task.target_node)]
-        if task.target_node and not online:
-            return f"node {task.target_node} is offline"
-        if not online:
-            return "no node is online"
-        best = max(online, key=lambda n: (n.free_cores, n.name))
-        if task.cores > best.free_cores:
-            return f"needs {task.cores} cores; the largest free block is {best.free_cores} (on {best.name})"
-        return "queued behind earlier tasks; it runs as soon as the scheduler's next pass reaches it"
+        """One line on what a pending task waits for ("" if it is not pending)."""
+        return why_pending(self, task_id)
 
     # ---- shared steps --------------------------------------------------------------------
     def _add_task(self, task: Task) -> None:
@@ -484,33 +468,5 @@ class Cluster:
 
     # ---- checks --------------------------------------------------------------------------
     def check_invariants(self) -> None:
-        """Disjoint core sets, free + used = total, every holding task on its node, every
-        pending task either queued or waiting on a dependency that can still complete, and
-        the throttles' counts true."""
-        running: dict[str, int] = {}
-        for node in self.nodes.values():
-            used: set[int] = set()
-            for task_id in node.task_ids:
-                task = self.tasks[task_id]
-                assert task.state.holds_cores, f"{task_id} is {task.state.value} on {node.name}"
-                assert task.node == node.name, f"{task_id} is on {task.node}, listed on {node.name}"
-                assert not used & set(task.core_ids), f"cores {sorted(used & set(task.core_ids))} shared"
-                used |= set(task.core_ids)
-                if task.throttle:
-                    running[task.batch_id] = running.get(task.batch_id, 0) + 1
-            assert len(used) + node.free_cores == node.total_cores, f"core count broken on {node.name}"
-            assert not used & set(node.cores.free_ids()), f"taken cores listed free on {node.name}"
-        assert running == self.batch_running, f"throttle counts {self.batch_running} but {running} hold cores"
-        for task in self.tasks.values():
-            if task.state.holds_cores:
-                assert task.task_id in self.nodes[task.node].task_ids, f"{task.task_id} not on its node"
-            places = (task.task_id in self.queue) + (task.task_id in self.deps) + self.queue.is_parked(task.task_id)
-            assert places == (task.state is TaskState.PENDING), f"queue broken: {task.task_id} in {places} places"
-            if self.queue.is_parked(task.task_id):  # held back only while its throttle has no place
-                running = self.batch_running.get(task.batch_id, 0)
-                assert self.queue.queued_in(task.batch_id) + running >= task.throttle, f"{task.task_id} parked needlessly"
-        for task_id, deps in self.deps.waiting.items():
-            for dep in deps:
-                live = self.tasks.get(dep)
-                assert (live is not None and live.state is not TaskState.LOST) or self.batch_left.get(dep), (
-                    f"{task_id} waits on {dep}, which has already ended")
+        """Raise AssertionError if the bookkeeping is broken (see invariants.py); for tests."""
+        check_invariants(self)
