@@ -19,7 +19,7 @@ def split_run_key(key: str) -> tuple[str, int]:
     return task_id, int(attempt) if attempt.isdigit() else 1
 
 
-@dataclass
+@dataclass(slots=True)
 class Attempt:
     """One earlier attempt of a task (the current one is the task's own fields)."""
 
@@ -39,7 +39,7 @@ class Attempt:
     delivered: bool = True
 
 
-@dataclass
+@dataclass(slots=True)
 class Task:
     task_id: str
     command: str
@@ -94,7 +94,7 @@ class Task:
         return sum(1 for a in self.attempts if a.delivered)
 
 
-@dataclass
+@dataclass(slots=True)
 class Node:
     name: str
     cores: CoreSet
