@@ -286,6 +286,8 @@ class LaunchOrder(Message):
     attempt: int = 1
     #: seconds it may run, enforced on the node; None = no limit
     time_limit: float | None = None
+    #: the earlier attempt whose output <id>.out and <id>.err hold, to move aside as <id>.N.out first; 0 = none
+    earlier_output: int = 0
 
 
 class Orders(Message):

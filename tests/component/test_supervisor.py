@@ -216,7 +216,8 @@ def test_an_exit_logged_by_a_keeper_that_then_died_still_reaches_the_journal(nod
 
 
 def attempt(task_id: str, n: int, *argv: str, time_limit: float | None = None) -> p.LaunchOrder:
-    return p.LaunchOrder(task_id, argv[0], list(argv[1:]), {}, [0], attempt=n, time_limit=time_limit)
+    return p.LaunchOrder(task_id, argv[0], list(argv[1:]), {}, [0], attempt=n, time_limit=time_limit,
+                         earlier_output=n - 1)
 
 
 def test_each_attempt_is_a_run_of_its_own_and_a_repeated_order_runs_once(node):

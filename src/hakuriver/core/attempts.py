@@ -20,6 +20,11 @@ def numbered_output(path: str, attempt: int) -> str:
     return f"{stem}.{attempt}.{ext}" if dot else f"{path}.{attempt}"
 
 
+def earlier_output(task: Task) -> int:
+    """The latest earlier attempt that reached its node, whose output <id>.out holds; 0 = none."""
+    return next((a.attempt for a in reversed(task.attempts) if a.delivered), 0)
+
+
 def close_attempt(task: Task, state: TaskState, now: float, error: str, delivered: bool = True) -> None:
     """Record the current attempt as ended in `state`, and make the task a fresh pending attempt."""
     task.attempts.append(Attempt(

@@ -49,6 +49,9 @@ class Cluster:
         self.lost: dict[str, set[str]] = {}
         #: per batch, its tasks that have not completed (and did not end otherwise), for --after a batch
         self.batch_left: dict[str, int] = {}
+        #: per batch still in batch_left, its tasks that ended other than completed, and how (they
+        #: fail any later --after of the batch, whatever the store has committed yet)
+        self.batch_problem: dict[str, dict[str, TaskState]] = {}
         #: per throttled batch (--array RANGE%K), its tasks holding cores
         self.batch_running: dict[str, int] = {}
 
@@ -70,9 +73,12 @@ class Cluster:
         for task in restored:
             self._restore_task(task)
         effects: list[Effect] = []
-        for task in restored:
+        known = dict(outcomes or {})
+        for task in restored:  # in submission order: every dependency before the tasks after it
             if task.state is TaskState.PENDING:
-                effects += self._queue_or_wait(task, now, outcomes or {})
+                effects += self._queue_or_wait(task, now, known)
+                if task.state.is_final:  # its dependency failed: so does the task, for those after it
+                    known[task.task_id] = task.state
         return effects
 
     def _restore_task(self, task: Task) -> None:
@@ -138,7 +144,7 @@ class Cluster:
         if task is not None:
             return TaskState.LOST if task.state is TaskState.LOST else None
         if self.batch_left.get(dep):
-            return None
+            return next(iter(self.batch_problem.get(dep, {}).values()), None)
         if outcome is None:
             raise SubmitRefused(f"--after: no task or batch with ID {dep}")
         return outcome
@@ -184,10 +190,11 @@ class Cluster:
         if node.cores.offered != tuple(sorted(set(report.core_ids))) or node.memory_bytes != report.memory_bytes:
             self._resize(node, report)
             effects.append(NodeChanged(node))
-        if node.state is NodeState.OFFLINE:
+        returning = node.state is NodeState.OFFLINE
+        if returning:
             node.state = NodeState.ONLINE
             effects.append(NodeChanged(node))
-        effects += self._recover_lost(node, held, now)
+        effects += self._recover_lost(node, held, now, returning)
         return effects
 
     def _resize(self, node: Node, report: NodeReport) -> None:
@@ -201,13 +208,14 @@ class Cluster:
             node.cores.take_exact(self.tasks[task_id].core_ids)
         node.cores.retire(held - offered)
 
-    def _recover_lost(self, node: Node, held: set[str], now: float) -> list[Effect]:
+    def _recover_lost(self, node: Node, held: set[str], now: float, returning: bool) -> list[Effect]:
         """Lost tasks the node still holds are running again (their result follows). One it does
-        not hold that never started is queued again: its launch never reached the node."""
+        not hold on the heartbeat that brings it back, and that never started, is queued again:
+        its launch never reached the node (`held` counts launches under way too)."""
         effects: list[Effect] = []
         for task_id in sorted(self.lost.get(node.name, set())):
             task = self.tasks[task_id]
-            if task.run_key not in held and task.started_at is None:
+            if returning and task.run_key not in held and task.started_at is None:
                 effects += self._run_again(task, node, now)
                 continue
             if task.run_key not in held or not node.cores.take_exact(task.core_ids):
@@ -217,11 +225,20 @@ class Cluster:
             task.state = TaskState.RUNNING
             task.error = ""
             self._hold(task, node)
+            self._lost_is_back(task)
             effects.append(TaskChanged(task))
         return effects
 
+    def _lost_is_back(self, task: Task) -> None:
+        """A lost task runs again (its node is back with it, or it is queued again): no longer a
+        problem of its batch for --after (waiters that failed because of it stay failed)."""
+        problems = self.batch_problem.get(task.batch_id)
+        if problems is not None and problems.pop(task.task_id, None) is not None and not problems:
+            del self.batch_problem[task.batch_id]
+
     def _run_again(self, task: Task, node: Node, now: float) -> list[Effect]:
         """A new attempt for a lost one that never started (it does not count against --retries)."""
+        self._lost_is_back(task)
         self.lost[node.name].discard(task.task_id)
         check_transition(task.state, TaskState.PENDING)
         close_attempt(task, TaskState.LOST, now, f"{task.error}; it had not started there, and {node.name} came "
@@ -396,6 +413,7 @@ class Cluster:
             return False
         self.lost.get(node.name, set()).discard(task.task_id)
         self._hold(task, node)
+        self._lost_is_back(task)
         return True
 
     def _end_attempt(self, task: Task, state: TaskState, now: float, error: str) -> list[Effect]:
@@ -453,17 +471,24 @@ class Cluster:
         return effects
 
     def _ended_ids(self, task: Task, state: TaskState) -> list[tuple[str, TaskState]]:
-        """The task's ID and, if the batch ended with it (or a task of it ended other than completed), its batch's."""
+        """The task's ID and, if its batch's outcome is decided with it, its batch's: failed at its
+        first task that ends other than completed (lost too: it may never come back), completed
+        when its last task completes."""
         ended = [(task.task_id, state)]
-        if task.batch_id and state is not TaskState.LOST and task.batch_id in self.batch_left:
-            self.batch_left[task.batch_id] -= 1
-            if not self.batch_left[task.batch_id]:
-                del self.batch_left[task.batch_id]
-                ended.append((task.batch_id, state))
-            elif state is not TaskState.COMPLETED:
-                ended.append((task.batch_id, state))
-        elif task.batch_id and state is TaskState.LOST:
-            ended.append((task.batch_id, state))
+        batch_id = task.batch_id
+        if batch_id not in self.batch_left:
+            return ended
+        self._lost_is_back(task)  # a lost task that now ends for real: its new state counts instead
+        if state is not TaskState.COMPLETED:
+            if batch_id not in self.batch_problem:
+                ended.append((batch_id, state))
+            self.batch_problem.setdefault(batch_id, {})[task.task_id] = state
+        if state is not TaskState.LOST:  # a lost task may still complete: it stays counted
+            self.batch_left[batch_id] -= 1
+            if not self.batch_left[batch_id]:
+                del self.batch_left[batch_id]
+                if self.batch_problem.pop(batch_id, None) is None:
+                    ended.append((batch_id, TaskState.COMPLETED))
         return ended
 
     # ---- checks --------------------------------------------------------------------------

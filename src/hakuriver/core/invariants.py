@@ -41,3 +41,4 @@ def check_invariants(c: Cluster) -> None:
             live = c.tasks.get(dep)
             assert (live is not None and live.state is not TaskState.LOST) or c.batch_left.get(dep), (
                 f"{task_id} waits on {dep}, which has already ended")
+    assert set(c.batch_problem) <= set(c.batch_left), "a batch's problem kept after it ended"

@@ -119,6 +119,9 @@ class _Api:
             problem = p.spec_problem(spec)
             if problem:
                 raise BadRequest(problem)
+        throttles = {spec.throttle for spec in body.tasks}
+        if throttles != {0} and (len(throttles) > 1 or not (body.batch or len(body.tasks) > 1)):
+            raise BadRequest("a throttle (%K) is one number for a whole batch: give it with --array RANGE%K")
         try:
             ids, batch_id = await self.service.submit(body.tasks, body.batch, owner=body.user)
         except SubmitRefused as exc:
@@ -220,6 +223,8 @@ class _Api:
             ids, batch_id = await self.service.retry_failed(some_id, body.user)
         except SubmitRefused as exc:
             raise BadRequest(str(exc), 422) from None
+        except StoreWriteError as exc:
+            raise BadRequest(f"{exc}; nothing was submitted: free space on the host's disk and retry again", 507) from None
         return _json(p.SubmitReply(task_ids=ids, batch_id=batch_id), 201)
 
     async def nodes(self, request: Request) -> Response:

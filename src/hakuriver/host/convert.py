@@ -12,6 +12,7 @@ import uuid
 from typing import Any
 
 from hakuriver import protocol as p
+from hakuriver.core.attempts import earlier_output
 from hakuriver.core.cluster import Finished, Orders, Started
 from hakuriver.core.model import Attempt, Node, Task
 
@@ -73,5 +74,6 @@ def orders_message(orders: Orders) -> p.Orders:
 
 
 def launch_order(t: Task) -> p.LaunchOrder:
-    return p.LaunchOrder(**{f: _view_value(getattr(t, f)) for f in p.LaunchOrder._fields})
+    values = {f: _view_value(getattr(t, f)) for f in p.LaunchOrder._fields if f != "earlier_output"}
+    return p.LaunchOrder(**values, earlier_output=earlier_output(t) if t.attempts else 0)
 

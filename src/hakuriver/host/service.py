@@ -189,18 +189,28 @@ class HostService:
         return problem or TaskState.COMPLETED
 
     async def retry_failed(self, some_id: str, user: str) -> tuple[list[str], str]:
-        """Submit again, as one new batch, every task of a task or batch that did not complete."""
+        """Submit again, as one new batch, every task of a task or batch that did not complete.
+
+        A lost one it resubmits is marked killed, so that it cannot also come back to life when
+        its node returns (the new batch runs its work)."""
+        await self.settled()  # what the store reads below includes every change made so far
         try:
             tasks = [self.get_task(self.resolve_task(some_id))]
             kind = "task"
         except NotFound:
-            tasks = await self.batch_tasks(self.resolve_batch(some_id))
+            stored = await self.batch_tasks(self.resolve_batch(some_id))
+            tasks = [self.cluster.tasks.get(t.task_id) or self.commits.tasks.get(t.task_id) or t for t in stored]
             kind = "batch"
         retried = [t for t in tasks if t.state in PROBLEM_STATES]
         if not retried:
             states = ", ".join(sorted({t.state.value for t in tasks}))
             raise KillRefused(f"{kind} {some_id} has no failed, killed, lost or timed-out task to retry ({states})")
-        return await self.submit([convert.spec_of(t) for t in retried], batch=True, owner=user)
+        reply = await self.submit([convert.spec_of(t) for t in retried], batch=True, owner=user)
+        now = self.clock()
+        for task in retried:
+            if task.state is TaskState.LOST and task.task_id in self.cluster.tasks:
+                self._apply(self.cluster.on_kill(task.task_id, now))
+        return reply
 
     def resolve_task(self, some_id: str, must_exist: bool = False) -> str:
         """The full task ID for a full ID or a unique prefix of one."""

@@ -70,8 +70,9 @@ class Agent:
 
     def held_and_ending(self) -> tuple[list[str], list[str]]:
         """Every attempt this node holds (run keys), and those of them already being killed or already ended."""
-        results = self.outbox.ids()
-        return list(self.supervisor.held() | results), list(self.supervisor.killing() | results)
+        with self.outbox.journal.lock:  # one view: an attempt moving from running to ended is in one of the two
+            results = self.outbox.ids()
+            return list(self.supervisor.held() | results), list(self.supervisor.killing() | results)
 
     # ---- heartbeat + orders --------------------------------------------------------------
     def heartbeat_forever(self) -> None:

@@ -77,9 +77,10 @@ class Supervisor:
 
     # ---- queries -------------------------------------------------------------------------
     def held(self) -> set[str]:
-        """Run keys of the attempts launched here and not finished."""
+        """Run keys of the attempts launched here and not finished, and of those being launched
+        right now (claimed, not yet journaled): the host must never think such a launch was lost."""
         with self._lock:
-            return set(self._records)
+            return set(self._records) | self._launching
 
     def killing(self) -> set[str]:
         with self._lock:
@@ -211,10 +212,10 @@ class Supervisor:
             stderr=os.path.join(s.output_dir, f"{order.task_id}.err"),
             temp_dir=os.path.join(s.local_temp_dir, f"hakuriver-task-{run_key(order.task_id, order.attempt)}"),
         )
-        if order.attempt > 1:
+        if order.earlier_output:
             for path in (paths.stdout, paths.stderr):
                 with contextlib.suppress(OSError):  # the earlier attempt may never have written any
-                    os.rename(path, numbered_output(path, order.attempt - 1))
+                    os.rename(path, numbered_output(path, order.earlier_output))
         return paths
 
     def _prepare(self, order: p.LaunchOrder, paths: launch.TaskPaths, cwds: dict[str, str]) -> tuple[Spawn | None, str]:

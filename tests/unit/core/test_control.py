@@ -400,3 +400,32 @@ def test_with_retries_a_task_lost_before_it_started_is_retried_at_once_and_that_
     c.on_tick(TIMEOUT + 1)  # lost before it started: with a retry left, queued again at once
     assert (t1.state, t1.attempt, t1.retries_used) == (TaskState.PENDING, 2, 1)
     c.check_invariants()
+
+
+def test_a_restart_fails_a_chain_whose_first_dependency_failed_while_the_host_was_down():
+    """Found in review: the first waiting task failed during restore, and the next one, after it,
+    found its dependency neither active nor among the outcomes, and the host could not start."""
+    c = cluster_with(a=1)
+    for t in (task(1), task(2, after=["t1"]), task(3, after=["t2"])):
+        c.on_submit([t])
+    pending = [copy.deepcopy(c.tasks[t]) for t in ("t2", "t3")]
+    fresh = Cluster(TIMEOUT)
+    effects = fresh.restore(copy.deepcopy(list(c.nodes.values())), pending, now=5.0, outcomes={"t1": TaskState.FAILED})
+    assert states(effects) == {"t2": "failed", "t3": "failed"}
+    assert not fresh.tasks
+    fresh.check_invariants()
+
+
+def test_after_a_batch_that_already_had_a_failure_fails_at_once():
+    """The core remembers a batch's first failure while the batch runs: the store may not have it yet."""
+    c = cluster_with(a=2)
+    c.on_submit(batch("B", 1, 2))
+    c.schedule()
+    launch(c, "a")
+    c.on_finished("a", Finished("t1", 2.0, exit_code=1))
+    effects = c.on_submit([task(3, after=["B"])], now=3.0)  # no outcome given: B still runs
+    assert c.batch_problem == {"B": {"t1": TaskState.FAILED}}
+    assert states(effects)["t3"] == "failed" and "t3" not in c.tasks
+    complete(c, "a", "t2")
+    assert not c.batch_problem and not c.batch_left
+    c.check_invariants()
