@@ -15,6 +15,7 @@ import pytest
 from hakuriver import protocol as p
 from hakuriver.runner import launch
 from hakuriver.runner.journal import Journal
+from hakuriver.runner.keeper import State
 from hakuriver.runner.outbox import Outbox
 from hakuriver.runner.supervisor import NodeSetup, Supervisor
 from support import keepers_below, wait_until
@@ -136,6 +137,7 @@ LAUNCH_AND_DIE = """
 import os, sys
 from hakuriver import protocol as p
 from hakuriver.runner.journal import Journal
+from hakuriver.runner.keeper import State
 from hakuriver.runner.outbox import Outbox
 from hakuriver.runner.supervisor import NodeSetup, Supervisor
 setup = NodeSetup("n", sys.argv[1], sys.argv[2], "", 0.5, sys.argv[3], ())
@@ -260,3 +262,14 @@ def test_an_orphan_is_held_to_its_time_limit_by_the_runner(node):
     r = result(outbox, "limited")
     assert (r.attempt, r.timed_out) == (3, True) and "time limit" in r.error
     assert launch.find_task_leader("limited", 3) is None
+
+
+def test_the_runner_keeps_time_limits_when_its_keeper_is_from_an_earlier_release(node):
+    """A keeper outlives an upgrade of its runner; one of the release before time limits ignores
+    them (it says so by not saying `limits` in its State): the runner's own watch ends the task."""
+    _, sup, outbox, _ = node
+    sup._take_over(State(running=[], exits=[]))  # what such a keeper answers: no `limits`
+    sup.launch([attempt("old", 1, "sleep", "60", time_limit=0.5)])
+    r = result(outbox, "old")
+    assert (r.timed_out, r.killed, r.error) == (True, False, "time limit of 0.5s reached")
+    assert launch.find_task_leader("old") is None

@@ -110,6 +110,8 @@ class State(msgspec.Struct, tag="state"):
 
     running: list[str]
     exits: list[Exit]
+    #: it ends tasks at their time limit (a keeper of an earlier release does not: the runner then does)
+    limits: bool = False
 
 
 ToKeeper = Hello | Spawn | Kill | Forget
@@ -231,7 +233,7 @@ class Keeper:
         # one runner at a time: the next is accepted once this one is gone and fully read
         self.sel.unregister(self.listener)
         self.sel.register(conn, selectors.EVENT_READ, self._on_conn)
-        self._send([State(running=list(self.pids), exits=list(self.exits.values()))])
+        self._send([State(running=list(self.pids), exits=list(self.exits.values()), limits=True)])
 
     def _on_conn(self, mask: int) -> None:
         if mask & selectors.EVENT_WRITE:

@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import msgspec
+
 from hakuriver import protocol as p
 from hakuriver.core.attempts import numbered_output
 from hakuriver.core.model import run_key
@@ -66,7 +68,12 @@ class Supervisor:
         self._records: dict[str, TaskRecord] = self.journal.records
         #: tasks still running whose keeper was lost: watched by polling, killed by the runner itself
         self._orphans: set[str] = set()
-        self._orphan_watch: threading.Thread | None = None
+        self._watch: threading.Thread | None = None
+        #: the keeper ends tasks at their time limit; False for a keeper of an earlier release,
+        #: which outlives an upgrade of its runner: then the runner's watch does it
+        self._keeper_limits = True
+        #: tasks the runner had the keeper kill because their time limit ran out
+        self._timed_out: set[str] = set()
         #: being launched right now, by the thread that claimed them
         self._launching: set[str] = set()
         #: exits journaled here that the keeper has not been told to forget yet
@@ -122,6 +129,12 @@ class Supervisor:
         self.keeper.wake()
 
     def _take_over(self, state: State) -> list[p.TaskStarted]:
+        if self._keeper_limits and not state.limits:
+            log.warning("this node's keeper is from an earlier release and does not enforce time limits; "
+                        "the runner does until it is replaced (when the node is idle)")
+        self._keeper_limits = state.limits
+        if not state.limits:
+            self._ensure_watch()
         self._exited(state.exits)
         running = set(state.running)
         with self._lock:
@@ -232,8 +245,9 @@ class Supervisor:
             return None, problem
         cpus = s.physical(order.core_ids)
         path, argv = launch.task_argv(program, order.command, order.args, cpus=cpus, numactl=s.numactl_path)
+        limit = order.time_limit if self._keeper_limits else None  # else the runner's watch keeps it
         return Spawn(run_key(order.task_id, order.attempt), path, argv, env, cwd, paths.stdout, paths.stderr,
-                     paths.temp_dir, None if s.numactl_path else cpus, order.time_limit, s.kill_grace), ""
+                     paths.temp_dir, None if s.numactl_path else cpus, limit, s.kill_grace), ""
 
     # ---- exits ---------------------------------------------------------------------------
     def _exited(self, exits: list[Exit]) -> None:
@@ -249,8 +263,10 @@ class Supervisor:
         with self._lock:
             self._forgettable += [ex.task_id for ex in exits]
 
-    @staticmethod
-    def _result(rec: TaskRecord, ex: Exit) -> p.TaskFinished:
+    def _result(self, rec: TaskRecord, ex: Exit) -> p.TaskFinished:
+        if ex.killed and rec.key in self._timed_out:  # the runner had it killed for its time limit
+            self._timed_out.discard(rec.key)
+            ex = msgspec.structs.replace(ex, killed=False, timed_out=True, error=_limit_reached(rec))
         return p.TaskFinished(rec.task_id, ex.ended_at, exit_code=ex.exit_code, signal=ex.signal, error=ex.error,
                               killed=ex.killed, started_at=None if ex.not_started else rec.started_at,
                               stdout_path=rec.stdout, stderr_path=rec.stderr, cpu_user_seconds=ex.cpu_user_seconds,
@@ -281,32 +297,52 @@ class Supervisor:
         rec.pid, rec.start_time = leader
         with self._lock:
             self._orphans.add(rec.key)
-            if self._orphan_watch is None:
-                self._orphan_watch = threading.Thread(target=self._watch_orphans, name="orphans", daemon=True)
-                self._orphan_watch.start()
+        self._ensure_watch()
         if rec.killing:
             threading.Thread(target=self._kill_orphan, args=(rec,), daemon=True).start()
         return True
 
-    def _watch_orphans(self) -> None:
+    def _ensure_watch(self) -> None:
+        with self._lock:
+            if self._watch is None:
+                self._watch = threading.Thread(target=self._watch_loop, name="watch", daemon=True)
+                self._watch.start()
+
+    def _watch_loop(self) -> None:
+        """Tasks whose keeper was lost, and time limits an old keeper does not keep."""
         while True:
             time.sleep(ORPHAN_POLL)
-            with self._lock:
-                watched = [self._records[t] for t in self._orphans if t in self._records]
-            for rec in watched:
-                if rec.killing:
-                    continue
-                if not launch.is_alive(rec.pid, rec.start_time):
-                    self._finish_orphan(rec, "ended after its keeper was killed: no exit status")
-                elif rec.time_limit is not None and time.time() >= rec.started_at + rec.time_limit:
-                    rec.killing = True  # the keeper that held its deadline is gone: the runner keeps it
-                    threading.Thread(target=self._kill_orphan, args=(rec, True), daemon=True).start()
+            self._watch_orphans()
+            if not self._keeper_limits:
+                self._watch_limits()
+
+    def _watch_limits(self) -> None:
+        now = time.time()
+        with self._lock:
+            due = [rec.key for key, rec in self._records.items() if key not in self._orphans and not rec.killing
+                   and rec.time_limit is not None and now >= rec.started_at + rec.time_limit]
+            self._timed_out.update(due)
+        for key in due:
+            log.info("task %s reached its time limit", key)
+            self.kill(key)
+
+    def _watch_orphans(self) -> None:
+        with self._lock:
+            watched = [self._records[t] for t in self._orphans if t in self._records]
+        for rec in watched:
+            if rec.killing:
+                continue
+            if not launch.is_alive(rec.pid, rec.start_time):
+                self._finish_orphan(rec, "ended after its keeper was killed: no exit status")
+            elif rec.time_limit is not None and time.time() >= rec.started_at + rec.time_limit:
+                rec.killing = True  # the keeper that held its deadline is gone: the runner keeps it
+                threading.Thread(target=self._kill_orphan, args=(rec, True), daemon=True).start()
 
     def _kill_orphan(self, rec: TaskRecord, timed_out: bool = False) -> None:
         if launch.is_alive(rec.pid, rec.start_time):
             launch.kill_tree(rec.pid, self.setup.kill_grace)
         if timed_out:
-            self._finish_orphan(rec, f"time limit of {p.format_duration(rec.time_limit or 0)} reached", timed_out=True)
+            self._finish_orphan(rec, _limit_reached(rec), timed_out=True)
         else:
             self._finish_orphan(rec, "killed by user", killed=True)
 
@@ -317,6 +353,10 @@ class Supervisor:
                                         stdout_path=rec.stdout, stderr_path=rec.stderr, timed_out=timed_out,
                                         attempt=rec.attempt)])
         _remove_folder(rec.temp_dir)
+
+
+def _limit_reached(rec: TaskRecord) -> str:
+    return f"time limit of {p.format_duration(rec.time_limit or 0)} reached"
 
 
 def _started(rec: TaskRecord) -> p.TaskStarted:
