@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from hakuriver.core.attempts import close_attempt, note_late
+from hakuriver.core.batches import BatchOutcomes
 from hakuriver.core.cores import CoreSet
 from hakuriver.core.depends import Dependencies
 from hakuriver.core.events import (  # noqa: F401 - re-exported: the machine's vocabulary
@@ -47,11 +48,8 @@ class Cluster:
         self.deps = Dependencies()
         #: lost tasks by node, kept to take their real outcome when the node returns
         self.lost: dict[str, set[str]] = {}
-        #: per batch, its tasks that have not completed (and did not end otherwise), for --after a batch
-        self.batch_left: dict[str, int] = {}
-        #: per batch still in batch_left, its tasks that ended other than completed, and how (they
-        #: fail any later --after of the batch, whatever the store has committed yet)
-        self.batch_problem: dict[str, dict[str, TaskState]] = {}
+        #: how each active batch stands, for --after a batch
+        self.batches = BatchOutcomes()
         #: per throttled batch (--array RANGE%K), its tasks holding cores
         self.batch_running: dict[str, int] = {}
 
@@ -143,8 +141,8 @@ class Cluster:
         task = self.tasks.get(dep)
         if task is not None:
             return TaskState.LOST if task.state is TaskState.LOST else None
-        if self.batch_left.get(dep):
-            return next(iter(self.batch_problem.get(dep, {}).values()), None)
+        if self.batches.active(dep):
+            return self.batches.problem(dep)
         if outcome is None:
             raise SubmitRefused(f"--after: no task or batch with ID {dep}")
         return outcome
@@ -225,20 +223,13 @@ class Cluster:
             task.state = TaskState.RUNNING
             task.error = ""
             self._hold(task, node)
-            self._lost_is_back(task)
+            self.batches.lost_is_back(task)
             effects.append(TaskChanged(task))
         return effects
 
-    def _lost_is_back(self, task: Task) -> None:
-        """A lost task runs again (its node is back with it, or it is queued again): no longer a
-        problem of its batch for --after (waiters that failed because of it stay failed)."""
-        problems = self.batch_problem.get(task.batch_id)
-        if problems is not None and problems.pop(task.task_id, None) is not None and not problems:
-            del self.batch_problem[task.batch_id]
-
     def _run_again(self, task: Task, node: Node, now: float) -> list[Effect]:
         """A new attempt for a lost one that never started (it does not count against --retries)."""
-        self._lost_is_back(task)
+        self.batches.lost_is_back(task)
         self.lost[node.name].discard(task.task_id)
         check_transition(task.state, TaskState.PENDING)
         close_attempt(task, TaskState.LOST, now, f"{task.error}; it had not started there, and {node.name} came "
@@ -380,8 +371,7 @@ class Cluster:
         self.tasks[task.task_id] = task
         self._ranks_given += 1
         self.rank[task.task_id] = self._ranks_given
-        if task.batch_id and task.state is not TaskState.COMPLETED:
-            self.batch_left[task.batch_id] = self.batch_left.get(task.batch_id, 0) + 1
+        self.batches.add(task)
 
     def _enqueue(self, task: Task) -> None:
         self.queue.add(task.task_id, self.rank[task.task_id], task.batch_id, task.throttle,
@@ -413,7 +403,7 @@ class Cluster:
             return False
         self.lost.get(node.name, set()).discard(task.task_id)
         self._hold(task, node)
-        self._lost_is_back(task)
+        self.batches.lost_is_back(task)
         return True
 
     def _end_attempt(self, task: Task, state: TaskState, now: float, error: str) -> list[Effect]:
@@ -471,25 +461,9 @@ class Cluster:
         return effects
 
     def _ended_ids(self, task: Task, state: TaskState) -> list[tuple[str, TaskState]]:
-        """The task's ID and, if its batch's outcome is decided with it, its batch's: failed at its
-        first task that ends other than completed (lost too: it may never come back), completed
-        when its last task completes."""
-        ended = [(task.task_id, state)]
-        batch_id = task.batch_id
-        if batch_id not in self.batch_left:
-            return ended
-        self._lost_is_back(task)  # a lost task that now ends for real: its new state counts instead
-        if state is not TaskState.COMPLETED:
-            if batch_id not in self.batch_problem:
-                ended.append((batch_id, state))
-            self.batch_problem.setdefault(batch_id, {})[task.task_id] = state
-        if state is not TaskState.LOST:  # a lost task may still complete: it stays counted
-            self.batch_left[batch_id] -= 1
-            if not self.batch_left[batch_id]:
-                del self.batch_left[batch_id]
-                if self.batch_problem.pop(batch_id, None) is None:
-                    ended.append((batch_id, TaskState.COMPLETED))
-        return ended
+        """The task's ID and, if its batch's outcome is decided with it, its batch's."""
+        batch_outcome = self.batches.ended(task, state)
+        return [(task.task_id, state)] + ([(task.batch_id, batch_outcome)] if batch_outcome else [])
 
     # ---- checks --------------------------------------------------------------------------
     def check_invariants(self) -> None:

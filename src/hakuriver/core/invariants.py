@@ -39,6 +39,6 @@ def check_invariants(c: Cluster) -> None:
     for task_id, deps in c.deps.waiting.items():
         for dep in deps:
             live = c.tasks.get(dep)
-            assert (live is not None and live.state is not TaskState.LOST) or c.batch_left.get(dep), (
+            assert (live is not None and live.state is not TaskState.LOST) or c.batches.active(dep), (
                 f"{task_id} waits on {dep}, which has already ended")
-    assert set(c.batch_problem) <= set(c.batch_left), "a batch's problem kept after it ended"
+    assert set(c.batches.problems) <= set(c.batches.left), "a batch's problem kept after it ended"

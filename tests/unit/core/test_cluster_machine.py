@@ -305,7 +305,7 @@ class ClusterMachine(RuleBasedStateMachine):
         c = self.cluster
         nodes = tuple((n.name, n.cores.free_ids(), frozenset(n.task_ids), n.state) for n in c.nodes.values())
         deps = {tid: frozenset(d) for tid, d in c.deps.waiting.items()}
-        return tuple(c.tasks), tuple(c.queue), nodes, deps, dict(c.batch_left), dict(c.batch_running)
+        return tuple(c.tasks), tuple(c.queue), nodes, deps, dict(c.batches.left), dict(c.batch_running)
 
     def eligible(self, task: Task) -> list[Node]:
         online = [n for n in self.cluster.nodes.values() if n.state is NodeState.ONLINE]

@@ -424,8 +424,8 @@ def test_after_a_batch_that_already_had_a_failure_fails_at_once():
     launch(c, "a")
     c.on_finished("a", Finished("t1", 2.0, exit_code=1))
     effects = c.on_submit([task(3, after=["B"])], now=3.0)  # no outcome given: B still runs
-    assert c.batch_problem == {"B": {"t1": TaskState.FAILED}}
+    assert c.batches.problems == {"B": {"t1": TaskState.FAILED}}
     assert states(effects)["t3"] == "failed" and "t3" not in c.tasks
     complete(c, "a", "t2")
-    assert not c.batch_problem and not c.batch_left
+    assert not c.batches.problems and not c.batches.left
     c.check_invariants()
