@@ -52,6 +52,8 @@ LOG_STATE_HEADER = "x-hakuriver-state"
 MIN_PREFIX = 8
 #: --list's default page size
 DEFAULT_LIST_LIMIT = 50
+#: seconds: the longest time limit (about 31 years)
+MAX_TIME_LIMIT = 1e9
 #: the most --retries a task may ask for
 MAX_RETRIES = 100
 #: the most --after IDs a task may name
@@ -343,8 +345,8 @@ def spec_problem(spec: TaskSpec) -> str | None:
 
 
 def _control_problem(spec: TaskSpec) -> str | None:
-    if spec.time_limit is not None and not 0 < spec.time_limit < 1e9:
-        return f"a time limit is more than 0 seconds, got {spec.time_limit}"
+    if spec.time_limit is not None and not 0 < spec.time_limit < MAX_TIME_LIMIT:
+        return f"a time limit is more than 0 seconds and less than {MAX_TIME_LIMIT:g}, got {spec.time_limit}"
     if not 0 <= spec.retries <= MAX_RETRIES:
         return f"--retries is a whole number from 0 to {MAX_RETRIES}, got {spec.retries}"
     if spec.throttle < 0:
@@ -370,7 +372,7 @@ def parse_duration(text: str) -> float:
         seconds = float(m.group(1)) * _UNIT[m.group(2)]
     else:
         m = _CLOCK.match(text)
-        if not m or int(m.group(3)) >= 60:
+        if not m or int(m.group(3)) >= 60 or (m.group(1) is not None and int(m.group(2)) >= 60):
             raise ValueError(f"expected a duration like 90, 90s, 15m, 2h, 1d or 1:30:00, got {text!r}")
         seconds = int(m.group(1) or 0) * 3600 + int(m.group(2)) * 60 + int(m.group(3))
     if seconds <= 0:
