@@ -140,3 +140,26 @@ def test_threads_decoding_at_once_on_a_fresh_codec_all_succeed(monkeypatch):
     for t in threads:
         t.join()
     assert failures == []
+
+
+@pytest.mark.parametrize("text, seconds", [("90", 90.0), ("90s", 90.0), ("15m", 900.0), ("2h", 7200.0), ("1d", 86400.0),
+                                           ("1:30:00", 5400.0), ("5:00", 300.0), ("0.5", 0.5), (" 2H ", 7200.0)])
+def test_durations_in_every_form(text, seconds):
+    assert p.parse_duration(text) == seconds
+    assert p.parse_duration(p.format_duration(seconds)) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "0", "soon", "1:60", "-5", "1m30", "1.5.2s", "0:00:00", "1:75:00"])
+def test_a_malformed_duration_is_refused(text):
+    with pytest.raises(ValueError, match="duration"):
+        p.parse_duration(text)
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("time_limit", 0.0, "time limit"), ("time_limit", 2e9, "time limit"), ("retries", -1, "--retries"),
+    ("retries", 101, "--retries"), ("throttle", -1, "throttle"), ("after", ["nope"], "--after"),
+    ("after", ["0123abcd"] * 101, "--after"),
+])
+def test_control_fields_are_checked_like_the_rest_of_a_spec(field, value, words):
+    problem = p.spec_problem(p.TaskSpec(command="true", **{field: value}))
+    assert problem is not None and words in problem
