@@ -361,15 +361,21 @@ def _control_problem(spec: TaskSpec) -> str | None:
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 _CLOCK = re.compile(r"^(?:(\d+):)?(\d+):(\d{1,2})$")
+#: units in a row, as format_duration writes them: 1h30m, 2d12h, 1m30s
+_COMPOUND = re.compile(r"^(?=\d)(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?$")
 _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def parse_duration(text: str) -> float:
-    """Seconds from "90", "90s", "15m", "2h", "1d" or "1:30:00" (h:mm:ss; also mm:ss)."""
+    """Seconds from "90", "90s", "15m", "2h", "1d", "1h30m" or "1:30:00" (h:mm:ss; also mm:ss)."""
     text = text.strip().lower()
     m = _DURATION.match(text)
+    compound = _COMPOUND.match(text)
     if m:
         seconds = float(m.group(1)) * _UNIT[m.group(2)]
+    elif compound:
+        d, h, mins, secs = (float(g or 0) for g in compound.groups())
+        seconds = d * 86400 + h * 3600 + mins * 60 + secs
     else:
         m = _CLOCK.match(text)
         if not m or int(m.group(3)) >= 60 or (m.group(1) is not None and int(m.group(2)) >= 60):

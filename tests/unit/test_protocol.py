@@ -143,7 +143,8 @@ def test_threads_decoding_at_once_on_a_fresh_codec_all_succeed(monkeypatch):
 
 
 @pytest.mark.parametrize("text, seconds", [("90", 90.0), ("90s", 90.0), ("15m", 900.0), ("2h", 7200.0), ("1d", 86400.0),
-                                           ("1:30:00", 5400.0), ("5:00", 300.0), ("0.5", 0.5), (" 2H ", 7200.0)])
+                                           ("1:30:00", 5400.0), ("5:00", 300.0), ("0.5", 0.5), (" 2H ", 7200.0),
+                                           ("1h30m", 5400.0), ("1m30s", 90.0), ("2d12h", 216000.0)])
 def test_durations_in_every_form(text, seconds):
     assert p.parse_duration(text) == seconds
     assert p.parse_duration(p.format_duration(seconds)) == seconds
