@@ -250,3 +250,12 @@ def _from_struct(value: Any, plans: dict[Any, tuple[type[Message], frozenset[str
     if isinstance(value, list):
         return [_from_struct(v, plans) for v in value]
     return value
+
+
+def json_schemas(kinds: list[Any], ref_template: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """JSON Schemas of these message types (and lists of them), from the same twins msgspec
+    validates against, and the schemas of every message they name (for an OpenAPI document)."""
+    import msgspec
+
+    _, twins = _decoder(object)
+    return msgspec.json.schema_components([_twin(k, twins.structs) for k in kinds], ref_template=ref_template)

@@ -39,6 +39,7 @@ NODES = "/api/nodes"                       # GET -> list[NodeView]
 RUNNER_HEARTBEAT = "/api/runner/heartbeat"  # POST Heartbeat -> Orders (long-poll)
 RUNNER_REPORT = "/api/runner/report"       # POST Report -> Ack
 HEALTH = "/api/health"                     # GET -> {"ok": true}
+OPENAPI = "/api/openapi.json"              # GET -> the OpenAPI document of ROUTES (host/openapi.py)
 
 #: the host refuses larger request bodies (a 10,000-task batch is about 2 MB)
 MAX_BODY_BYTES = 32 * 1024 * 1024
@@ -397,3 +398,49 @@ def format_duration(seconds: float) -> str:
             parts.append(f"{whole // size}{unit}")
             whole %= size
     return "".join(parts)
+
+
+# ---- the route table: what the host serves, for its OpenAPI document and the tests ----------
+class Route:
+    """One route: its method and path, what it takes and gives, and its query parameters
+    (name, then "string", "integer", "number" or a tuple of the allowed strings)."""
+
+    __slots__ = ("method", "path", "summary", "request", "reply", "query", "status")
+
+    def __init__(self, method: str, path: str, summary: str, request: object = None, reply: object = None,
+                 query: tuple[tuple[str, object], ...] = (), status: int = 200) -> None:
+        self.method, self.path, self.summary = method, path, summary
+        self.request, self.reply, self.query, self.status = request, reply, query, status
+
+
+_FILTERS = (("state", "string"), ("node", "string"), ("batch", "string"), ("name", "string"), ("user", "string"),
+            ("limit", "integer"), ("offset", "integer"))
+_LONG_POLL = (("timeout", "number"),)
+#: a raw body (a log's bytes), not JSON
+RAW = "raw"
+
+ROUTES: tuple[Route, ...] = (
+    Route("POST", TASKS, "submit tasks (one, or a batch)", SubmitRequest, SubmitReply, status=201),
+    Route("GET", TASKS, "list tasks, newest first; limit=0 streams every match", reply=TaskList, query=_FILTERS),
+    Route("GET", TASK, "a task's record", reply=TaskView),
+    Route("GET", TASK_LOGS, "a task's output, from an offset or its last lines", reply=RAW,
+          query=(("stream", ("stdout", "stderr")), ("offset", "integer"), ("tail", "integer"), ("wait", "number"))),
+    Route("GET", TASK_WAIT, "the task's record once it is final, or after timeout seconds", reply=TaskView,
+          query=_LONG_POLL),
+    Route("POST", TASK_KILL, "kill a task's whole process tree", reply=KillReply),
+    Route("POST", TASK_RETRY, "resubmit what did not complete of a task (or of a batch with that ID) as a new batch",
+          RetryRequest, SubmitReply, status=201),
+    Route("GET", BATCH, "a batch's counts by state and its first problems", reply=BatchView),
+    Route("GET", BATCH_TASKS, "every task record of a batch", reply=list[TaskView]),
+    Route("GET", BATCH_WAIT, "the batch's view once every task is final, or after timeout seconds", reply=BatchView,
+          query=_LONG_POLL),
+    Route("POST", BATCH_KILL, "kill every unfinished task of a batch", reply=KillReply),
+    Route("POST", BATCH_RETRY, "resubmit what did not complete of a batch as a new batch", RetryRequest, SubmitReply,
+          status=201),
+    Route("GET", NODES, "every node", reply=list[NodeView]),
+    Route("POST", RUNNER_HEARTBEAT, "a runner's heartbeat; answered with orders (long-poll)", Heartbeat, Orders),
+    Route("POST", RUNNER_REPORT, "a runner's started and finished tasks; answered with an acknowledgement", Report, Ack),
+    Route("GET", HEALTH, "is the host up", reply=dict),
+    Route("GET", OPENAPI, "this API's OpenAPI document", reply=dict),
+)
+

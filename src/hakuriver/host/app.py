@@ -110,6 +110,7 @@ class _Api:
 
     def __init__(self, service: HostService) -> None:
         self.service = service
+        self._openapi: bytes | None = None
 
     async def submit(self, request: Request) -> Response:
         body = await _body(request, p.SubmitRequest)
@@ -241,42 +242,51 @@ class _Api:
     async def health(self, request: Request) -> Response:
         return _json({"ok": True})
 
+    async def openapi(self, request: Request) -> Response:
+        if self._openapi is None:
+            from hakuriver.host.openapi import document
+
+            self._openapi = p.dumps(document())
+        return Response(self._openapi, media_type="application/json")
+
 
 def _encoded_views(tasks: list[Task]) -> bytes:
     return b",".join(p.encode(task_view(t)) for t in tasks)
 
 
 def build_app(service: HostService) -> Starlette:
+    """One Starlette route per entry of protocol.ROUTES, each behind `_guard`."""
     api = _Api(service)
-    routes = [
-        Route(p.TASKS, _guard(api.submit), methods=["POST"]),
-        Route(p.TASKS, _guard(api.list_tasks), methods=["GET"]),
-        Route(p.TASK, _guard(api.get_task), methods=["GET"]),
-        Route(p.TASK_LOGS, _guard(api.task_logs), methods=["GET"]),
-        Route(p.TASK_WAIT, _guard(api.wait_task), methods=["GET"]),
-        Route(p.TASK_KILL, _guard(api.kill_task), methods=["POST"]),
-        Route(p.BATCH, _guard(api.batch), methods=["GET"]),
-        Route(p.BATCH_TASKS, _guard(api.batch_tasks), methods=["GET"]),
-        Route(p.BATCH_WAIT, _guard(api.wait_batch), methods=["GET"]),
-        Route(p.BATCH_KILL, _guard(api.kill_batch), methods=["POST"]),
-        Route(p.TASK_RETRY, _guard(api.retry_task), methods=["POST"]),
-        Route(p.BATCH_RETRY, _guard(api.retry_batch), methods=["POST"]),
-        Route(p.NODES, _guard(api.nodes), methods=["GET"]),
-        Route(p.RUNNER_HEARTBEAT, _guard(api.heartbeat), methods=["POST"]),
-        Route(p.RUNNER_REPORT, _guard(api.report), methods=["POST"]),
-        Route(p.HEALTH, _guard(api.health), methods=["GET"]),
-    ]
+    handlers = {
+        ("POST", p.TASKS): api.submit, ("GET", p.TASKS): api.list_tasks, ("GET", p.TASK): api.get_task,
+        ("GET", p.TASK_LOGS): api.task_logs, ("GET", p.TASK_WAIT): api.wait_task, ("POST", p.TASK_KILL): api.kill_task,
+        ("GET", p.BATCH): api.batch, ("GET", p.BATCH_TASKS): api.batch_tasks, ("GET", p.BATCH_WAIT): api.wait_batch,
+        ("POST", p.BATCH_KILL): api.kill_batch, ("POST", p.TASK_RETRY): api.retry_task,
+        ("POST", p.BATCH_RETRY): api.retry_batch, ("GET", p.NODES): api.nodes,
+        ("POST", p.RUNNER_HEARTBEAT): api.heartbeat, ("POST", p.RUNNER_REPORT): api.report,
+        ("GET", p.HEALTH): api.health, ("GET", p.OPENAPI): api.openapi,
+    }
+    routes = [Route(r.path, _guard(handlers[(r.method, r.path)], r), methods=[r.method]) for r in p.ROUTES]
     return Starlette(routes=routes)
 
 
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def _guard(handler: Handler) -> Handler:
-    """Turn every failure into one JSON error line; an unexpected one is logged, never fatal."""
+def _guard(handler: Handler, route: p.Route) -> Handler:
+    """Refuse query parameters the route does not take (a typo is an error, not ignored), and turn
+    every failure into one JSON error line; an unexpected one is logged, never fatal."""
+    takes = {name for name, _ in route.query}
 
     async def guarded(request: Request) -> Response:
         try:
+            unknown = sorted(set(request.query_params) - takes)
+            if unknown:
+                raise BadRequest(f"unknown query parameter {unknown[0]!r} (this route takes: "
+                                 f"{', '.join(sorted(takes)) or 'none'})")
+            empty = next((k for k, v in request.query_params.multi_items() if v == ""), None)
+            if empty is not None:
+                raise BadRequest(f"query parameter {empty} is empty: give a value or leave it out")
             return await handler(request)
         except BadRequest as exc:
             return _error(str(exc), exc.status)

@@ -1,0 +1,77 @@
+"""The OpenAPI 3.1 document of the host's API, derived from protocol.ROUTES and the messages
+themselves: a route or a field added there is described here without an edit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hakuriver import __version__
+from hakuriver import protocol as p
+from hakuriver.codec import json_schemas
+
+_REF = "#/components/schemas/{name}"
+#: the errors any route may answer, each as an ErrorReply
+_ERRORS = {"400": "bad input", "404": "no such task or batch", "409": "an ambiguous short ID, or nothing to do",
+           "413": "body too large", "422": "the request can never be carried out", "507": "the database could not be written"}
+_ID = {"type": "string", "pattern": "^[0-9a-fA-F][0-9a-fA-F-]{7,35}$"}
+
+
+def document() -> dict[str, Any]:
+    kinds = [r.request for r in p.ROUTES if _is_message(r.request)]
+    kinds += [r.reply for r in p.ROUTES if _is_message(r.reply)] + [p.ErrorReply]
+    schemas, components = json_schemas(kinds, _REF)
+    by_kind = {id(k): s for k, s in zip(kinds, schemas, strict=True)}
+    paths: dict[str, dict[str, Any]] = {}
+    for route in p.ROUTES:
+        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, by_kind)
+    return {"openapi": "3.1.0", "info": {"title": "HakuRiver host API", "version": __version__},
+            "paths": paths, "components": {"schemas": components}}
+
+
+def _is_message(kind: object) -> bool:
+    return kind is not None and kind not in (dict, p.RAW)
+
+
+def _operation(route: p.Route, by_kind: dict[int, Any]) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": route.summary, "operationId": f"{route.method.lower()}{_name(route.path)}"}
+    params = [{"name": name, "in": "path", "required": True, "schema": _ID}
+              for name in ("task_id", "batch_id") if "{" + name + "}" in route.path]
+    params += [{"name": name, "in": "query", "required": False, "schema": _query_schema(name, kind)}
+               for name, kind in route.query]
+    if params:
+        op["parameters"] = params
+    if _is_message(route.request):
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": by_kind[id(route.request)]}}}
+    op["responses"] = {str(route.status): {"description": "success", "content": _content(route.reply, by_kind)}}
+    error = {"application/json": {"schema": {"$ref": _REF.format(name="ErrorReply")}}}
+    op["responses"].update({code: {"description": why, "content": error} for code, why in _ERRORS.items()})
+    return op
+
+
+def _content(reply: object, by_kind: dict[int, Any]) -> dict[str, Any]:
+    if reply == p.RAW:
+        return {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+    if reply is dict:
+        return {"application/json": {"schema": {"type": "object"}}}
+    return {"application/json": {"schema": by_kind[id(reply)]}}
+
+
+_STATES = "|".join(p.STATES)
+#: query parameters with more to say than their type
+_QUERY = {"batch": _ID, "state": {"type": "string", "pattern": f"^({_STATES})(,({_STATES}))*$"},
+          "timeout": {"type": "number", "minimum": 0, "maximum": p.MAX_WAIT_SECONDS},
+          "wait": {"type": "number", "minimum": 0, "maximum": p.MAX_WAIT_SECONDS}}
+
+
+def _query_schema(name: str, kind: object) -> dict[str, Any]:
+    if name in _QUERY:
+        return _QUERY[name]
+    if isinstance(kind, tuple):
+        return {"type": "string", "enum": list(kind)}
+    if kind == "integer":
+        return {"type": "integer", "minimum": 0}
+    return {"type": kind, "minLength": 1}
+
+
+def _name(path: str) -> str:
+    return "".join(part.strip("{}").replace("-", "_").replace(".", "_").title() for part in path.split("/")[2:])
