@@ -387,6 +387,11 @@ def parse_duration(text: str) -> float:
     return float(seconds)
 
 
+def limit_reached(seconds: float) -> str:
+    """The error of a task ended at its time limit (by the keeper, or by the runner for an orphan)."""
+    return f"time limit of {format_duration(seconds)} reached"
+
+
 def format_duration(seconds: float) -> str:
     """90 -> "1m30s"; the inverse of parse_duration, for messages."""
     whole = int(seconds)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 from hakuriver import protocol as p
@@ -22,6 +23,8 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, like a shell tool killed by it
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line, not usage + error
+        # "argument --x: --x must be ..." says the flag twice: the type checks name it themselves
+        message = re.sub(r"^argument (\S+): (?=\1)", "", message)
         fail(PROG, f"{message} (see {PROG} --help)", EXIT_USAGE)
 
 

@@ -126,10 +126,10 @@ def encode_lines(messages: Iterable[msgspec.Struct]) -> bytes:
     return b"".join(_encode(m) + b"\n" for m in messages)
 
 
-def _seconds(limit: float) -> str:
-    from hakuriver.protocol import format_duration
+def _limit_reached(limit: float) -> str:
+    from hakuriver.protocol import limit_reached  # loaded only by a keeper whose task ran out of time
 
-    return format_duration(limit)
+    return limit_reached(limit)
 
 
 def socket_address(state_dir: str) -> str:
@@ -343,7 +343,7 @@ class Keeper:
                 continue  # ended already, or being killed
             log.info("task %s reached its time limit of %gs", task_id, limit)
             self.killing.add(task_id)
-            ended = Exit(task_id, 0.0, timed_out=True, error=f"time limit of {_seconds(limit)} reached")
+            ended = Exit(task_id, 0.0, timed_out=True, error=_limit_reached(limit))
             threading.Thread(target=self._kill_tree, args=(task_id, pid, grace, ended), name=f"limit-{task_id[:8]}",
                              daemon=True).start()
         return min(1.0, self._deadlines[0][0] - now) if self._deadlines else 1.0

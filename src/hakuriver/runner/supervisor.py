@@ -356,7 +356,7 @@ class Supervisor:
 
 
 def _limit_reached(rec: TaskRecord) -> str:
-    return f"time limit of {p.format_duration(rec.time_limit or 0)} reached"
+    return p.limit_reached(rec.time_limit or 0)
 
 
 def _started(rec: TaskRecord) -> p.TaskStarted:
