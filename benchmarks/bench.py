@@ -132,7 +132,7 @@ class Cluster:
             cfg = self._config(f"r{i + 1}", {"runner": {"node_name": f"r{i + 1}", "cores": cores},
                                            "paths": {"local_temp_dir": str(tmp)}})
             self.runners.append(self._start(f"runner-r{i + 1}", cfg, "runner"))
-        client = HostClient(self.url)
+        client = self.api()
         wait_for(lambda: sum(n.state == "online" for n in client.nodes()) == runners, 30, "runners online")
 
     def _config(self, name: str, extra: dict) -> Path:
@@ -141,6 +141,7 @@ class Cluster:
             "paths": {"shared_dir": str(self.root / "shared"), "local_temp_dir": str(self.root)},
             "database": {"db_file": str(self.root / "hakuriver.db")},
             "timing": {"heartbeat_interval": 1, "heartbeat_timeout_factor": 10, "cleanup_check_interval": 1},
+            "auth": {"cluster_key_file": str(self.key_file), "token_file": str(self.root / "token")},
         }
         for section, values in extra.items():
             sections[section].update(values) if section in sections else sections.__setitem__(section, values)
@@ -150,6 +151,18 @@ class Cluster:
         path = self.root / f"{name}.toml"
         path.write_text(text)
         return path
+
+    @property
+    def key_file(self) -> Path:
+        return self.root / "cluster.key"
+
+    @property
+    def token(self) -> str:
+        """The first admin's, made by the host on its first start."""
+        return (self.root / "token").read_text().strip()
+
+    def api(self) -> HostClient:
+        return HostClient(self.url, token=self.token)
 
     def _start(self, name: str, config: Path, kind: str | None = None) -> subprocess.Popen:
         log = open(self.root / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the process
@@ -239,7 +252,7 @@ def cli_throughput(cluster: Cluster, n: int, parallel: int) -> dict:
     start = time.perf_counter()
     with ThreadPoolExecutor(parallel) as pool:
         ids = list(pool.map(one, range(n)))
-    client = HostClient(cluster.url)
+    client = cluster.api()
     for task_id in ids:
         while client.wait(task_id, 30).state not in ("completed", "failed", "killed", "lost"):
             pass
@@ -270,13 +283,13 @@ def latency(cluster: Cluster, n: int) -> dict:
 
 
 # ---- e. host at scale ------------------------------------------------------------------------
-def loadgen(url: str, runners: int, cores: int) -> None:
+def loadgen(url: str, key_file: str, runners: int, cores: int) -> None:
     """Simulated runners speaking the runner protocol: heartbeat long-polls every second, take
     their launch orders, report them started, and never finish them (so the queue stays full)."""
     stop = threading.Event()
 
     def runner(i: int) -> None:
-        conn = HostConnection(url, timeout=30)
+        conn = HostConnection(url, timeout=30, token=Path(key_file).read_text().strip())
         node = p.NodeInfo(f"sim-{i:03d}", list(range(cores)), 8 * 2**30)
         held: list[str] = []
         while not stop.is_set():
@@ -302,10 +315,10 @@ def loadgen(url: str, runners: int, cores: int) -> None:
 
 def host_at_scale(root: Path, runners: int, queued: int, samples: int) -> dict:
     cluster = Cluster(root, 0, 1)
-    gen = subprocess.Popen([sys.executable, __file__, "loadgen", cluster.url, str(runners), "4"],
+    gen = subprocess.Popen([sys.executable, __file__, "loadgen", cluster.url, str(cluster.key_file), str(runners), "4"],
                            stdin=subprocess.PIPE)
     try:
-        client = HostClient(cluster.url)
+        client = cluster.api()
         wait_for(lambda: len(client.nodes()) == runners, 60, f"{runners} simulated runners")
         ids = client.submit([p.TaskSpec("/bin/true") for _ in range(queued)]).task_ids
         wait_for(lambda: sum(n.free_cores for n in client.nodes()) == 0, 60, "simulated runners full")
@@ -434,7 +447,7 @@ def cluster_rows(r: dict) -> list[tuple[str, str]]:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "loadgen":
-        loadgen(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+        loadgen(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that everything runs")

@@ -236,7 +236,7 @@ def history(root: Path, finished: int, active: int, samples: int, start_host: Ca
     try:
         host = psutil.Process(cluster.host.pid)
         result["host_rss_mb_at_start"] = host.memory_info().rss / 2**20
-        conn = HostConnection(cluster.url)
+        conn = HostConnection(cluster.url, token=cluster.token)
         measured = {label: measure(conn, ["/api/tasks" + (f"?{urlencode(q, quote_via=quote)}" if q else "")],
                                    samples, LIST_TARGET_MS) for label, q in lists.items()}
         ids = pick["task_ids"]

@@ -111,6 +111,8 @@ class LocalCluster:
             "network": {"host_port": self.port, "host_reachable_address": host_address, "host_bind_ip": "127.0.0.1"},
             "paths": {"shared_dir": str(self.shared), "local_temp_dir": str(root / "tmp-host")},
             "database": {"db_file": str(self.db_file)},
+            # the host makes both on its first start; runners and clients of this config find them
+            "auth": {"cluster_key_file": str(root / "auth" / "cluster.key"), "token_file": str(root / "auth" / "token")},
             "timing": {"heartbeat_interval": heartbeat_interval, "heartbeat_timeout_factor": timeout_factor,
                        "cleanup_check_interval": 0.2, "kill_grace": kill_grace},
         }
@@ -122,6 +124,25 @@ class LocalCluster:
     @property
     def url(self) -> str:
         return f"http://{self.host_address}:{self.port}"
+
+    @property
+    def token_file(self) -> Path:
+        return Path(self.base["auth"]["token_file"])
+
+    @property
+    def token(self) -> str:
+        """The first admin's token, which the host wrote on its first start."""
+        return self.token_file.read_text().strip()
+
+    @property
+    def cluster_key(self) -> str:
+        return Path(self.base["auth"]["cluster_key_file"]).read_text().strip()
+
+    def api(self, timeout: float = 30.0):  # noqa: ANN201 - a HostClient
+        """The client library, as the first admin."""
+        from hakuriver.client.api import HostClient
+
+        return HostClient(self.url, timeout=timeout, token=self.token)
 
     def runner_config(self, name: str, cores: int, node_name: str | None = None, host_address: str | None = None,
                       **paths: str) -> Path:
@@ -165,9 +186,12 @@ class LocalCluster:
         self.procs.append(proc)
         return proc
 
-    def client(self, *args: str, cwd: str | None = None, config: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    def client(self, *args: str, cwd: str | None = None, config: Path | None = None, timeout: float = 60,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """The client as a user runs it; `env` is added to this process's environment."""
         argv = program("client") + ["--config", str(config or self.config), *args]
-        return subprocess.run(argv, capture_output=True, text=True, cwd=cwd, timeout=timeout, stdin=subprocess.DEVNULL)
+        return subprocess.run(argv, capture_output=True, text=True, cwd=cwd, timeout=timeout, stdin=subprocess.DEVNULL,
+                              env={**os.environ, **env} if env else None)
 
     def submit(self, *args: str, **kw: Any) -> str:
         res = self.client(*args, **kw)
@@ -266,3 +290,33 @@ def make_cluster(tmp_path: Path, request: pytest.FixtureRequest, **kw: Any):  # 
     assert not crashed, f"processes crashed: {crashed}\n{cluster.logs()}"
 
 
+
+
+# ---- the host app in-process (no port), as a runner and a user would call it -----------------
+CLUSTER_KEY = "in-process-cluster-key"
+
+
+def in_process_app(store: Any, users: tuple[tuple[str, bool], ...] = (("ada", True),)):  # noqa: ANN201
+    """The host's app on `store`, and a token per user (name, admin): the app users see, with its guard."""
+    from hakuriver.core.cluster import Cluster
+    from hakuriver.host.app import build_app
+    from hakuriver.host.auth import Authenticator
+    from hakuriver.host.service import HostService
+    from hakuriver.host.users import add_user
+
+    tokens = {name: add_user(store, name, admin) for name, admin in users}
+    app = build_app(HostService(Cluster(heartbeat_timeout=30), store), Authenticator(store, CLUSTER_KEY))
+    return app, tokens
+
+
+def authed_client(app: Any, token: str):  # noqa: ANN201
+    """A Starlette TestClient that presents `token`, and the cluster key on the runner routes."""
+    from starlette.testclient import TestClient
+
+    class AuthedClient(TestClient):
+        def request(self, method: str, url: Any, **kw: Any) -> Any:  # type: ignore[override]
+            secret = CLUSTER_KEY if str(url).startswith("/api/runner/") else token
+            kw["headers"] = {"Authorization": f"Bearer {secret}", **(kw.get("headers") or {})}
+            return super().request(method, url, **kw)
+
+    return AuthedClient(app)

@@ -27,13 +27,21 @@ class NetworkConfig(NamedTuple):
     host_port: int
     host_reachable_address: str
     runner_port: int
+    tls_cert_file: str
+    tls_key_file: str
+    tls_ca_file: str
+
+    @property
+    def tls(self) -> bool:
+        """HTTPS: the host has a certificate, or clients and runners are told which CA to trust."""
+        return bool(self.tls_cert_file or self.tls_ca_file)
 
     @property
     def host_url(self) -> str:
         address = self.host_reachable_address
         if ":" in address and not address.startswith("["):
             address = f"[{address}]"  # an IPv6 literal
-        return f"http://{address}:{self.host_port}"
+        return f"{'https' if self.tls else 'http'}://{address}:{self.host_port}"
 
 
 class PathsConfig(NamedTuple):
@@ -72,6 +80,11 @@ class TasksConfig(NamedTuple):
         return parse_duration(self.default_time_limit) if self.default_time_limit else None
 
 
+class AuthConfig(NamedTuple):
+    cluster_key_file: str
+    token_file: str
+
+
 class Config(NamedTuple):
     network: NetworkConfig
     paths: PathsConfig
@@ -79,6 +92,7 @@ class Config(NamedTuple):
     timing: TimingConfig
     runner: RunnerConfig
     tasks: TasksConfig
+    auth: AuthConfig
 
 
 _SECTION_TYPES = {
@@ -88,9 +102,12 @@ _SECTION_TYPES = {
     "timing": TimingConfig,
     "runner": RunnerConfig,
     "tasks": TasksConfig,
+    "auth": AuthConfig,
 }
 # Keys whose values are paths: "~" is expanded so that the defaults work for any user.
-_PATH_KEYS = {("paths", "shared_dir"), ("paths", "local_temp_dir"), ("database", "db_file")}
+_PATH_KEYS = {("paths", "shared_dir"), ("paths", "local_temp_dir"), ("database", "db_file"),
+              ("auth", "cluster_key_file"), ("auth", "token_file"), ("network", "tls_cert_file"),
+              ("network", "tls_key_file"), ("network", "tls_ca_file")}
 # Range checks, applied after types: (section, key) -> (predicate, what it must be).
 _RULES: dict[tuple[str, str], tuple[Any, str]] = {
     ("network", "host_port"): (lambda v: 1 <= v <= 65535, "a port between 1 and 65535"),
@@ -102,6 +119,8 @@ _RULES: dict[tuple[str, str], tuple[Any, str]] = {
     ("timing", "kill_grace"): (lambda v: v >= 0, "a number of seconds >= 0"),
     ("runner", "cores"): (lambda v: v >= 0, "a whole number >= 0 (0 = all cores)"),
     ("database", "db_file"): (lambda v: v.strip() != "", "a file path"),
+    ("auth", "cluster_key_file"): (lambda v: v.strip() != "", "a file path"),
+    ("auth", "token_file"): (lambda v: v.strip() != "", "a file path"),
     ("tasks", "default_time_limit"): (lambda v: v == "" or _is_duration(v),
                                       'empty (no limit) or a duration like 90, 90s, 15m, 2h, 1d or 1:30:00'),
 }

@@ -33,8 +33,8 @@ BATCH = "/api/batches/{batch_id}"          # GET -> BatchView (counts by state)
 BATCH_TASKS = "/api/batches/{batch_id}/tasks"  # GET -> list[TaskView]
 BATCH_WAIT = "/api/batches/{batch_id}/wait"    # GET ?timeout=s -> BatchView (long-poll until all final)
 BATCH_KILL = "/api/batches/{batch_id}/kill"    # POST -> KillReply (task_id = the batch ID)
-TASK_RETRY = "/api/tasks/{task_id}/retry-failed"       # POST RetryRequest -> SubmitReply (a new batch)
-BATCH_RETRY = "/api/batches/{batch_id}/retry-failed"   # POST RetryRequest -> SubmitReply (a new batch)
+TASK_RETRY = "/api/tasks/{task_id}/retry-failed"       # POST -> SubmitReply (a new batch)
+BATCH_RETRY = "/api/batches/{batch_id}/retry-failed"   # POST -> SubmitReply (a new batch)
 NODES = "/api/nodes"                       # GET -> list[NodeView]
 RUNNER_HEARTBEAT = "/api/runner/heartbeat"  # POST Heartbeat -> Orders (long-poll)
 RUNNER_REPORT = "/api/runner/report"       # POST Report -> Ack
@@ -97,13 +97,6 @@ class SubmitRequest(Message):
     tasks: list[TaskSpec]
     #: give the tasks one batch ID (always so when there is more than one)
     batch: bool = False
-    #: who submits (the client's login name), recorded as each task's owner
-    user: str = ""
-
-
-class RetryRequest(Message):
-    #: who resubmits, recorded as the new tasks' owner
-    user: str = ""
 
 
 class SubmitReply(Message):
@@ -127,6 +120,8 @@ class AttemptView(Message):
     stderr_path: str = ""
     #: false for an attempt whose launch never reached its node (queued again, not counted against retries)
     delivered: bool = True
+    #: the Unix user it ran as on its node
+    unix_user: str = ""
 
 
 class TaskView(Message):
@@ -151,7 +146,10 @@ class TaskView(Message):
     batch_id: str = ""
     kill_requested: bool = False
     name: str = ""
+    #: the user who submitted it (their token's name); only they or an admin may kill, read or retry it
     owner: str = ""
+    #: the Unix user its current attempt ran as on its node (the owner's account when the runner is root)
+    unix_user: str = ""
     #: CPU time of its process tree, in user and kernel mode, and its peak resident memory; None until known
     cpu_user_seconds: float | None = None
     cpu_system_seconds: float | None = None
@@ -248,6 +246,8 @@ class TaskStarted(Message):
     stdout_path: str = ""
     stderr_path: str = ""
     attempt: int = 1
+    #: the Unix user it runs as
+    unix_user: str = ""
 
 
 class TaskFinished(Message):
@@ -266,6 +266,7 @@ class TaskFinished(Message):
     #: the node ended it: its time limit ran out
     timed_out: bool = False
     attempt: int = 1
+    unix_user: str = ""
 
 
 class Report(Message):
@@ -291,6 +292,8 @@ class LaunchOrder(Message):
     time_limit: float | None = None
     #: the earlier attempt whose output <id>.out and <id>.err hold, to move aside as <id>.N.out first; 0 = none
     earlier_output: int = 0
+    #: who submitted it: a runner running as root runs it as the Unix user of this name
+    owner: str = ""
 
 
 class Orders(Message):
@@ -407,17 +410,26 @@ def format_duration(seconds: float) -> str:
 
 # ---- the route table: what the host serves, for its OpenAPI document and the tests ----------
 class Route:
-    """One route: its method and path, what it takes and gives, and its query parameters
-    (name, then "string", "integer", "number" or a tuple of the allowed strings)."""
+    """One route: its method and path, who may use it, what it takes and gives, and its query
+    parameters (name, then "string", "integer", "number" or a tuple of the allowed strings).
 
-    __slots__ = ("method", "path", "summary", "request", "reply", "query", "status")
+    `access` has no default, so a new route cannot be added without saying who may call it:
+    PUBLIC (anyone), USER (any user's token), OWNER (the owner of the task or batch in the
+    path, or an admin), RUNNER (the cluster key).
+    """
 
-    def __init__(self, method: str, path: str, summary: str, request: object = None, reply: object = None,
-                 query: tuple[tuple[str, object], ...] = (), status: int = 200) -> None:
-        self.method, self.path, self.summary = method, path, summary
+    __slots__ = ("method", "path", "summary", "access", "request", "reply", "query", "status")
+
+    def __init__(self, method: str, path: str, summary: str, *, access: str, request: object = None,
+                 reply: object = None, query: tuple[tuple[str, object], ...] = (), status: int = 200) -> None:
+        if access not in ACCESS:
+            raise ValueError(f"unknown access {access!r} for {method} {path}")
+        self.method, self.path, self.summary, self.access = method, path, summary, access
         self.request, self.reply, self.query, self.status = request, reply, query, status
 
 
+PUBLIC, USER, OWNER, RUNNER = "public", "user", "owner", "runner"
+ACCESS = (PUBLIC, USER, OWNER, RUNNER)
 _FILTERS = (("state", "string"), ("node", "string"), ("batch", "string"), ("name", "string"), ("user", "string"),
             ("limit", "integer"), ("offset", "integer"))
 _LONG_POLL = (("timeout", "number"),)
@@ -425,27 +437,31 @@ _LONG_POLL = (("timeout", "number"),)
 RAW = "raw"
 
 ROUTES: tuple[Route, ...] = (
-    Route("POST", TASKS, "submit tasks (one, or a batch)", SubmitRequest, SubmitReply, status=201),
-    Route("GET", TASKS, "list tasks, newest first; limit=0 streams every match", reply=TaskList, query=_FILTERS),
-    Route("GET", TASK, "a task's record", reply=TaskView),
-    Route("GET", TASK_LOGS, "a task's output, from an offset or its last lines", reply=RAW,
+    Route("POST", TASKS, "submit tasks (one, or a batch); the caller owns them", access=USER,
+          request=SubmitRequest, reply=SubmitReply, status=201),
+    Route("GET", TASKS, "list tasks, newest first; limit=0 streams every match", access=USER, reply=TaskList,
+          query=_FILTERS),
+    Route("GET", TASK, "a task's record", access=USER, reply=TaskView),
+    Route("GET", TASK_LOGS, "a task's output, from an offset or its last lines", access=OWNER, reply=RAW,
           query=(("stream", ("stdout", "stderr")), ("offset", "integer"), ("tail", "integer"), ("wait", "number"))),
-    Route("GET", TASK_WAIT, "the task's record once it is final, or after timeout seconds", reply=TaskView,
-          query=_LONG_POLL),
-    Route("POST", TASK_KILL, "kill a task's whole process tree", reply=KillReply),
+    Route("GET", TASK_WAIT, "the task's record once it is final, or after timeout seconds", access=USER,
+          reply=TaskView, query=_LONG_POLL),
+    Route("POST", TASK_KILL, "kill a task's whole process tree", access=OWNER, reply=KillReply),
     Route("POST", TASK_RETRY, "resubmit what did not complete of a task (or of a batch with that ID) as a new batch",
-          RetryRequest, SubmitReply, status=201),
-    Route("GET", BATCH, "a batch's counts by state and its first problems", reply=BatchView),
-    Route("GET", BATCH_TASKS, "every task record of a batch", reply=list[TaskView]),
-    Route("GET", BATCH_WAIT, "the batch's view once every task is final, or after timeout seconds", reply=BatchView,
-          query=_LONG_POLL),
-    Route("POST", BATCH_KILL, "kill every unfinished task of a batch", reply=KillReply),
-    Route("POST", BATCH_RETRY, "resubmit what did not complete of a batch as a new batch", RetryRequest, SubmitReply,
-          status=201),
-    Route("GET", NODES, "every node", reply=list[NodeView]),
-    Route("POST", RUNNER_HEARTBEAT, "a runner's heartbeat; answered with orders (long-poll)", Heartbeat, Orders),
-    Route("POST", RUNNER_REPORT, "a runner's started and finished tasks; answered with an acknowledgement", Report, Ack),
-    Route("GET", HEALTH, "is the host up", reply=dict),
-    Route("GET", OPENAPI, "this API's OpenAPI document", reply=dict),
+          access=OWNER, reply=SubmitReply, status=201),
+    Route("GET", BATCH, "a batch's counts by state and its first problems", access=USER, reply=BatchView),
+    Route("GET", BATCH_TASKS, "every task record of a batch", access=USER, reply=list[TaskView]),
+    Route("GET", BATCH_WAIT, "the batch's view once every task is final, or after timeout seconds", access=USER,
+          reply=BatchView, query=_LONG_POLL),
+    Route("POST", BATCH_KILL, "kill every unfinished task of a batch", access=OWNER, reply=KillReply),
+    Route("POST", BATCH_RETRY, "resubmit what did not complete of a batch as a new batch", access=OWNER,
+          reply=SubmitReply, status=201),
+    Route("GET", NODES, "every node", access=USER, reply=list[NodeView]),
+    Route("POST", RUNNER_HEARTBEAT, "a runner's heartbeat; answered with orders (long-poll)", access=RUNNER,
+          request=Heartbeat, reply=Orders),
+    Route("POST", RUNNER_REPORT, "a runner's started and finished tasks; answered with an acknowledgement",
+          access=RUNNER, request=Report, reply=Ack),
+    Route("GET", HEALTH, "is the host up", access=PUBLIC, reply=dict),
+    Route("GET", OPENAPI, "this API's OpenAPI document", access=USER, reply=dict),
 )
 

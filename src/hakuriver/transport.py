@@ -5,6 +5,10 @@ Content-Length bodies, and this is all that needs. It imports in a millisecond (
 pulls in the email package, about 16 ms, which the client's start-up budget cannot afford) and
 costs a fraction of http.client's header parsing on the runners' hot path. One HostConnection
 per thread.
+
+Every request carries the caller's credential (a user's token, or a runner's cluster key) as a
+bearer token. For an https:// URL the socket is wrapped in TLS, verified against `ca_file` (or
+the system's CAs); `ssl` is imported only then, as it costs the client ~10 ms of start-up.
 """
 
 from __future__ import annotations
@@ -39,13 +43,28 @@ class _Closed(Exception):
 
 
 class HostConnection:
-    def __init__(self, url: str, timeout: float = 30.0) -> None:
+    def __init__(self, url: str, timeout: float = 30.0, token: str = "", ca_file: str = "") -> None:
         self.url = url.rstrip("/")
+        self._tls = self.url.startswith("https://")
         self._host, self._port = _host_and_port(self.url)
         self._host_header = f"{self._host}:{self._port}".encode()
         self.timeout = timeout
+        self.ca_file = ca_file
         self._sock: socket.socket | None = None
         self._buf = b""
+        self._ssl_context = None
+        self._answered = False
+        self.token = token
+
+    @property
+    def token(self) -> str:
+        return self._token
+
+    @token.setter
+    def token(self, token: str) -> None:
+        """The bearer token of the next requests (a runner re-reads its key when the host refuses it)."""
+        self._token = token
+        self._auth_header = b"Authorization: Bearer %s\r\n" % token.encode() if token else b""
 
     def close(self) -> None:
         if self._sock is not None:
@@ -119,14 +138,29 @@ class HostConnection:
 
     def _send_and_read_head(self, method: str, path: str, data: bytes, timeout: float) -> tuple[int, dict[bytes, bytes]]:
         if self._sock is None:
-            self._sock = socket.create_connection((self._host, self._port), timeout=timeout)
-            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._sock = self._connect(timeout)
+            self._answered = False
         if self._sock.gettimeout() != timeout:  # each settimeout is a system call
             self._sock.settimeout(timeout)
-        head = b"%s %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % (
-            method.encode(), path.encode(), self._host_header, len(data))
+        head = b"%s %s HTTP/1.1\r\nHost: %s\r\n%sContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % (
+            method.encode(), path.encode(), self._host_header, self._auth_header, len(data))
         self._sock.sendall(head + data)
         return self._read_head()
+
+    def _connect(self, timeout: float) -> socket.socket:
+        sock = socket.create_connection((self._host, self._port), timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if not self._tls:
+            return sock
+        if self._ssl_context is None:
+            import ssl
+
+            self._ssl_context = ssl.create_default_context(cafile=self.ca_file or None)
+        try:
+            return self._ssl_context.wrap_socket(sock, server_hostname=self._host)
+        except BaseException:
+            sock.close()
+            raise
 
     def _roundtrip(self, method: str, path: str, data: bytes, timeout: float) -> tuple[int, bytes]:
         status, headers = self._send_and_read_head(method, path, data, timeout)
@@ -144,6 +178,7 @@ class HostConnection:
                 raise OSError("the host sent an oversized HTTP header")
             self._fill()
         head, self._buf = self._buf.split(b"\r\n\r\n", 1)
+        self._answered = True
         status_line, *lines = head.split(b"\r\n")
         parts = status_line.split(b" ", 2)
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
@@ -158,6 +193,9 @@ class HostConnection:
         assert self._sock is not None
         chunk = self._sock.recv(65536)
         if not chunk:
+            if not self._answered and not self._tls:  # what a TLS server does to a plain request
+                raise _Closed("connection closed by the host before it answered "
+                              "(if it serves HTTPS, set [network] tls_ca_file to its CA certificate)")
             raise _Closed("connection closed by the host")
         self._buf += chunk
 
@@ -176,10 +214,17 @@ def _host_and_port(url: str) -> tuple[str, int]:
         port = port.lstrip(":")
     else:
         host, _, port = rest.rpartition(":") if rest.count(":") == 1 else (rest, "", "")
-    return host or "127.0.0.1", int(port) if port.isdigit() else 80
+    default = 443 if url.startswith("https://") else 80
+    return host or "127.0.0.1", int(port) if port.isdigit() else default
 
 
 def _reason(exc: BaseException) -> str:
+    kind = type(exc).__name__
+    if kind == "SSLCertVerificationError":  # by name: ssl is not imported for plain HTTP
+        return (f"cannot verify the host's TLS certificate ({getattr(exc, 'verify_message', '') or exc}): "
+                "set [network] tls_ca_file to the CA certificate that signed it")
+    if kind.startswith("SSL"):
+        return f"TLS failed ({getattr(exc, 'reason', None) or exc}); check [network] tls_ca_file and the host's certificate"
     if isinstance(exc, socket.timeout):
         return "timed out"
     if isinstance(exc, ConnectionRefusedError):

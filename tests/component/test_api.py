@@ -5,20 +5,17 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from starlette.testclient import TestClient
 
 from hakuriver import protocol as p
-from hakuriver.core.cluster import Cluster
-from hakuriver.host.app import build_app
-from hakuriver.host.service import HostService
 from hakuriver.host.store import Store
+from support import authed_client, in_process_app
 
 
 @pytest.fixture
 def api(tmp_path):  # noqa: ANN001, ANN201
     store = Store(str(tmp_path / "sub" / "h.db"))
-    service = HostService(Cluster(heartbeat_timeout=30), store)
-    with TestClient(build_app(service)) as client:
+    app, tokens = in_process_app(store)
+    with authed_client(app, tokens["ada"]) as client:
         client.db_path = tmp_path / "sub" / "h.db"
         yield client
     store.close()

@@ -6,29 +6,28 @@ from __future__ import annotations
 
 import pytest
 from starlette.routing import Route as StarletteRoute
-from starlette.testclient import TestClient
 
 from hakuriver import protocol as p
-from hakuriver.core.cluster import Cluster
-from hakuriver.host.app import build_app
-from hakuriver.host.service import HostService
 from hakuriver.host.store import Store
+from support import authed_client, in_process_app
 
 
 @pytest.fixture
 def app(tmp_path):  # noqa: ANN001, ANN201
     store = Store(str(tmp_path / "h.db"))
-    yield build_app(HostService(Cluster(heartbeat_timeout=30), store))
+    yield in_process_app(store)
     store.close()
 
 
 def test_the_host_serves_exactly_the_route_table(app):
+    app, _ = app
     served = {(m, r.path) for r in app.routes if isinstance(r, StarletteRoute) for m in r.methods - {"HEAD"}}
     assert served == {(r.method, r.path) for r in p.ROUTES}
 
 
 def test_the_document_describes_every_route_with_its_messages(app):
-    with TestClient(app) as client:
+    app, tokens = app
+    with authed_client(app, tokens["ada"]) as client:
         doc = client.get(p.OPENAPI).json()
     assert doc["openapi"].startswith("3.1")
     described = {(m.upper(), path) for path, ops in doc["paths"].items() for m in ops}

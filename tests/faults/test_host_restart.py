@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from hakuriver import protocol as p
-from hakuriver.client.api import ApiError, HostClient, HostUnreachable
+from hakuriver.client.api import ApiError, HostUnreachable
 from hakuriver.runner.journal import Journal
 from support import wait_until
 
@@ -49,7 +49,7 @@ def test_no_accepted_submission_is_lost_across_a_host_crash(cluster):
 
     def submit_loop() -> None:
         nonlocal refused
-        client = HostClient(cluster.url, timeout=5)
+        client = cluster.api(timeout=5)
         deadline = time.monotonic() + 60
         for _ in range(400):  # bounded in count and in time
             if stop.is_set() or time.monotonic() > deadline:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 
 from hakuriver import protocol as p
-from hakuriver.client.api import ApiError, HostClient
+from hakuriver.client.api import ApiError
 from support import wait_until
 
 FINAL = ("completed", "failed", "killed")
@@ -15,7 +15,7 @@ def test_kill_right_after_submit(cluster):
     cluster.start_host()
     cluster.start_runner("a", 2)
     cluster.wait_online("a")
-    client = HostClient(cluster.url)
+    client = cluster.api()
     ids = []
     for _ in range(10):
         [task_id] = client.submit([p.TaskSpec("sleep", ["30"])]).task_ids
@@ -30,7 +30,7 @@ def test_kill_as_the_task_finishes(cluster):
     cluster.start_host()
     cluster.start_runner("a", 2)
     cluster.wait_online("a")
-    client = HostClient(cluster.url)
+    client = cluster.api()
     outcomes = []
     for _ in range(10):
         [task_id] = client.submit([p.TaskSpec("sh", ["-c", "exit 0"])]).task_ids

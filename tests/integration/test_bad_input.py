@@ -99,7 +99,9 @@ def test_bad_config_files_for_every_program(cluster, tmp_path, name, text, messa
 def _post(cluster, path: str, body: bytes, method: str = "POST") -> tuple[int, dict]:  # noqa: ANN001
     conn = http.client.HTTPConnection("127.0.0.1", cluster.port, timeout=30)
     try:
-        conn.request(method, path, body=body, headers={"Content-Type": "application/json"})
+        secret = cluster.cluster_key if path.startswith("/api/runner/") else cluster.token
+        conn.request(method, path, body=body, headers={"Content-Type": "application/json",
+                                                       "Authorization": f"Bearer {secret}"})
         resp = conn.getresponse()
         return resp.status, json.loads(resp.read() or b"{}")
     finally:

@@ -41,9 +41,9 @@ def _million_finished_tasks(path: str) -> None:
     db.close()
 
 
-def _heartbeats(url: str, stop: threading.Event, times: list[float]) -> None:
+def _heartbeats(url: str, key: str, stop: threading.Event, times: list[float]) -> None:
     """A second node's runner, played here: one heartbeat per interval, each round trip timed."""
-    conn = HostConnection(url, timeout=30)
+    conn = HostConnection(url, timeout=30, token=key)
     body = p.encode(p.Heartbeat(node=p.NodeInfo("probe", [0]), wait=0.0))
     while not stop.wait(INTERVAL):
         start = time.monotonic()
@@ -51,9 +51,9 @@ def _heartbeats(url: str, stop: threading.Event, times: list[float]) -> None:
         times.append(time.monotonic() - start)
 
 
-def _lists(url: str, stop: threading.Event, counts: list[int]) -> None:
+def _lists(url: str, token: str, stop: threading.Event, counts: list[int]) -> None:
     """Queries that each read the whole table: counts over every row, a pattern no index helps, a long stream."""
-    conn = HostConnection(url, timeout=60)
+    conn = HostConnection(url, timeout=60, token=token)
     queries = ["", "state=completed", "name=%2A7", "state=failed&limit=0"]
     while not stop.is_set():
         for query in queries:
@@ -73,8 +73,8 @@ def test_big_queries_and_files_do_not_delay_heartbeats(fresh_cluster):
     big_log = cluster.submit("--wait", "--", sys.executable, "-c", "import os; os.ftruncate(1, 10**9)")
 
     stop_load, stop_probe, times, listed = threading.Event(), threading.Event(), [], []
-    probe = threading.Thread(target=_heartbeats, args=(cluster.url, stop_probe, times))
-    lister = threading.Thread(target=_lists, args=(cluster.url, stop_load, listed))
+    probe = threading.Thread(target=_heartbeats, args=(cluster.url, cluster.cluster_key, stop_probe, times))
+    lister = threading.Thread(target=_lists, args=(cluster.url, cluster.token, stop_load, listed))
     probe.start()
     lister.start()
     argv = program("client") + ["--config", str(cluster.config), "--logs", big_log]

@@ -6,7 +6,6 @@ import sys
 from collections import defaultdict
 
 from hakuriver import protocol as p
-from hakuriver.client.api import HostClient
 from support import wait_until
 
 # Each task records its node, cores and a start/end stamp; the test then checks that no two
@@ -22,7 +21,7 @@ RECORD = (
 
 
 def test_more_tasks_than_cores_all_run_on_disjoint_cores(cluster):
-    client = HostClient(cluster.url)
+    client = cluster.api()
     specs = [p.TaskSpec(sys.executable, ["-c", RECORD], cores=1 + i % 2) for i in range(14)]
     ids = [client.submit([spec]).task_ids[0] for spec in specs]
     # 14 tasks asking 21 cores of a 6-core cluster are all accepted. Until the gate opens, best
@@ -50,7 +49,7 @@ def test_more_tasks_than_cores_all_run_on_disjoint_cores(cluster):
 
 
 def test_backfill_uses_other_nodes_but_never_starves_the_head(cluster):
-    client = HostClient(cluster.url)
+    client = cluster.api()
     blocker = client.submit([p.TaskSpec("sleep", ["2"], cores=3, node="a")]).task_ids[0]
     cluster.wait_state(blocker, "running")
     # a: 1 core free, b: 2 free. The head needs 4: only a can ever fit it, so a is reserved.

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 from hakuriver import protocol as p
-from hakuriver.client.api import HostClient
 from support import wait_until
 
 
@@ -115,7 +114,7 @@ def test_working_directory_is_the_clients_when_it_exists(cluster, tmp_path):
 
 
 def test_working_directory_falls_back_to_the_temp_folder(cluster):
-    client = HostClient(cluster.url)
+    client = cluster.api()
     spec = p.TaskSpec(command="sh", args=["-c", 'pwd; echo "$HAKURIVER_LOCAL_TEMP_DIR"'], cwd="/no/such/dir/on/this/node")
     task_id = client.submit([spec]).task_ids[0]
     row = cluster.wait_state(task_id, "completed")

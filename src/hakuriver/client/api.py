@@ -16,8 +16,8 @@ __all__ = ["HostClient", "ApiError", "HostUnreachable"]
 
 
 class HostClient:
-    def __init__(self, url: str, timeout: float = 30.0) -> None:
-        self.conn = HostConnection(url, timeout)
+    def __init__(self, url: str, timeout: float = 30.0, token: str = "", ca_file: str = "") -> None:
+        self.conn = HostConnection(url, timeout, token, ca_file)
 
     @property
     def url(self) -> str:
@@ -30,9 +30,9 @@ class HostClient:
         except p.DecodeError as exc:
             raise ApiError(200, f"unexpected answer from the host at {self.url}: {exc}") from None
 
-    def submit(self, specs: list[p.TaskSpec], batch: bool = False, user: str = "") -> p.SubmitReply:
-        return self._call("POST", p.TASKS, p.SubmitReply, p.SubmitRequest(tasks=specs, batch=batch, user=user),
-                          idempotent=False)
+    def submit(self, specs: list[p.TaskSpec], batch: bool = False) -> p.SubmitReply:
+        """The tasks are owned by the user whose token this client presents."""
+        return self._call("POST", p.TASKS, p.SubmitReply, p.SubmitRequest(tasks=specs, batch=batch), idempotent=False)
 
     def list_tasks(self, filters: dict[str, str], limit: int, offset: int = 0) -> p.TaskList:
         """One page of tasks, newest first; `filters` are the query parameters of p.TASKS (state, node, ...)."""
@@ -71,10 +71,9 @@ class HostClient:
     def kill_batch(self, batch_id: str) -> p.KillReply:
         return self._call("POST", p.BATCH_KILL.format(batch_id=batch_id), p.KillReply)
 
-    def retry_failed(self, some_id: str, user: str = "") -> p.SubmitReply:
+    def retry_failed(self, some_id: str) -> p.SubmitReply:
         """Resubmit what did not complete of a task or of a batch (the host looks for either)."""
-        return self._call("POST", p.TASK_RETRY.format(task_id=some_id), p.SubmitReply, p.RetryRequest(user=user),
-                          idempotent=False)
+        return self._call("POST", p.TASK_RETRY.format(task_id=some_id), p.SubmitReply, idempotent=False)
 
     def nodes(self) -> list[p.NodeView]:
         return self._call("GET", p.NODES, list[p.NodeView])

@@ -11,6 +11,7 @@ from hakuriver import protocol as p
 from hakuriver.cli_common import EXIT_USAGE, add_config_flag, config_or_exit, fail
 from hakuriver.client.api import ApiError, HostClient, HostUnreachable
 from hakuriver.client.commands import PROG, dispatch
+from hakuriver.credentials import CredentialError, read_secret
 
 # annotations only: importing typing would cost the client ~3 ms of start-up
 TYPE_CHECKING = False
@@ -209,10 +210,17 @@ def _check_combination(args: argparse.Namespace, parser: argparse.ArgumentParser
 def main(argv: list[str] | None = None) -> None:
     args = parse(sys.argv[1:] if argv is None else argv)
     config = config_or_exit(PROG, args.config)
-    client = HostClient(config.network.host_url)
+    token, where = _token(config.auth.token_file)
+    client = HostClient(config.network.host_url, token=token, ca_file=config.network.tls_ca_file)
     try:
         code = dispatch(args, client)
-    except (HostUnreachable, ApiError) as exc:
+    except ApiError as exc:
+        if exc.status == 401:
+            why = f" ({exc})" if token else ""
+            fail(PROG, f"the host at {client.url} refused {where}{why}: ask the host's admin for a token "
+                       f"(hakuriver.host --add-user NAME) and put it in HAKURIVER_TOKEN or {config.auth.token_file}")
+        fail(PROG, str(exc), 1)
+    except HostUnreachable as exc:
         fail(PROG, str(exc), 1)
     except KeyboardInterrupt:
         fail(PROG, "interrupted (the task, if submitted, keeps running; see --status)", 130)
@@ -221,6 +229,17 @@ def main(argv: list[str] | None = None) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(EXIT_BROKEN_PIPE)
     sys.exit(code)
+
+
+def _token(token_file: str) -> tuple[str, str]:
+    """The user's token, and what to call it if the host refuses it."""
+    token = os.environ.get("HAKURIVER_TOKEN", "").strip()
+    if token:
+        return token, "the token in HAKURIVER_TOKEN"
+    try:
+        return read_secret(token_file, "token"), f"the token in {token_file}"
+    except CredentialError as exc:
+        return "", f"a request with no token (HAKURIVER_TOKEN is not set, and {exc})"
 
 
 if __name__ == "__main__":

@@ -78,7 +78,7 @@ def cmd_kill(args: argparse.Namespace, client: HostClient) -> int:
 
 
 def cmd_retry_failed(args: argparse.Namespace, client: HostClient) -> int:
-    reply = client.retry_failed(args.retry_failed, user=_user())
+    reply = client.retry_failed(args.retry_failed)
     if args.json:
         emit(args, {"batch_id": reply.batch_id, "task_ids": reply.task_ids}, None)
     else:
@@ -165,7 +165,7 @@ def cmd_submit_batch(args: argparse.Namespace, client: HostClient) -> int:
     except bulk.BulkError as exc:
         fail(PROG, str(exc), EXIT_USAGE)
     _check(specs)
-    reply = client.submit(specs, batch=True, user=_user())
+    reply = client.submit(specs, batch=True)
     if not args.json:
         print(reply.batch_id, flush=True)
     print(f"submitted {len(reply.task_ids)} tasks as batch {reply.batch_id}", file=sys.stderr, flush=True)
@@ -207,7 +207,7 @@ def _wait_batch(client: HostClient, batch_id: str, progress: bool) -> p.BatchVie
 def cmd_submit(args: argparse.Namespace, client: HostClient) -> int:
     spec = _base_spec(args)
     _check([spec])
-    task_id = client.submit([spec], user=_user()).task_ids[0]
+    task_id = client.submit([spec]).task_ids[0]
     if not args.wait:
         emit(args, {"task_id": task_id}, lambda: task_id)
         return 0
@@ -245,13 +245,3 @@ def _cwd() -> str:
         return os.getcwd()
     except OSError:
         return ""
-
-
-def _user() -> str:
-    """The login name the task is recorded under (its owner)."""
-    try:
-        import pwd
-
-        return pwd.getpwuid(os.getuid()).pw_name
-    except (ImportError, KeyError):
-        return os.environ.get("USER", "")

@@ -31,13 +31,13 @@ def close_attempt(task: Task, state: TaskState, now: float, error: str, delivere
         attempt=task.attempt, state=state, node=task.node, core_ids=task.core_ids, started_at=task.started_at,
         finished_at=now, exit_code=task.exit_code, signal=task.signal, error=error,
         stdout_path=numbered_output(task.stdout_path, task.attempt),
-        stderr_path=numbered_output(task.stderr_path, task.attempt), delivered=delivered,
+        stderr_path=numbered_output(task.stderr_path, task.attempt), delivered=delivered, unix_user=task.unix_user,
     ))
     task.attempt += 1
     task.state = TaskState.PENDING
     task.node, task.core_ids = "", ()
     task.exit_code = task.signal = task.started_at = task.finished_at = None
-    task.error = task.stdout_path = task.stderr_path = ""
+    task.error = task.stdout_path = task.stderr_path = task.unix_user = ""
     task.cpu_user_seconds = task.cpu_system_seconds = task.max_rss_bytes = None
 
 

@@ -283,14 +283,12 @@ class Cluster:
             return []
         if task.state is TaskState.LOST and self.nodes[node_name].state is not NodeState.ONLINE:
             # noted, but not reclaimed: nothing times out an offline node's tasks; its next heartbeat recovers it
-            task.started_at = event.started_at
-            task.stdout_path, task.stderr_path = event.stdout_path, event.stderr_path
+            _note_start(task, event)
             return [TaskChanged(task)]
         if task.state is TaskState.LOST and not self._reclaim(task):
             return []
         task.state = TaskState.RUNNING
-        task.started_at = event.started_at
-        task.stdout_path, task.stderr_path = event.stdout_path, event.stderr_path
+        _note_start(task, event)
         return [TaskChanged(task)]
 
     def on_finished(self, node_name: str, event: Finished) -> list[Effect]:
@@ -301,10 +299,7 @@ class Cluster:
             return []
         if task.state is TaskState.LOST:
             self.lost.get(node_name, set()).discard(task.task_id)
-        if event.started_at is not None and task.started_at is None:
-            task.started_at = event.started_at
-        if event.stdout_path:
-            task.stdout_path, task.stderr_path = event.stdout_path, event.stderr_path
+        _note_start(task, event)
         task.exit_code, task.signal = event.exit_code, event.signal
         task.cpu_user_seconds, task.cpu_system_seconds = event.cpu_user_seconds, event.cpu_system_seconds
         task.max_rss_bytes = event.max_rss_bytes
@@ -469,3 +464,13 @@ class Cluster:
     def check_invariants(self) -> None:
         """Raise AssertionError if the bookkeeping is broken (see invariants.py); for tests."""
         check_invariants(self)
+
+
+def _note_start(task: Task, event: Started | Finished) -> None:
+    """Where, when and as whom the attempt ran, from its start report or (a short task) its finish."""
+    if event.started_at is not None and (task.started_at is None or isinstance(event, Started)):
+        task.started_at = event.started_at
+    if event.stdout_path:
+        task.stdout_path, task.stderr_path = event.stdout_path, event.stderr_path
+    if event.unix_user:
+        task.unix_user = event.unix_user

@@ -56,6 +56,8 @@ class Started:
     stderr_path: str = ""
     #: which attempt of the task this is about
     attempt: int = 1
+    #: the Unix user it runs as on its node
+    unix_user: str = ""
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,7 @@ class Finished:
     cpu_system_seconds: float | None = None
     max_rss_bytes: int | None = None
     attempt: int = 1
+    unix_user: str = ""
 
     @property
     def state(self) -> TaskState:

@@ -37,6 +37,7 @@ class Attempt:
     #: False for an attempt whose launch never reached its node (lost before it started, and the
     #: node came back without it): queued again without counting against --retries
     delivered: bool = True
+    unix_user: str = ""
 
 
 @dataclass(slots=True)
@@ -83,6 +84,8 @@ class Task:
     attempt: int = 1
     #: its earlier attempts, oldest first
     attempts: list[Attempt] = field(default_factory=list)
+    #: the Unix user its current attempt runs as on its node (reported by the runner)
+    unix_user: str = ""
 
     @property
     def run_key(self) -> str:

@@ -20,6 +20,7 @@ from hakuriver.core.cluster import SubmitRefused
 from hakuriver.core.model import Task
 from hakuriver.core.states import TaskState
 from hakuriver.host import logs
+from hakuriver.host.auth import Authenticator, Forbidden, Identity, Unauthorized, allowed, check_owner
 from hakuriver.host.convert import node_view, task_view
 from hakuriver.host.service import SCAN_PAGE, AmbiguousId, HostService, KillRefused, NotFound
 from hakuriver.host.store import StoreWriteError, TaskFilter
@@ -33,8 +34,8 @@ class BadRequest(Exception):
         self.status = status
 
 
-def _json(obj: object, status: int = 200) -> Response:
-    return Response(p.encode(obj), status_code=status, media_type="application/json")
+def _json(obj: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(p.encode(obj), status_code=status, media_type="application/json", headers=headers)
 
 
 def _error(message: str, status: int) -> Response:
@@ -124,7 +125,7 @@ class _Api:
         if throttles != {0} and (len(throttles) > 1 or not (body.batch or len(body.tasks) > 1)):
             raise BadRequest("a throttle (%K) is one number for a whole batch: give it with --array RANGE%K")
         try:
-            ids, batch_id = await self.service.submit(body.tasks, body.batch, owner=body.user)
+            ids, batch_id = await self.service.submit(body.tasks, body.batch, owner=_caller(request).name)
         except SubmitRefused as exc:
             raise BadRequest(str(exc), 422) from None
         except StoreWriteError as exc:
@@ -219,9 +220,8 @@ class _Api:
         return await self._retry(request, _id(request, "batch_id"))
 
     async def _retry(self, request: Request, some_id: str) -> Response:
-        body = await _body(request, p.RetryRequest)
         try:
-            ids, batch_id = await self.service.retry_failed(some_id, body.user)
+            ids, batch_id = await self.service.retry_failed(some_id, _caller(request).name)
         except SubmitRefused as exc:
             raise BadRequest(str(exc), 422) from None
         except StoreWriteError as exc:
@@ -254,7 +254,7 @@ def _encoded_views(tasks: list[Task]) -> bytes:
     return b",".join(p.encode(task_view(t)) for t in tasks)
 
 
-def build_app(service: HostService) -> Starlette:
+def build_app(service: HostService, auth: Authenticator) -> Starlette:
     """One Starlette route per entry of protocol.ROUTES, each behind `_guard`."""
     api = _Api(service)
     handlers = {
@@ -266,20 +266,44 @@ def build_app(service: HostService) -> Starlette:
         ("POST", p.RUNNER_HEARTBEAT): api.heartbeat, ("POST", p.RUNNER_REPORT): api.report,
         ("GET", p.HEALTH): api.health, ("GET", p.OPENAPI): api.openapi,
     }
-    routes = [Route(r.path, _guard(handlers[(r.method, r.path)], r), methods=[r.method]) for r in p.ROUTES]
+    routes = [Route(r.path, _guard(handlers[(r.method, r.path)], r, auth, service), methods=[r.method])
+              for r in p.ROUTES]
     return Starlette(routes=routes)
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+#: what an OWNER route does, for the one line that refuses it
+_ACTIONS = {"logs": "read the logs of", "kill": "kill", "retry-failed": "retry"}
 
 
-def _guard(handler: Handler, route: p.Route) -> Handler:
-    """Refuse query parameters the route does not take (a typo is an error, not ignored), and turn
-    every failure into one JSON error line; an unexpected one is logged, never fatal."""
+def _caller(request: Request) -> Identity:
+    return request.state.identity
+
+
+def _check_access(request: Request, route: p.Route, auth: Authenticator, service: HostService) -> None:
+    """Who is asking, and may they: Unauthorized (401) or Forbidden (403) if not."""
+    if route.access == p.PUBLIC:
+        return
+    who = auth.identify(request.headers.get("authorization"))
+    allowed(route.access, who)
+    request.state.identity = who
+    if route.access == p.OWNER and not who.admin:
+        kinds = ("batch",) if "batch_id" in request.path_params else \
+            ("task", "batch") if route.path == p.TASK_RETRY else ("task",)
+        some_id = _id(request, "batch_id" if kinds == ("batch",) else "task_id")
+        kind, full_id, owner = service.owner_of(some_id, kinds)
+        check_owner(who, owner, f"{kind} {full_id}", _ACTIONS[route.path.rsplit("/", 1)[1]])
+
+
+def _guard(handler: Handler, route: p.Route, auth: Authenticator, service: HostService) -> Handler:
+    """Check who is asking (p.Route.access); refuse query parameters the route does not take (a
+    typo is an error, not ignored); turn every failure into one JSON error line. An unexpected
+    failure is logged, never fatal."""
     takes = {name for name, _ in route.query}
 
     async def guarded(request: Request) -> Response:
         try:
+            _check_access(request, route, auth, service)
             unknown = sorted(set(request.query_params) - takes)
             if unknown:
                 raise BadRequest(f"unknown query parameter {unknown[0]!r} (this route takes: "
@@ -288,6 +312,10 @@ def _guard(handler: Handler, route: p.Route) -> Handler:
             if empty is not None:
                 raise BadRequest(f"query parameter {empty} is empty: give a value or leave it out")
             return await handler(request)
+        except Unauthorized as exc:
+            return _json(p.ErrorReply(error=str(exc)), 401, {"WWW-Authenticate": "Bearer"})
+        except Forbidden as exc:
+            return _error(str(exc), 403)
         except BadRequest as exc:
             return _error(str(exc), exc.status)
         except NotFound as exc:

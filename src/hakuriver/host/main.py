@@ -1,4 +1,4 @@
-"""`hakuriver.host`: open the database, restore the queue, serve the API."""
+"""`hakuriver.host`: open the database, restore the queue, serve the API; or manage its users."""
 
 from __future__ import annotations
 
@@ -6,11 +6,14 @@ import argparse
 import asyncio
 import logging
 import socket
+import sys
 
 from hakuriver.cli_common import add_config_flag, config_or_exit, fail
 from hakuriver.config import Config
 from hakuriver.core.cluster import Cluster
-from hakuriver.host.store import Store, StoreError
+from hakuriver.credentials import CredentialError
+from hakuriver.host.auth import first_start
+from hakuriver.host.store import Store, StoreError, StoreWriteError
 
 PROG = "hakuriver.host"
 log = logging.getLogger("hakuriver.host")
@@ -19,21 +22,73 @@ log = logging.getLogger("hakuriver.host")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog=PROG, description="HakuRiver host: queue, scheduler, records, API.")
     add_config_flag(parser)
+    users = parser.add_mutually_exclusive_group()
+    users.add_argument("--add-user", metavar="NAME", help="make a user and print their token (shown once)")
+    users.add_argument("--list-users", action="store_true", help="list the users and whether each is an admin")
+    users.add_argument("--remove-user", metavar="NAME", help="remove a user: their token stops working at once")
+    parser.add_argument("--admin", action="store_true", help="with --add-user: the user may kill, read and retry "
+                        "every task, not only their own")
     args = parser.parse_args(argv)
+    if args.admin and not args.add_user:
+        fail(PROG, "--admin goes with --add-user NAME", 2)
     config = config_or_exit(PROG, args.config)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         store = Store(config.database.db_file)
     except StoreError as exc:
         fail(PROG, str(exc))
-    sock = _bind(config)
     try:
-        _event_loop_policy()
-        asyncio.run(_serve(config, store, sock))
-    except KeyboardInterrupt:
-        pass
+        if args.add_user or args.list_users or args.remove_user:
+            _manage_users(args, store)
+            return
+        try:
+            cluster_key = first_start(config.auth, store)
+        except (CredentialError, OSError, StoreWriteError) as exc:
+            fail(PROG, f"cannot set up the host's credentials: {exc} (check [auth] in the config)")
+        ssl = _tls_options(config)
+        sock = _bind(config)
+        try:
+            _event_loop_policy()
+            asyncio.run(_serve(config, store, sock, cluster_key, ssl))
+        except KeyboardInterrupt:
+            pass
     finally:
         store.close()
+
+
+def _manage_users(args: argparse.Namespace, store: Store) -> None:
+    from hakuriver.host import users
+
+    try:
+        if args.add_user:
+            token = users.add_user(store, args.add_user, args.admin)
+            print(token)
+            print(f"user {args.add_user}{' (admin)' if args.admin else ''} added; the token above is shown only once: "
+                  "give it to them for HAKURIVER_TOKEN or their [auth] token_file", file=sys.stderr)
+        elif args.remove_user:
+            users.remove_user(store, args.remove_user)
+            print(f"user {args.remove_user} removed; their token no longer works", file=sys.stderr)
+        else:
+            users.print_users(store)
+    except (users.UserError, StoreWriteError) as exc:
+        fail(PROG, str(exc))
+
+
+def _tls_options(config: Config) -> dict[str, str]:
+    """uvicorn's HTTPS settings, checked here so that a wrong path is one line, not a traceback."""
+    net = config.network
+    if not (net.tls_cert_file or net.tls_key_file):
+        return {}
+    if not (net.tls_cert_file and net.tls_key_file):
+        fail(PROG, "[network] tls_cert_file and tls_key_file go together: set both to serve HTTPS, or neither", 2)
+    import ssl
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(net.tls_cert_file, net.tls_key_file)
+    except (OSError, ssl.SSLError) as exc:
+        fail(PROG, f"cannot load the TLS certificate {net.tls_cert_file} and key {net.tls_key_file}: "
+                   f"{getattr(exc, 'strerror', None) or exc} (check [network] tls_cert_file and tls_key_file)", 2)
+    return {"ssl_certfile": net.tls_cert_file, "ssl_keyfile": net.tls_key_file}
 
 
 def _event_loop_policy() -> None:
@@ -61,10 +116,11 @@ def _bind(config: Config) -> socket.socket:
     return sock
 
 
-async def _serve(config: Config, store: Store, sock: socket.socket) -> None:
+async def _serve(config: Config, store: Store, sock: socket.socket, cluster_key: str, ssl: dict[str, str]) -> None:
     import uvicorn  # imported here so that a config error is reported without loading the server
 
     from hakuriver.host.app import build_app
+    from hakuriver.host.auth import Authenticator
     from hakuriver.host.service import HostService
 
     service = HostService(Cluster(config.timing.heartbeat_timeout), store,
@@ -72,18 +128,20 @@ async def _serve(config: Config, store: Store, sock: socket.socket) -> None:
     service.restore()
     server = uvicorn.Server(
         uvicorn.Config(
-            build_app(service),
+            build_app(service, Authenticator(store, cluster_key)),
             log_level="warning",
             access_log=False,
             timeout_graceful_shutdown=1,
             timeout_keep_alive=75,
             loop="none",
             http=_coalescing_http_protocol(),
+            **ssl,
         )
     )
     watcher = asyncio.create_task(service.watch_heartbeats(config.timing.cleanup_check_interval))
     service.request_schedule()
-    log.info("listening on %s:%d, database %s", config.network.host_bind_ip, config.network.host_port, config.database.db_file)
+    log.info("listening on %s:%d (%s), database %s", config.network.host_bind_ip, config.network.host_port,
+             "HTTPS" if ssl else "plain HTTP", config.database.db_file)
     try:
         await server.serve(sockets=[sock])
     finally:

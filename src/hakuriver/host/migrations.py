@@ -71,4 +71,16 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE tasks ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1;
     ALTER TABLE tasks ADD COLUMN attempts TEXT NOT NULL DEFAULT '[]';
     """,
+    # 4: security (SPEC §12): users with one token each (its id, and the SHA-256 of its secret),
+    # and which Unix user ran each task
+    """
+    CREATE TABLE users (
+        name TEXT PRIMARY KEY,
+        admin INTEGER NOT NULL DEFAULT 0,
+        token_id TEXT NOT NULL UNIQUE,
+        token_hash TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    ALTER TABLE tasks ADD COLUMN unix_user TEXT NOT NULL DEFAULT '';
+    """,
 )

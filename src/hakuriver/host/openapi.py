@@ -13,6 +13,12 @@ _REF = "#/components/schemas/{name}"
 #: the errors any route may answer, each as an ErrorReply
 _ERRORS = {"400": "bad input", "404": "no such task or batch", "409": "an ambiguous short ID, or nothing to do",
            "413": "body too large", "422": "the request can never be carried out", "507": "the database could not be written"}
+#: the errors of a route that needs a credential
+_AUTH_ERRORS = {"401": "no token, or one the host does not know", "403": "a valid token without the right"}
+_SECURITY_SCHEMES = {"token": {"type": "http", "scheme": "bearer",
+                               "description": "a user's token, or for the runner routes the cluster key"}}
+_ACCESS = {p.USER: "any user's token", p.OWNER: "the token of the owner of the task or batch, or of an admin",
+           p.RUNNER: "the cluster key"}
 _ID = {"type": "string", "pattern": "^[0-9a-fA-F][0-9a-fA-F-]{7,35}$"}
 
 
@@ -25,7 +31,7 @@ def document() -> dict[str, Any]:
     for route in p.ROUTES:
         paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, by_kind)
     return {"openapi": "3.1.0", "info": {"title": "HakuRiver host API", "version": __version__},
-            "paths": paths, "components": {"schemas": components}}
+            "paths": paths, "components": {"schemas": components, "securitySchemes": _SECURITY_SCHEMES}}
 
 
 def _is_message(kind: object) -> bool:
@@ -34,6 +40,11 @@ def _is_message(kind: object) -> bool:
 
 def _operation(route: p.Route, by_kind: dict[int, Any]) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": route.summary, "operationId": f"{route.method.lower()}{_name(route.path)}"}
+    if route.access == p.PUBLIC:
+        op["security"] = []
+    else:
+        op["security"] = [{"token": []}]
+        op["description"] = f"Needs {_ACCESS[route.access]}."
     params = [{"name": name, "in": "path", "required": True, "schema": _ID}
               for name in ("task_id", "batch_id") if "{" + name + "}" in route.path]
     params += [{"name": name, "in": "query", "required": False, "schema": _query_schema(name, kind)}
@@ -44,7 +55,8 @@ def _operation(route: p.Route, by_kind: dict[int, Any]) -> dict[str, Any]:
         op["requestBody"] = {"required": True, "content": {"application/json": {"schema": by_kind[id(route.request)]}}}
     op["responses"] = {str(route.status): {"description": "success", "content": _content(route.reply, by_kind)}}
     error = {"application/json": {"schema": {"$ref": _REF.format(name="ErrorReply")}}}
-    op["responses"].update({code: {"description": why, "content": error} for code, why in _ERRORS.items()})
+    errors = _ERRORS if route.access == p.PUBLIC else {**_ERRORS, **_AUTH_ERRORS}
+    op["responses"].update({code: {"description": why, "content": error} for code, why in errors.items()})
     return op
 
 

@@ -188,11 +188,13 @@ class HostService:
         problem = next((TaskState(s) for s in counts if TaskState(s) in PROBLEM_STATES), None)
         return problem or TaskState.COMPLETED
 
-    async def retry_failed(self, some_id: str, user: str) -> tuple[list[str], str]:
+    async def retry_failed(self, some_id: str, requester: str) -> tuple[list[str], str]:
         """Submit again, as one new batch, every task of a task or batch that did not complete.
 
-        A lost one it resubmits is marked killed, so that it cannot also come back to life when
-        its node returns (the new batch runs its work)."""
+        The new tasks keep their owner (an admin retrying a user's batch does not make them the
+        admin's, which would change the Unix user they run as); `requester` owns them only if
+        the originals have no recorded owner. A lost one it resubmits is marked killed, so that
+        it cannot also come back to life when its node returns (the new batch runs its work)."""
         await self.settled()  # what the store reads below includes every change made so far
         try:
             tasks = [self.get_task(self.resolve_task(some_id))]
@@ -205,7 +207,8 @@ class HostService:
         if not retried:
             states = ", ".join(sorted({t.state.value for t in tasks}))
             raise KillRefused(f"{kind} {some_id} has no failed, killed, lost or timed-out task to retry ({states})")
-        reply = await self.submit([convert.spec_of(t) for t in retried], batch=True, owner=user)
+        owner = retried[0].owner or requester  # a batch has one owner: one request submitted it
+        reply = await self.submit([convert.spec_of(t) for t in retried], batch=True, owner=owner)
         now = self.clock()
         for task in retried:
             if task.state is TaskState.LOST and task.task_id in self.cluster.tasks:
@@ -224,6 +227,23 @@ class HostService:
         if p.is_task_id(some_id) and not must_exist:
             return some_id
         return _unique(some_id, self.store.batch_ids_with_prefix(some_id, MATCHES_SHOWN + 1), "batch")
+
+    def owner_of(self, some_id: str, kinds: tuple[str, ...]) -> tuple[str, str, str]:
+        """(kind, full ID, owner) of the task or batch `some_id` names, looked for as each of `kinds` in turn."""
+        for kind in kinds:
+            try:
+                if kind == "task":
+                    task = self.get_task(self.resolve_task(some_id))
+                    return kind, task.task_id, task.owner
+                batch_id = self.resolve_batch(some_id)
+                owner = self.store.batch_owner(batch_id)
+                if owner is not None:
+                    return kind, batch_id, owner
+                raise NotFound("batch", batch_id)
+            except NotFound:
+                if kind == kinds[-1]:
+                    raise
+        raise AssertionError("no kinds given")
 
     def get_task(self, task_id: str) -> Task:
         task = self.cluster.tasks.get(task_id) or self.commits.tasks.get(task_id) or self.store.get_task(task_id)

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -82,6 +82,7 @@ TASK_COLUMNS: tuple[Column, ...] = (
     Column("throttle", changes=False),
     Column("attempt"),
     Column("attempts", _json_text, _attempts_from_db),
+    Column("unix_user"),
 )
 _NODE_COLUMNS = ("name", "core_ids", "memory_bytes", "state", "last_heartbeat")
 
@@ -108,6 +109,7 @@ _NEXT_BATCH = "SELECT batch_id FROM tasks WHERE batch_id > ? AND batch_id < ? AN
 _NODE_ALL = ", ".join(_NODE_COLUMNS)
 _UPSERT_NODE = f"INSERT OR REPLACE INTO nodes ({_NODE_ALL}) VALUES ({', '.join('?' * len(_NODE_COLUMNS))})"
 _ALL_NODES = f"SELECT {_NODE_ALL} FROM nodes ORDER BY name"
+_USER_COLUMNS = ("name", "admin", "token_id", "token_hash", "created_at")
 
 
 #: counts of matching tasks stop here (see Store.count_tasks)
@@ -116,6 +118,24 @@ COUNT_LIMIT = 100_000
 
 class StoreError(Exception):
     """The database cannot be opened, created or upgraded; the message says what to do."""
+
+
+class UserExists(Exception):
+    pass
+
+
+class UserRecord(NamedTuple):
+    name: str
+    admin: bool
+    token_id: str
+    #: SHA-256 of the token's secret (credentials.hash_secret); the secret itself is never stored
+    token_hash: str
+    created_at: float
+
+
+def _user_from_row(row: tuple[Any, ...]) -> UserRecord:
+    name, admin, token_id, token_hash, created_at = row
+    return UserRecord(name, bool(admin), token_id, token_hash, created_at)
 
 
 class StoreWriteError(Exception):
@@ -229,6 +249,41 @@ class Store:
 
     def nodes(self) -> list[Node]:
         return [_node_from_row(r) for r in self._db.execute(_ALL_NODES)]
+
+    def batch_owner(self, batch_id: str) -> str | None:
+        """The owner of a batch's tasks (one request submits a batch: one owner); None if no such batch."""
+        row = self._db.execute("SELECT owner FROM tasks WHERE batch_id = ? LIMIT 1", (batch_id,)).fetchone()
+        return None if row is None else row[0]
+
+    # ---- users (SPEC §12) ----------------------------------------------------------------------
+    def add_user(self, user: UserRecord) -> None:
+        """Raises UserExists if the name is taken."""
+        try:
+            self._write([(f"INSERT INTO users ({', '.join(_USER_COLUMNS)}) VALUES (?, ?, ?, ?, ?)",
+                          [[*user[:1], int(user.admin), *user[2:]]])])
+        except StoreWriteError:
+            if self.user(user.name) is not None:
+                raise UserExists(user.name) from None
+            raise
+
+    def remove_user(self, name: str) -> bool:
+        """False if there was no such user."""
+        if self.user(name) is None:
+            return False
+        self._write([("DELETE FROM users WHERE name = ?", [[name]])])
+        return True
+
+    def user(self, name: str) -> UserRecord | None:
+        row = self._db.execute(f"SELECT {', '.join(_USER_COLUMNS)} FROM users WHERE name = ?", (name,)).fetchone()
+        return _user_from_row(row) if row else None
+
+    def user_by_token(self, token_id: str) -> UserRecord | None:
+        """Read at every request, so that a user removed by another process is refused at once."""
+        row = self._db.execute(f"SELECT {', '.join(_USER_COLUMNS)} FROM users WHERE token_id = ?", (token_id,)).fetchone()
+        return _user_from_row(row) if row else None
+
+    def users(self) -> list[UserRecord]:
+        return [_user_from_row(r) for r in self._db.execute(f"SELECT {', '.join(_USER_COLUMNS)} FROM users ORDER BY name")]
 
     # ---- reads that may be big: call from a worker thread ------------------------------------
     def reader(self) -> sqlite3.Connection:

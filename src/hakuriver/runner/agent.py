@@ -16,6 +16,7 @@ import time
 
 from hakuriver import protocol as p
 from hakuriver.core.model import run_key
+from hakuriver.credentials import CredentialError, read_secret
 from hakuriver.runner.outbox import Outbox
 from hakuriver.runner.supervisor import Supervisor
 from hakuriver.transport import ApiError, HostConnection, HostUnreachable
@@ -44,9 +45,55 @@ class Backoff:
         self.delay = 0.0
 
 
+class ClusterKey:
+    """The secret this runner presents, read from `[auth] cluster_key_file`.
+
+    Read again after the host refused it (or while it is missing), so that an administrator
+    can copy the right key in while the runner waits: it joins without a restart. Each new
+    problem is logged once, not at every retry.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._value: str | None = None
+        self._said = ""
+
+    def current(self) -> str:
+        with self._lock:
+            if self._value is None:
+                try:
+                    self._value = read_secret(self.path, "cluster key")
+                except CredentialError as exc:
+                    self._say(f"{exc}: copy the host's [auth] cluster_key_file there; retrying until it is")
+                    return ""
+            return self._value
+
+    def refused(self, exc: ApiError) -> None:
+        with self._lock:
+            if self._value is not None:
+                self._say(f"the host refused this runner's cluster key from {self.path} ({exc}): copy the host's "
+                          f"[auth] cluster_key_file to {self.path}; retrying until it matches")
+            self._value = None  # read again before the next try
+
+    def accepted(self) -> None:
+        with self._lock:
+            if self._said:
+                log.info("the host accepted the cluster key from %s", self.path)
+            self._said = ""
+
+    def _say(self, message: str) -> None:
+        if message != self._said:
+            log.error("%s", message)
+            self._said = message
+
+
 class Agent:
-    def __init__(self, host_url: str, node: p.NodeInfo, interval: float, supervisor: Supervisor, outbox: Outbox) -> None:
+    def __init__(self, host_url: str, node: p.NodeInfo, interval: float, supervisor: Supervisor, outbox: Outbox,
+                 key: ClusterKey, ca_file: str = "") -> None:
         self.host_url = host_url
+        self.key = key
+        self.ca_file = ca_file
         self.node = node
         self.interval = interval
         self.supervisor = supervisor
@@ -75,12 +122,28 @@ class Agent:
             return list(self.supervisor.held() | results), list(self.supervisor.killing() | results)
 
     # ---- heartbeat + orders --------------------------------------------------------------
+    def _connection(self) -> HostConnection:
+        return HostConnection(self.host_url, token=self.key.current(), ca_file=self.ca_file)
+
+    def _refused(self, exc: Exception) -> bool:
+        """The host refused the key (logged once): True, and the key is read again for the next try."""
+        if not (isinstance(exc, ApiError) and exc.status in (401, 403)):
+            return False
+        self.key.refused(exc)
+        return True
+
+    def _sync_key(self, conn: HostConnection) -> None:
+        key = self.key.current()
+        if key != conn.token:
+            conn.token = key
+
     def heartbeat_forever(self) -> None:
-        conn = HostConnection(self.host_url)
+        conn = self._connection()
         backoff = Backoff(ceiling=max(1.0, min(10.0, self.interval)))
         connected = False
         while not self.stop.is_set():
             self.supervisor.flush_forgets()
+            self._sync_key(conn)
             held, ending = self.held_and_ending()
             hb = p.Heartbeat(node=self.node, held=held, wait=self.interval, ending=ending)
             try:
@@ -88,12 +151,13 @@ class Agent:
                 raw = conn.call("POST", p.RUNNER_HEARTBEAT, p.encode(hb), timeout=2 * self.interval + 2)
                 orders = p.decode(raw, p.Orders)
             except (HostUnreachable, ApiError, p.DecodeError) as exc:
-                if connected or backoff.delay == 0:
+                if not self._refused(exc) and (connected or backoff.delay == 0):
                     log.warning("heartbeat failed, will retry: %s", exc)
                 connected = False
                 self.stop.wait(backoff.failed())
                 continue
             if not connected:
+                self.key.accepted()
                 log.info("connected to the host at %s as node %s (%d cores)", self.host_url, self.node.name,
                          len(self.node.core_ids))
                 connected = True
@@ -116,7 +180,7 @@ class Agent:
         journaled even while the host is away: reports are retried with backoff.
         """
         self._results_thread = threading.get_ident()
-        conn = HostConnection(self.host_url)
+        conn = self._connection()
         backoff = Backoff(ceiling=5.0)
         retry_at = 0.0
         while not self.stop.is_set():
@@ -130,11 +194,12 @@ class Agent:
                 for key in done:
                     self._started.pop(key, None)
             held, ending = self.held_and_ending()
+            self._sync_key(conn)
             try:
                 report = p.encode(p.Report(self.node.name, started, finished, held=held, ending=ending))
                 ack = p.decode(conn.call("POST", p.RUNNER_REPORT, report, timeout=2 * self.interval + 5), p.Ack)
             except (HostUnreachable, ApiError, p.DecodeError) as exc:
-                if backoff.delay == 0:
+                if not self._refused(exc) and backoff.delay == 0:
                     log.warning("report failed, will retry: %s", exc)
                 retry_at = time.monotonic() + backoff.failed()
                 continue

@@ -17,7 +17,7 @@ import sys
 from hakuriver import protocol as p
 from hakuriver.cli_common import add_config_flag, config_or_exit, fail
 from hakuriver.config import Config
-from hakuriver.runner.agent import Agent
+from hakuriver.runner.agent import Agent, ClusterKey
 from hakuriver.runner.journal import Journal
 from hakuriver.runner.keeper import KeeperGone
 from hakuriver.runner.outbox import Outbox
@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> None:
     outbox = Outbox(Journal(os.path.join(setup.state_dir, "journal")))
     agent_ref: list[Agent] = []
     supervisor = Supervisor(setup, outbox, on_started=lambda e: agent_ref[0].task_started(e))
-    agent = Agent(config.network.host_url, node, config.timing.heartbeat_interval, supervisor, outbox)
+    agent = Agent(config.network.host_url, node, config.timing.heartbeat_interval, supervisor, outbox,
+                  ClusterKey(config.auth.cluster_key_file), config.network.tls_ca_file)
     agent_ref.append(agent)
     outbox.on_add = agent.result_ready
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

@@ -1,0 +1,135 @@
+"""Who is asking: the cluster key (runners) and users' tokens (people), checked at every request.
+
+Every route of protocol.ROUTES names its access (`public`, `user`, `owner`, `runner`); the
+app's guard asks `Authenticator.identify` for the caller and `allowed` whether that caller may
+use the route. A missing or wrong credential is a 401, a valid one without the right a 403.
+On its first start the host makes what a one-machine cluster needs (`first_start`), so the
+quick start costs no extra step.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hmac
+import logging
+import os
+import stat
+import time
+from dataclasses import dataclass
+
+from hakuriver import credentials
+from hakuriver.config import AuthConfig
+from hakuriver.host.store import Store, UserRecord
+
+log = logging.getLogger("hakuriver.host")
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    name: str
+    admin: bool = False
+    runner: bool = False
+
+
+RUNNER = Identity("", runner=True)
+
+
+class Unauthorized(Exception):
+    """No credential, or one the host does not know (401)."""
+
+
+class Forbidden(Exception):
+    """A valid credential without the right (403)."""
+
+
+class Authenticator:
+    def __init__(self, store: Store, cluster_key: str) -> None:
+        self.store = store
+        self._cluster_key = cluster_key.encode()
+
+    def identify(self, authorization: str | None) -> Identity:
+        """The caller of a request with this Authorization header; Unauthorized if none is valid."""
+        scheme, _, presented = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not presented.strip():
+            raise Unauthorized("this request needs a token (Authorization: Bearer <token>)")
+        presented = presented.strip()
+        if hmac.compare_digest(presented.encode(), self._cluster_key):
+            return RUNNER
+        parts = credentials.split_token(presented)
+        user = self.store.user_by_token(parts[0]) if parts else None
+        # compared even when no user has this id: a miss costs the same as a wrong secret
+        expected = user.token_hash if user else "0" * 64
+        if not hmac.compare_digest(credentials.hash_secret(parts[1] if parts else presented), expected) or user is None:
+            raise Unauthorized("the host does not know this token (wrong, or its user was removed)")
+        return Identity(user.name, admin=user.admin)
+
+
+def allowed(access: str, who: Identity) -> None:
+    """Forbidden unless `who` may use a route of this access; ownership is checked by the caller."""
+    if access == "runner" and not who.runner:
+        raise Forbidden("this route is for runners, which present the cluster key, not a user's token")
+    if access in ("user", "owner") and who.runner:
+        raise Forbidden("the cluster key is for runners; use a user's token (hakuriver.host --add-user NAME)")
+
+
+def check_owner(who: Identity, owner: str, what: str, action: str) -> None:
+    """Forbidden unless `who` owns it or is an admin. A record without an owner (written before
+    owners were recorded) is an admin's only."""
+    if who.admin or (owner and owner == who.name):
+        return
+    whose = f"belongs to {owner}" if owner else "has no recorded owner"
+    raise Forbidden(f"{what} {whose}: only {'they or ' if owner else ''}an admin may {action} it")
+
+
+def first_start(config: AuthConfig, store: Store, now: float | None = None) -> str:
+    """The cluster key, made if missing; and, while the host has no admin, its first one.
+
+    The admin is named after the Unix user running the host, and its token goes to
+    `token_file`, where the local client looks. A token already there (the database was
+    started afresh) is kept, so that a client configured before still works.
+    """
+    key = _cluster_key(config.cluster_key_file)
+    name = getpass.getuser()
+    if not any(u.admin for u in store.users()):
+        if store.user(name) is not None:
+            log.warning("the host has no admin, and user %s is not one: make one with --add-user NAME --admin", name)
+            return key
+        token = _existing_token(config.token_file)
+        if token is None:
+            _, token = credentials.new_token()
+            credentials.write_secret(config.token_file, token)
+        token_id, secret = credentials.split_token(token)  # type: ignore[misc]  # well-formed: checked or made above
+        store.add_user(UserRecord(name, True, token_id, credentials.hash_secret(secret), now or time.time()))
+        log.info("first start: made admin %s, token written to %s", name, config.token_file)
+    return key
+
+
+def _cluster_key(path: str) -> str:
+    try:
+        key = credentials.read_secret(path, "cluster key")
+    except credentials.CredentialError:
+        if os.path.exists(path):
+            raise
+        key = credentials.new_secret()
+        credentials.write_secret(path, key)
+        log.info("first start: made the cluster key %s (copy it to every runner node)", path)
+        return key
+    _warn_if_readable(path)
+    return key
+
+
+def _existing_token(path: str) -> str | None:
+    try:
+        token = credentials.read_secret(path, "token")
+    except credentials.CredentialError:
+        return None
+    if credentials.split_token(token) is None:
+        log.warning("%s holds no valid token; writing a new one", path)
+        return None
+    return token
+
+
+def _warn_if_readable(path: str) -> None:
+    mode = os.stat(path).st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("the cluster key %s can be read by other users (mode %o): chmod 600 it", path, stat.S_IMODE(mode))
