@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from starlette.applications import Starlette
@@ -276,6 +277,21 @@ Handler = Callable[[Request], Awaitable[Response]]
 _ACTIONS = {"logs": "read the logs of", "kill": "kill", "retry-failed": "retry"}
 
 
+_refused_at: dict[str, float] = {}
+
+
+def _note_refused_runner(request: Request) -> None:
+    """One line per address and minute: a runner with a wrong key retries every few seconds."""
+    address = request.client.host if request.client else "?"
+    now = time.monotonic()
+    if now - _refused_at.get(address, -60.0) >= 60.0:
+        if len(_refused_at) > 1000:
+            _refused_at.clear()
+        _refused_at[address] = now
+        log.warning("refused a runner at %s: no cluster key, or a wrong one (it must hold the host's "
+                    "[auth] cluster_key_file)", address)
+
+
 def _caller(request: Request) -> Identity:
     return request.state.identity
 
@@ -295,6 +311,15 @@ def _check_access(request: Request, route: p.Route, auth: Authenticator, service
         check_owner(who, owner, f"{kind} {full_id}", _ACTIONS[route.path.rsplit("/", 1)[1]])
 
 
+def _check_query(request: Request, takes: set[str]) -> None:
+    unknown = sorted(set(request.query_params) - takes)
+    if unknown:
+        raise BadRequest(f"unknown query parameter {unknown[0]!r} (this route takes: {', '.join(sorted(takes)) or 'none'})")
+    empty = next((k for k, v in request.query_params.multi_items() if v == ""), None)
+    if empty is not None:
+        raise BadRequest(f"query parameter {empty} is empty: give a value or leave it out")
+
+
 def _guard(handler: Handler, route: p.Route, auth: Authenticator, service: HostService) -> Handler:
     """Check who is asking (p.Route.access); refuse query parameters the route does not take (a
     typo is an error, not ignored); turn every failure into one JSON error line. An unexpected
@@ -304,15 +329,11 @@ def _guard(handler: Handler, route: p.Route, auth: Authenticator, service: HostS
     async def guarded(request: Request) -> Response:
         try:
             _check_access(request, route, auth, service)
-            unknown = sorted(set(request.query_params) - takes)
-            if unknown:
-                raise BadRequest(f"unknown query parameter {unknown[0]!r} (this route takes: "
-                                 f"{', '.join(sorted(takes)) or 'none'})")
-            empty = next((k for k, v in request.query_params.multi_items() if v == ""), None)
-            if empty is not None:
-                raise BadRequest(f"query parameter {empty} is empty: give a value or leave it out")
+            _check_query(request, takes)
             return await handler(request)
         except Unauthorized as exc:
+            if route.access == p.RUNNER:
+                _note_refused_runner(request)
             return _json(p.ErrorReply(error=str(exc)), 401, {"WWW-Authenticate": "Bearer"})
         except Forbidden as exc:
             return _error(str(exc), 403)
