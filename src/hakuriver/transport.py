@@ -218,11 +218,21 @@ def _host_and_port(url: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port) if port.isdigit() else default
 
 
+#: OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH
+_X509_HOSTNAME_MISMATCH = 62
+
+
 def _reason(exc: BaseException) -> str:
     kind = type(exc).__name__
     if kind == "SSLCertVerificationError":  # by name: ssl is not imported for plain HTTP
-        return (f"cannot verify the host's TLS certificate ({getattr(exc, 'verify_message', '') or exc}): "
-                "set [network] tls_ca_file to the CA certificate that signed it")
+        why = getattr(exc, "verify_message", "") or exc
+        if getattr(exc, "verify_code", 0) == _X509_HOSTNAME_MISMATCH:
+            return (f"the host's TLS certificate is for another name ({why}): set [network] host_reachable_address "
+                    "to a name the certificate holds, or have it reissued for this one")
+        return f"cannot verify the host's TLS certificate ({why}): set [network] tls_ca_file to the CA certificate that signed it"
+    if getattr(exc, "reason", None) == "WRONG_VERSION_NUMBER":
+        return ("the host does not speak HTTPS: drop tls_ca_file and tls_cert_file from this config's [network], "
+                "or set tls_cert_file and tls_key_file in the host's")
     if kind.startswith("SSL"):
         return f"TLS failed ({getattr(exc, 'reason', None) or exc}); check [network] tls_ca_file and the host's certificate"
     if isinstance(exc, socket.timeout):

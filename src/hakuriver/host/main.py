@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import socket
 import sys
 
@@ -32,20 +33,21 @@ def main(argv: list[str] | None = None) -> None:
     if args.admin and not args.add_user:
         fail(PROG, "--admin goes with --add-user NAME", 2)
     config = config_or_exit(PROG, args.config)
+    managing = bool(args.add_user or args.list_users or args.remove_user)
+    ssl = {} if managing else _tls_options(config)  # before anything is made: a bad setting changes nothing
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         store = Store(config.database.db_file)
     except StoreError as exc:
         fail(PROG, str(exc))
     try:
-        if args.add_user or args.list_users or args.remove_user:
+        if managing:
             _manage_users(args, store)
             return
         try:
             cluster_key = first_start(config.auth, store)
         except (CredentialError, OSError, StoreWriteError) as exc:
             fail(PROG, f"cannot set up the host's credentials: {exc} (check [auth] in the config)")
-        ssl = _tls_options(config)
         sock = _bind(config)
         try:
             _event_loop_policy()
@@ -83,11 +85,16 @@ def _tls_options(config: Config) -> dict[str, str]:
         fail(PROG, "[network] tls_cert_file and tls_key_file go together: set both to serve HTTPS, or neither", 2)
     import ssl
 
+    for key, path in (("tls_cert_file", net.tls_cert_file), ("tls_key_file", net.tls_key_file)):
+        if not os.path.isfile(path) or not os.access(path, os.R_OK):
+            fail(PROG, f"[network] {key} {path} is not a readable file", 2)
     try:
         ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(net.tls_cert_file, net.tls_key_file)
     except (OSError, ssl.SSLError) as exc:
-        fail(PROG, f"cannot load the TLS certificate {net.tls_cert_file} and key {net.tls_key_file}: "
-                   f"{getattr(exc, 'strerror', None) or exc} (check [network] tls_cert_file and tls_key_file)", 2)
+        why = "the key does not match the certificate" if "KEY_VALUES_MISMATCH" in str(exc) else \
+            "they are not a PEM certificate and its private key"
+        fail(PROG, f"cannot load the TLS certificate {net.tls_cert_file} with the key {net.tls_key_file}: {why} "
+                   "(check [network] tls_cert_file and tls_key_file)", 2)
     return {"ssl_certfile": net.tls_cert_file, "ssl_keyfile": net.tls_key_file}
 
 
