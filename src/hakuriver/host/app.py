@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from starlette.applications import Starlette
@@ -277,21 +276,6 @@ Handler = Callable[[Request], Awaitable[Response]]
 _ACTIONS = {"logs": "read the logs of", "kill": "kill", "retry-failed": "retry"}
 
 
-_refused_at: dict[str, float] = {}
-
-
-def _note_refused_runner(request: Request) -> None:
-    """One line per address and minute: a runner with a wrong key retries every few seconds."""
-    address = request.client.host if request.client else "?"
-    now = time.monotonic()
-    if now - _refused_at.get(address, -60.0) >= 60.0:
-        if len(_refused_at) > 1000:
-            _refused_at.clear()
-        _refused_at[address] = now
-        log.warning("refused a runner at %s: no cluster key, or a wrong one (it must hold the host's "
-                    "[auth] cluster_key_file)", address)
-
-
 def _caller(request: Request) -> Identity:
     return request.state.identity
 
@@ -333,7 +317,7 @@ def _guard(handler: Handler, route: p.Route, auth: Authenticator, service: HostS
             return await handler(request)
         except Unauthorized as exc:
             if route.access == p.RUNNER:
-                _note_refused_runner(request)
+                auth.refused_runner(request.client.host if request.client else "?")
             return _json(p.ErrorReply(error=str(exc)), 401, {"WWW-Authenticate": "Bearer"})
         except Forbidden as exc:
             return _error(str(exc), 403)

@@ -46,6 +46,18 @@ class Authenticator:
     def __init__(self, store: Store, cluster_key: str) -> None:
         self.store = store
         self._cluster_key = cluster_key.encode()
+        self._refused_at: dict[str, float] = {}
+
+    def refused_runner(self, address: str) -> None:
+        """Log a refused runner once per address and minute: it retries every few seconds."""
+        now = time.monotonic()
+        if now - self._refused_at.get(address, -60.0) < 60.0:
+            return
+        if len(self._refused_at) > 1000:  # bounded, whoever knocks
+            self._refused_at.clear()
+        self._refused_at[address] = now
+        log.warning("refused a runner at %s: no cluster key, or a wrong one (it must hold the host's "
+                    "[auth] cluster_key_file)", address)
 
     def identify(self, authorization: str | None) -> Identity:
         """The caller of a request with this Authorization header; Unauthorized if none is valid."""
