@@ -429,3 +429,24 @@ def test_after_a_batch_that_already_had_a_failure_fails_at_once():
     complete(c, "a", "t2")
     assert not c.batches.problems and not c.batches.left
     c.check_invariants()
+
+
+# ---- who ran it (SPEC §12) -------------------------------------------------------------------
+def test_the_unix_user_comes_from_the_start_or_the_finish_and_stays_with_its_attempt():
+    c = cluster_with(a=1)
+    t1, t2 = task(1, retries=1, owner="alice"), task(2, owner="bob")
+    c.on_submit([t1, t2])
+    c.schedule()
+    orders, _ = c.orders_for("a", set(), 1.0)
+    c.on_started("a", Started("t1", 1.0, unix_user="alice"))
+    assert t1.unix_user == "alice"
+    c.on_finished("a", Finished("t1", 2.0, exit_code=1))  # a finish that does not repeat it keeps it
+    assert (t1.attempt, t1.unix_user, t1.attempts[0].unix_user) == (2, "", "alice")
+    c.schedule()
+    orders, _ = c.orders_for("a", {"t1"}, 3.0)
+    # a short task: its start reached the host only inside its finish report
+    (launched,) = orders.launch
+    c.on_finished("a", Finished(launched.task_id, 4.0, exit_code=0, started_at=3.5, unix_user="nobody",
+                                attempt=launched.attempt))
+    assert (launched.state, launched.unix_user, launched.started_at) == (TaskState.COMPLETED, "nobody", 3.5)
+    c.check_invariants()
