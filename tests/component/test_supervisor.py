@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import pwd
+import shutil
 import signal
 import subprocess
 import sys
@@ -144,17 +146,19 @@ setup = NodeSetup("n", sys.argv[1], sys.argv[2], "", 0.5, sys.argv[3], ())
 os.makedirs(setup.state_dir, exist_ok=True)
 sup = Supervisor(setup, Outbox(Journal(os.path.join(setup.state_dir, "journal"))), lambda e: None)
 sup.start()
-sup.launch([p.LaunchOrder(sys.argv[4], "sh", ["-c", sys.argv[5]], {}, [0])])
+sup.launch([p.LaunchOrder(sys.argv[4], "sh", ["-c", sys.argv[5]], {}, [0], owner=sys.argv[6])])
 os._exit(0)  # like a runner killed with SIGKILL: nothing journaled after this, nothing cleaned up
 """
 
 
-def gated_task_in_a_dead_runner(setup: NodeSetup, task_id: str, code: int) -> tuple[NodeSetup, str]:
-    gate = f"{setup.shared_dir}/go-{task_id}"
-    script = f"while [ ! -e {gate} ]; do sleep 0.05; done; exit {code}"
+def gated_task_in_a_dead_runner(setup: NodeSetup, task_id: str, code: int, owner: str = "") -> tuple[NodeSetup, str]:
+    # a task of another user waits on a gate in its scratch folder, its working folder: tmp_path is root's alone
+    scratch = os.path.join(setup.local_temp_dir, f"hakuriver-task-{task_id}")
+    gate = os.path.join(scratch, "go") if owner else f"{setup.shared_dir}/go-{task_id}"
+    script = f"while [ ! -e {'go' if owner else gate} ]; do sleep 0.05; done; exit {code}"
     state = setup.state_dir + "-" + task_id
-    subprocess.run([sys.executable, "-c", LAUNCH_AND_DIE, setup.shared_dir, setup.local_temp_dir, state, task_id, script],
-                   check=True)
+    subprocess.run([sys.executable, "-c", LAUNCH_AND_DIE, setup.shared_dir, setup.local_temp_dir, state, task_id,
+                    script, owner], check=True)
     return NodeSetup("n", setup.shared_dir, setup.local_temp_dir, "", 0.5, state, ()), gate
 
 
@@ -273,3 +277,130 @@ def test_the_runner_keeps_time_limits_when_its_keeper_is_from_an_earlier_release
     r = result(outbox, "old")
     assert (r.timed_out, r.killed, r.error) == (True, False, "time limit of 0.5s reached")
     assert launch.find_task_leader("old") is None
+
+
+# ---- run as the owner (SPEC §12) -------------------------------------------------------------
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="only a root runner runs tasks as their owners' Unix users")
+OTHER = "nobody"  # an account every Linux system has, not root
+
+
+def owned(task_id: str, script: str, owner: str = OTHER, **kw) -> p.LaunchOrder:  # noqa: ANN003
+    return p.LaunchOrder(task_id, "sh", ["-c", script], kw.pop("env", {}), [0], owner=owner, **kw)
+
+
+@as_root
+def test_a_root_runner_runs_a_task_as_its_owners_account(node):
+    setup, sup, outbox, started = node
+    who = pwd.getpwnam(OTHER)
+    # (its scratch folder is its working folder here: the task can stat it without walking tmp_path's 0700 parents)
+    script = 'id -u; id -g; id -G; echo "$HOME $USER $LOGNAME"; stat -c %u .; grep Cpus_allowed_list /proc/self/status'
+    sup.launch([owned("as-other", script)])
+    r = result(outbox, "as-other")
+    assert (r.exit_code, r.unix_user) == (0, OTHER)
+    assert [s.unix_user for s in started if s.task_id == "as-other"] == [OTHER]
+    out = Path(setup.output_dir, "as-other.out")
+    uid, gid, groups, env, scratch_owner, cpus = out.read_text().splitlines()
+    assert (uid, gid, scratch_owner) == (str(who.pw_uid), str(who.pw_gid), str(who.pw_uid))
+    assert set(groups.split()) == {str(g) for g in os.getgrouplist(OTHER, who.pw_gid)}  # none of root's
+    assert env == f"{who.pw_dir} {OTHER} {OTHER}"
+    assert cpus.split() == ["Cpus_allowed_list:", "0"]  # pinned like a task started the fast way
+    assert out.stat().st_uid == Path(setup.output_dir, "as-other.err").stat().st_uid == who.pw_uid
+
+
+@as_root
+def test_the_owners_env_wins_over_their_account_and_root_runs_as_root(node):
+    setup, sup, outbox, _ = node
+    sup.launch([owned("own-home", 'echo "$HOME $USER"', env={"HOME": "/elsewhere"}),
+                owned("root", "id -u", owner="root"), owned("before-owners", "id -u", owner="")])
+    assert result(outbox, "own-home").exit_code == 0
+    assert Path(setup.output_dir, "own-home.out").read_text() == f"/elsewhere {OTHER}\n"
+    for task_id in ("root", "before-owners"):  # no switch: the keeper's fast path, as root
+        out = Path(setup.output_dir, f"{task_id}.out")
+        assert (result(outbox, task_id).unix_user, out.read_text()) == ("root", "0\n")
+
+
+@as_root
+def test_exit_codes_of_tasks_run_as_another_user_are_never_lost(node):
+    """The keeper reaps every child itself; a Popen must not take an exit status from it."""
+    _, sup, outbox, _ = node
+    orders = [owned(f"m{i}", f"exit {i}", owner=OTHER if i % 2 else "root") for i in range(30)]
+    for start in range(0, len(orders), 5):
+        sup.launch(orders[start:start + 5])
+    for i in range(30):
+        r = result(outbox, f"m{i}")
+        assert (r.exit_code, r.unix_user) == (i, OTHER if i % 2 else "root")
+
+
+@as_root
+def test_numactl_binds_a_task_run_as_another_user(tmp_path):
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "tmp").mkdir()
+    numactl = shutil.which("numactl")
+    if numactl is None:
+        pytest.skip("numactl is not installed")
+    setup = NodeSetup("n", str(tmp_path / "shared"), str(tmp_path / "tmp"), numactl, 0.5, str(tmp_path / "state"), ())
+    os.makedirs(setup.state_dir, mode=0o700)
+    sup, outbox, pump, _ = serve(setup)
+    try:
+        sup.launch([owned("numa", "id -un; grep Cpus_allowed_list /proc/self/status")])
+        assert result(outbox, "numa").exit_code == 0
+        name, cpus = Path(setup.output_dir, "numa.out").read_text().splitlines()
+        assert (name, cpus.split()) == (OTHER, ["Cpus_allowed_list:", "0"])
+    finally:
+        pump.stop()
+        sup.keeper.close()
+        for proc in keepers_below(str(tmp_path)):
+            proc.kill()
+
+
+@as_root
+def test_an_owner_without_an_account_on_the_node_is_refused(node):
+    setup, sup, outbox, started = node
+    ghost = f"nosuch_{os.getpid()}"
+    sup.launch([owned("ghost", f"touch {setup.shared_dir}/ran", owner=ghost)])
+    r = result(outbox, "ghost")
+    assert r.started_at is None and r.exit_code is None and not started
+    assert r.error == (f'no Unix user "{ghost}" on node n: tasks run as their owner\'s account; '
+                       "create it there, or submit as a user that has one")
+    assert not Path(setup.shared_dir, "ran").exists()
+
+
+@as_root
+def test_a_keeper_of_an_earlier_release_is_never_given_a_task_to_run_as_another_user(node):
+    """Such a keeper ignores the user in a Spawn: it would run the task as root. Its State does
+    not say `users`, and the runner then refuses those tasks (it still runs root's own)."""
+    setup, sup, outbox, _ = node
+    sup._take_over(State(running=[], exits=[], limits=True))  # what such a keeper answers: no `users`
+    sup.launch([owned("switch", f"touch {setup.shared_dir}/ran"), owned("mine", "true", owner="root")])
+    r = result(outbox, "switch")
+    assert r.started_at is None and "from an earlier release" in r.error and f"not as {OTHER}" in r.error
+    assert "\n" not in r.error and not Path(setup.shared_dir, "ran").exists()
+    assert result(outbox, "mine").exit_code == 0
+    sup._take_over(State(running=[], exits=[], limits=True, users=True))  # a current keeper again
+
+
+def test_a_runner_reports_the_unix_user_its_tasks_ran_as(node):
+    """As root, a task of no owner (from before owners) runs as the runner; not root, every task does."""
+    _, sup, outbox, started = node
+    sup.launch([owned("mine", "true", owner="")])
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    assert result(outbox, "mine").unix_user == me
+    assert [s.unix_user for s in started] == [me]
+
+
+@as_root
+def test_a_task_run_as_another_user_is_killed_and_taken_over_as_that_user(node):
+    _, sup, outbox, _ = node
+    sup.launch([owned("k-other", 'trap "" TERM; sleep 30')])
+    wait_until(lambda: launch.find_task_leader("k-other"), 10, "the task to run")
+    sup.kill("k-other")
+    r = result(outbox, "k-other")
+    assert (r.killed, r.unix_user) == (True, OTHER) and launch.find_task_leader("k-other") is None
+    # a runner restarted while such a task runs still reports whom it runs as (the journal does not say)
+    fresh_setup, gate = gated_task_in_a_dead_runner(node[0], "adopt-other", 5, owner=OTHER)
+    fresh, fresh_outbox, pump, taken_over = serve(fresh_setup)
+    assert [(s.task_id, s.unix_user) for s in taken_over] == [("adopt-other", OTHER)]
+    open(gate, "w").close()
+    r = result(fresh_outbox, "adopt-other")
+    pump.stop()
+    assert (r.exit_code, r.unix_user) == (5, OTHER)

@@ -135,6 +135,8 @@ def task_record(t: p.TaskView, now: float | None = None) -> str:
         ("Task ID", t.task_id),
         ("Name", t.name or "-"),
         ("Owner", t.owner or "-"),
+        # the account its current attempt ran as on its node: the owner's on a root runner, else the runner's
+        *([("Unix user", t.unix_user)] if t.unix_user else []),
         ("State", t.state + (" (kill requested)" if t.kill_requested and not _final(t.state) else "")),
         *([("Waiting", t.pending_reason)] if t.pending_reason else []),
         ("Command", command_line(t)),
@@ -168,8 +170,9 @@ def task_record(t: p.TaskView, now: float | None = None) -> str:
 
 
 def attempt_line(a: p.AttemptView) -> str:
-    """'  #2 failed on node-a (cores 0,1), exit code 3, 1.2s; /shared/task_outputs/<id>.2.out'"""
+    """'  #2 failed on node-a (cores 0,1) as alice, exit code 3, 1.2s; /shared/task_outputs/<id>.2.out'"""
     where = f" on {a.node} (cores {','.join(str(c) for c in a.core_ids)})" if a.node else ""
+    where += f" as {a.unix_user}" if a.unix_user else ""
     how = f", exit code {a.exit_code}" if a.exit_code else (f", signal {a.signal}" if a.signal else "")
     took = f", {a.finished_at - a.started_at:.1f}s" if a.started_at and a.finished_at else ""
     why = f": {a.error}" if a.error else ""

@@ -40,6 +40,8 @@ class TaskRecord(msgspec.Struct):
     attempt: int = 1
     #: seconds it may run (enforced by the keeper, or by the runner for a task whose keeper was lost)
     time_limit: float | None = None
+    #: the Unix user it runs as ("" in a journal of an earlier release)
+    unix_user: str = ""
 
     @property
     def key(self) -> str:

@@ -4,9 +4,10 @@ A task's exit status can only be collected by its parent. Making the runner the 
 lose the status of every task that ends while the runner is down (a crash, an upgrade); a
 per-task `sh` wrapper that writes the status to a file costs a second program start per task,
 more than the task itself when the task is short. The keeper is the middle way: it runs in its
-own session, spawns each task pinned to its cores, reaps it, appends its exit to a log on
-node-local disk, and tells the runner. It outlives the runner and serves the next one; it exits
-once no runner is connected and no task is left.
+own session, spawns each task pinned to its cores (as its owner's Unix user when the runner is
+root: spawn.py), reaps it, appends its exit to a log on node-local disk, and tells the runner.
+It outlives the runner and serves the next one; it exits once no runner is connected and no
+task is left.
 
 The runner talks to it over a Unix socket in the runner's state folder (mode 0700: only this
 user), one JSON message per line. The keeper's `task_id` is the attempt's run key (the task ID,
@@ -39,6 +40,8 @@ from typing import Any
 
 import msgspec
 
+from hakuriver.runner.spawn import RunAs, Starter, hand_over, open_outputs
+
 log = logging.getLogger("hakuriver.keeper")
 
 SOCKET_NAME, LOCK_NAME, EXITS_NAME, LOG_NAME = "keeper.sock", "keeper.lock", "exits", "keeper.log"
@@ -48,7 +51,6 @@ IDLE_EXIT = 5.0
 EXITS_LOG_SLACK = 10_000
 #: bytes per read from the other side: below malloc's mmap threshold (a 1 MiB buffer cost an mmap per read)
 RECV_SIZE = 65536
-_OUTPUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
 
 
 # ---- the wire (runner <-> keeper), private to this node --------------------------------------
@@ -75,6 +77,8 @@ class Spawn(msgspec.Struct, tag="spawn", omit_defaults=True):
     #: seconds it may run before it is ended (SIGTERM to its tree, SIGKILL after `grace`); None = no limit
     time_limit: float | None = None
     grace: float = 0.0
+    #: the user to run it as, when not the keeper's own (its output and scratch folder are given to it too)
+    user: RunAs | None = None
 
 
 class Kill(msgspec.Struct, tag="kill"):
@@ -112,6 +116,9 @@ class State(msgspec.Struct, tag="state"):
     exits: list[Exit]
     #: it ends tasks at their time limit (a keeper of an earlier release does not: the runner then does)
     limits: bool = False
+    #: it runs a task as the user its Spawn names (one of an earlier release ignores `user`: it would run
+    #: the task as itself, as root, so the runner does not give it such tasks)
+    users: bool = False
 
 
 ToKeeper = Hello | Spawn | Kill | Forget
@@ -175,9 +182,7 @@ class Keeper:
         #: exits the runner has not forgotten yet (also in the exits log)
         self.exits: dict[str, Exit] = {}
         self._posted: queue.SimpleQueue[Exit] = queue.SimpleQueue()
-        self._cwd = ""
-        self._cpus = os.sched_getaffinity(0)
-        self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        self._starter = Starter()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -233,7 +238,7 @@ class Keeper:
         # one runner at a time: the next is accepted once this one is gone and fully read
         self.sel.unregister(self.listener)
         self.sel.register(conn, selectors.EVENT_READ, self._on_conn)
-        self._send([State(running=list(self.pids), exits=list(self.exits.values()), limits=True)])
+        self._send([State(running=list(self.pids), exits=list(self.exits.values()), limits=True, users=True)])
 
     def _on_conn(self, mask: int) -> None:
         if mask & selectors.EVENT_WRITE:
@@ -301,24 +306,12 @@ class Keeper:
     def _spawn(self, msg: Spawn) -> None:
         if msg.task_id in self.pids or msg.task_id in self.exits or msg.task_id in self.killing:
             return  # a repeated order: never a second run
-        try:
-            os.mkdir(msg.scratch)
-        except OSError as exc:
-            self._not_started(msg.task_id, f"cannot create the task's temp folder {msg.scratch}: {exc.strerror}")
+        fds = self._files_for(msg)
+        if fds is None:
             return
-        self._scratch[msg.task_id] = msg.scratch
+        out_fd, err_fd = fds
         try:
-            out_fd = os.open(msg.stdout, _OUTPUT_FLAGS, 0o644)
-            try:
-                err_fd = os.open(msg.stderr, _OUTPUT_FLAGS, 0o644)
-            except OSError:
-                os.close(out_fd)
-                raise
-        except OSError as exc:
-            self._not_started(msg.task_id, f"cannot write the task's output under {os.path.dirname(msg.stdout)}: {exc.strerror}")
-            return
-        try:
-            pid = self._start(msg, out_fd, err_fd)
+            pid = self._starter.start(msg, self.env | msg.env, out_fd, err_fd)
         except OSError as exc:
             problem = f"could not start {msg.argv[0]}: {exc.strerror or exc}"
             with contextlib.suppress(OSError):
@@ -332,6 +325,23 @@ class Keeper:
         self._task_of[pid] = msg.task_id
         if msg.time_limit is not None:
             heapq.heappush(self._deadlines, (time.monotonic() + msg.time_limit, msg.task_id, msg.time_limit, msg.grace))
+
+    def _files_for(self, msg: Spawn) -> tuple[int, int] | None:
+        """The task's scratch folder made and its output files open, all owned by the user it
+        runs as; None (and its exit recorded) if that could not be done."""
+        try:
+            os.mkdir(msg.scratch, 0o700)  # its user's alone: other users' tasks may run on this node
+            self._scratch[msg.task_id] = msg.scratch  # (only once made: never remove a folder found there)
+            hand_over(msg.scratch, msg.user)
+        except OSError as exc:
+            self._not_started(msg.task_id, f"cannot create the task's temp folder {msg.scratch}: {exc.strerror}")
+            return None
+        try:
+            return open_outputs(msg.stdout, msg.stderr, msg.user)
+        except OSError as exc:
+            folder = os.path.dirname(msg.stdout)
+            self._not_started(msg.task_id, f"cannot write the task's output under {folder}: {exc.strerror}")
+            return None
 
     def _expire_due(self) -> float:
         """End the tasks whose time limit ran out; seconds until the next one is due (at most 1)."""
@@ -347,26 +357,6 @@ class Keeper:
             threading.Thread(target=self._kill_tree, args=(task_id, pid, grace, ended), name=f"limit-{task_id[:8]}",
                              daemon=True).start()
         return min(1.0, self._deadlines[0][0] - now) if self._deadlines else 1.0
-
-    def _start(self, msg: Spawn, out_fd: int, err_fd: int) -> int:
-        """posix_spawn has no "change directory" or "set CPU mask" action in Python. A child
-        inherits its parent thread's directory and mask, so the keeper sets its own around the
-        spawn: the task is pinned before its first instruction. (The directory is left as the
-        last task's; the mask goes back at once, or the keeper would then wait for busy CPUs.)"""
-        if msg.cwd != self._cwd:
-            os.chdir(msg.cwd)
-            self._cwd = msg.cwd
-        pinned = msg.cpus is not None and set(msg.cpus) != self._cpus
-        if pinned:
-            os.sched_setaffinity(0, msg.cpus)
-        try:
-            actions = [(os.POSIX_SPAWN_DUP2, self._devnull, 0), (os.POSIX_SPAWN_DUP2, out_fd, 1),
-                       (os.POSIX_SPAWN_DUP2, err_fd, 2)]
-            # its own session: a task's whole tree can be signalled, and a terminal's Ctrl-C spares it
-            return os.posix_spawn(msg.path, msg.argv, self.env | msg.env, file_actions=actions, setsid=True)
-        finally:
-            if pinned:
-                os.sched_setaffinity(0, self._cpus)
 
     def _not_started(self, task_id: str, problem: str) -> None:
         self._record([Exit(task_id, time.time(), not_started=True, error=problem)])
@@ -437,6 +427,7 @@ class Keeper:
                 break
             if pid == 0:
                 break
+            self._starter.reaped(pid, status)
             task_id = self._task_of.pop(pid, None)
             if task_id is None:
                 continue

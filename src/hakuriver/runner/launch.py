@@ -1,13 +1,14 @@
 """Turning a launch order into what the keeper starts, and ending a whole process tree.
 
-The builders (`task_env`, `task_argv`, `choose_cwd`, `locate_command`) are pure or only read
-the file system. The process itself is started by the node's keeper (`keeper.py`), which stays
-its parent so that its exit status outlives a runner restart.
+The builders (`task_env`, `task_argv`, `choose_cwd`, `locate_command`, `Owners`) are pure or
+only read the file system and the user database. The process itself is started by the node's
+keeper (`keeper.py`), which stays its parent so that its exit status outlives a runner restart.
 """
 
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import signal
 import time
@@ -115,6 +116,95 @@ class CommandCheck:
         if problem is None:
             self._found[key] = (now + self.ttl, path)
         return path, problem
+
+
+@dataclass(frozen=True)
+class Account:
+    """A Unix user a task runs as: who the process is, and what its environment says it is."""
+
+    name: str
+    uid: int
+    gid: int
+    #: every group it is in, its primary group included (what a login would give it)
+    groups: tuple[int, ...]
+    home: str
+
+    def env(self) -> dict[str, str]:
+        """HOME, USER and LOGNAME of this user: a program finds its own dotfiles, not the runner's."""
+        return {"HOME": self.home, "USER": self.name, "LOGNAME": self.name}
+
+
+def account(name: str) -> Account | None:
+    """The Unix user `name` on this node, or None if there is none."""
+    try:
+        pw = pwd.getpwnam(name)
+    except (KeyError, ValueError):  # (ValueError: a name no account can have, e.g. with a NUL in it)
+        return None
+    return Account(pw.pw_name, pw.pw_uid, pw.pw_gid, tuple(os.getgrouplist(pw.pw_name, pw.pw_gid)), pw.pw_dir)
+
+
+def own_name() -> str:
+    """This process's login name (its uid's, not $USER, which sudo and su may leave behind)."""
+    uid = os.geteuid()
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:  # a uid without a passwd entry (e.g. in a container): the number is all there is
+        return str(uid)
+
+
+class Owners:
+    """Which Unix user runs a task on this node (SPEC §12): a root runner runs each task as the
+    account named like its owner; a runner that is not root runs every task as itself.
+
+    Accounts found are remembered a few seconds, like commands in `CommandCheck`: a sweep of
+    thousands of tasks by one owner reads the user and group databases once every few seconds,
+    not twice per task. Misses are never remembered: a user created just now is found at once.
+    """
+
+    def __init__(self, node: str, ttl: float = 5.0) -> None:
+        self.node = node
+        self.ttl = ttl
+        self.root = os.geteuid() == 0
+        self._ids = (os.geteuid(), os.getegid())
+        #: the runner's own login name: the Unix user of every task of a runner that is not root
+        self.me = own_name()
+        self._found: dict[str, tuple[float, Account]] = {}
+
+    def account(self, owner: str) -> tuple[Account | None, str]:
+        """The account a task of `owner` runs as (None: the runner's own, also for a task from
+        before owners existed, whose owner is ""), or why it cannot run here."""
+        if not self.root or not owner:
+            return None, ""
+        now = time.monotonic()
+        expiry, found = self._found.get(owner, (0.0, None))
+        if found is None or expiry <= now:
+            found = account(owner)
+            if found is None:
+                return None, (f'no Unix user "{owner}" on node {self.node}: tasks run as their owner\'s account; '
+                              "create it there, or submit as a user that has one")
+            self._found[owner] = (now + self.ttl, found)
+        return found, ""
+
+    def name(self, account: Account | None) -> str:
+        return account.name if account is not None else self.me
+
+    def switches(self, account: Account | None) -> bool:
+        """Whether the task's process must change user (only then the keeper cannot use posix_spawn)."""
+        return account is not None and (account.uid, account.gid) != self._ids
+
+    def owner_of(self, path: str) -> str:
+        """The Unix user owning `path` ("" if unknown): for a root runner, the user a task ran as
+        is the owner of its output file, which the keeper gave to that user."""
+        if not self.root:
+            return self.me
+        try:
+            uid = os.stat(path).st_uid
+        except OSError:
+            return ""
+        try:
+            return pwd.getpwuid(uid).pw_name
+        except KeyError:
+            return str(uid)
 
 
 def find_task_leader(task_id: str, attempt: int = 1) -> tuple[int, float] | None:

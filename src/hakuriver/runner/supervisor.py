@@ -7,6 +7,9 @@ the same keeper and picks up where the last one stopped. A task whose keeper was
 is found again by the HAKURIVER_TASK_ID in its environment and watched until it ends, without
 an exit status. Results go to the journal before the keeper may forget them, so a crash between
 the two repeats a report but never loses one.
+
+A root runner runs each task as the Unix user named like its owner (SPEC §12), and refuses one
+whose owner has no account on this node; a runner that is not root runs every task as itself.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from hakuriver.runner import launch
 from hakuriver.runner.journal import TaskRecord
 from hakuriver.runner.keeper import Exit, Forget, KeeperGone, KeeperLink, Kill, Spawn, State
 from hakuriver.runner.outbox import Outbox
+from hakuriver.runner.spawn import RunAs
 
 log = logging.getLogger("hakuriver.runner")
 
@@ -81,6 +85,12 @@ class Supervisor:
         # os.environ decodes on every access; the runner's environment does not change
         self._base_env = dict(os.environ)
         self._commands = launch.CommandCheck()
+        self._owners = launch.Owners(setup.node)
+        #: the keeper runs a task as the user its Spawn names; False for a keeper of an earlier
+        #: release, which would run it as itself (root): then such tasks are refused
+        self._keeper_users = True
+        #: the Unix user of each attempt being launched, by run key: from `_prepare` to its journal record
+        self._unix_users: dict[str, str] = {}
 
     # ---- queries -------------------------------------------------------------------------
     def held(self) -> set[str]:
@@ -133,6 +143,11 @@ class Supervisor:
             log.warning("this node's keeper is from an earlier release and does not enforce time limits; "
                         "the runner does until it is replaced (when the node is idle)")
         self._keeper_limits = state.limits
+        if self._owners.root and self._keeper_users and not state.users:
+            log.warning("this node's keeper is from an earlier release and cannot run tasks as their owners' "
+                        "Unix users; such tasks fail until it is replaced (stop the runner until no task runs "
+                        "here, then start it)")
+        self._keeper_users = state.users
         if not state.limits:
             self._ensure_watch()
         self._exited(state.exits)
@@ -144,7 +159,7 @@ class Supervisor:
         adopted = live + [rec for rec in lost if self._adopt_orphan(rec)]
         if adopted:
             log.info("took over %d running tasks", len(adopted))
-        return [_started(rec) for rec in adopted]
+        return [self._started(rec) for rec in adopted]
 
     def _send(self, messages: list) -> None:  # noqa: ANN001 - keeper messages
         """To the keeper, with the exits it may forget riding along (see `flush_forgets`)."""
@@ -193,6 +208,7 @@ class Supervisor:
         records, spawns, failed = [], [], []
         for order in new:
             paths = self._paths(order)
+            key = run_key(order.task_id, order.attempt)
             try:
                 spawn, problem = self._prepare(order, paths, cwds) if not scratch_problem else (None, scratch_problem)
             except OSError as exc:
@@ -200,16 +216,19 @@ class Supervisor:
             if spawn is None:
                 log.warning("task %s failed to start: %s", order.task_id, problem)
                 failed.append(p.TaskFinished(order.task_id, time.time(), error=problem, started_at=None,
-                                             stdout_path=paths.stdout, stderr_path=paths.stderr, attempt=order.attempt))
+                                             stdout_path=paths.stdout, stderr_path=paths.stderr, attempt=order.attempt,
+                                             unix_user=self._unix_users.pop(key, "")))
                 continue
             records.append(TaskRecord(order.task_id, now, paths.stdout, paths.stderr, paths.temp_dir,
-                                      attempt=order.attempt, time_limit=order.time_limit))
+                                      attempt=order.attempt, time_limit=order.time_limit,
+                                      unix_user=self._unix_users.pop(key)))
             spawns.append(spawn)
         with self._lock:
             self.journal.launched(records)  # before the keeper hears of them: never a second launch
+        started = [self._started(rec) for rec in records]  # before a short task's result may come in
         self._send(spawns)
-        for rec in records:
-            self.on_started(_started(rec))
+        for event in started:
+            self.on_started(event)
         if failed:
             self.outbox.add(failed)
 
@@ -234,8 +253,15 @@ class Supervisor:
     def _prepare(self, order: p.LaunchOrder, paths: launch.TaskPaths, cwds: dict[str, str]) -> tuple[Spawn | None, str]:
         """What the keeper is to start, or why the task cannot start."""
         s = self.setup
-        env = launch.task_env({}, order.env, task_id=order.task_id, node=s.node, core_ids=order.core_ids,
-                              shared_dir=s.shared_dir, temp_dir=paths.temp_dir, attempt=order.attempt)
+        account, user, problem = self._who(order.owner)
+        if problem:
+            _note_in_stderr(paths.stderr, problem)
+            return None, problem
+        self._unix_users[run_key(order.task_id, order.attempt)] = self._owners.name(account)
+        # the account's HOME, USER and LOGNAME, under the user's own --env
+        env = launch.task_env(account.env() if account else {}, order.env, task_id=order.task_id, node=s.node,
+                              core_ids=order.core_ids, shared_dir=s.shared_dir, temp_dir=paths.temp_dir,
+                              attempt=order.attempt)
         if order.cwd not in cwds:
             cwds[order.cwd] = launch.choose_cwd(order.cwd, "")
         cwd = cwds[order.cwd] or paths.temp_dir
@@ -247,7 +273,29 @@ class Supervisor:
         path, argv = launch.task_argv(program, order.command, order.args, cpus=cpus, numactl=s.numactl_path)
         limit = order.time_limit if self._keeper_limits else None  # else the runner's watch keeps it
         return Spawn(run_key(order.task_id, order.attempt), path, argv, env, cwd, paths.stdout, paths.stderr,
-                     paths.temp_dir, None if s.numactl_path else cpus, limit, s.kill_grace), ""
+                     paths.temp_dir, None if s.numactl_path else cpus, limit, s.kill_grace, user), ""
+
+    def _who(self, owner: str) -> tuple[launch.Account | None, RunAs | None, str]:
+        """The account a task of `owner` runs as (None: the runner's own), the user the keeper is
+        to switch to (None: no switch, the fast path), or why it cannot run."""
+        account, problem = self._owners.account(owner)
+        if problem or not self._owners.switches(account):
+            return account, None, problem
+        assert account is not None
+        if not self._keeper_users:
+            return account, None, (f"the keeper on node {self.setup.node} is from an earlier release and would run "
+                                   f"this task as root, not as {account.name}; stop the runner until no task runs "
+                                   "there, then start it again")
+        return account, RunAs(account.uid, account.gid, list(account.groups)), ""
+
+    def _ran_as(self, rec: TaskRecord) -> str:
+        """The Unix user an attempt runs as: journaled at its launch, or (journaled by an earlier
+        release) the owner of its output file, which the keeper gave to that user."""
+        return rec.unix_user or self._owners.owner_of(rec.stdout)
+
+    def _started(self, rec: TaskRecord) -> p.TaskStarted:
+        return p.TaskStarted(rec.task_id, rec.started_at, rec.stdout, rec.stderr, attempt=rec.attempt,
+                             unix_user=self._ran_as(rec))
 
     # ---- exits ---------------------------------------------------------------------------
     def _exited(self, exits: list[Exit]) -> None:
@@ -271,7 +319,7 @@ class Supervisor:
                               killed=ex.killed, started_at=None if ex.not_started else rec.started_at,
                               stdout_path=rec.stdout, stderr_path=rec.stderr, cpu_user_seconds=ex.cpu_user_seconds,
                               cpu_system_seconds=ex.cpu_system_seconds, max_rss_bytes=ex.max_rss_bytes,
-                              timed_out=ex.timed_out, attempt=rec.attempt)
+                              timed_out=ex.timed_out, attempt=rec.attempt, unix_user=self._ran_as(rec))
 
     # ---- kill ----------------------------------------------------------------------------
     def kill(self, key: str) -> None:
@@ -351,16 +399,12 @@ class Supervisor:
             self._orphans.discard(rec.key)
         self.outbox.add([p.TaskFinished(rec.task_id, time.time(), error=error, killed=killed, started_at=rec.started_at,
                                         stdout_path=rec.stdout, stderr_path=rec.stderr, timed_out=timed_out,
-                                        attempt=rec.attempt)])
+                                        attempt=rec.attempt, unix_user=self._ran_as(rec))])
         _remove_folder(rec.temp_dir)
 
 
 def _limit_reached(rec: TaskRecord) -> str:
     return p.limit_reached(rec.time_limit or 0)
-
-
-def _started(rec: TaskRecord) -> p.TaskStarted:
-    return p.TaskStarted(rec.task_id, rec.started_at, rec.stdout, rec.stderr, attempt=rec.attempt)
 
 
 def _ensure_folder(path: str) -> None:

@@ -1,0 +1,111 @@
+"""How the keeper starts a task's process: the fast way as its own user, another way as another user.
+
+`os.posix_spawn` is the fast path (one vfork-like clone, no Python in the child), but it cannot
+change the user. A root runner runs each task as its owner's Unix user, and for those tasks the
+keeper uses `subprocess.Popen` with `user`, `group` and `extra_groups`: its fork and exec happen
+in C (`_posixsubprocess`), so no Python code runs in the child of this multi-threaded process.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from typing import TYPE_CHECKING
+
+import msgspec
+
+if TYPE_CHECKING:
+    from hakuriver.runner.keeper import Spawn
+
+# O_NOFOLLOW: a root keeper must not truncate and hand over whatever a planted symlink points to
+OUTPUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
+
+
+class RunAs(msgspec.Struct):
+    """The user a task runs as, when it is not the keeper's own (only a root keeper can switch)."""
+
+    uid: int
+    gid: int
+    #: supplementary groups, the primary one included (os.getgrouplist)
+    groups: list[int]
+
+
+def open_outputs(stdout: str, stderr: str, user: RunAs | None) -> tuple[int, int]:
+    """The task's stdout and stderr files, open for writing and owned by the user it runs as."""
+    out_fd = os.open(stdout, OUTPUT_FLAGS, 0o644)
+    try:
+        err_fd = os.open(stderr, OUTPUT_FLAGS, 0o644)
+    except OSError:
+        os.close(out_fd)
+        raise
+    if user is not None:
+        try:
+            os.fchown(out_fd, user.uid, user.gid)
+            os.fchown(err_fd, user.uid, user.gid)
+        except OSError:
+            os.close(out_fd)
+            os.close(err_fd)
+            raise
+    return out_fd, err_fd
+
+
+def hand_over(folder: str, user: RunAs | None) -> None:
+    """Give the task's scratch folder to the user it runs as (it was made by the keeper)."""
+    if user is not None:
+        os.chown(folder, user.uid, user.gid, follow_symlinks=False)
+
+
+class Starter:
+    """Starts tasks, pinned to their CPUs, each in a session of its own."""
+
+    def __init__(self) -> None:
+        self._cwd = ""
+        self._cpus = os.sched_getaffinity(0)
+        self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        #: children started through Popen, by pid, until the keeper reaps them (see `reaped`)
+        self._popens: dict[int, subprocess.Popen] = {}
+
+    def start(self, msg: Spawn, env: dict[str, str], out_fd: int, err_fd: int) -> int:
+        """The new process's pid. Neither way has a "set CPU mask" step, but a child inherits
+        the mask of the thread that starts it: the keeper pins its own thread around the start,
+        so the task is pinned before its first instruction. (The mask goes back at once, or the
+        keeper would then wait for busy CPUs.)"""
+        pinned = msg.cpus is not None and set(msg.cpus) != self._cpus
+        if pinned:
+            os.sched_setaffinity(0, msg.cpus)
+        try:
+            if msg.user is None:
+                return self._posix_spawn(msg, env, out_fd, err_fd)
+            return self._popen(msg, msg.user, env, out_fd, err_fd)
+        finally:
+            if pinned:
+                os.sched_setaffinity(0, self._cpus)
+
+    def _posix_spawn(self, msg: Spawn, env: dict[str, str], out_fd: int, err_fd: int) -> int:
+        """posix_spawn has no "change directory" action in Python either: the keeper changes its
+        own, which the child inherits (and leaves it there: the next task likely wants the same)."""
+        if msg.cwd != self._cwd:
+            os.chdir(msg.cwd)
+            self._cwd = msg.cwd
+        actions = [(os.POSIX_SPAWN_DUP2, self._devnull, 0), (os.POSIX_SPAWN_DUP2, out_fd, 1),
+                   (os.POSIX_SPAWN_DUP2, err_fd, 2)]
+        # its own session: a task's whole tree can be signalled, and a terminal's Ctrl-C spares it
+        return os.posix_spawn(msg.path, msg.argv, env, file_actions=actions, setsid=True)
+
+    def _popen(self, msg: Spawn, user: RunAs, env: dict[str, str], out_fd: int, err_fd: int) -> int:
+        try:
+            popen = subprocess.Popen(msg.argv, executable=msg.path, stdin=self._devnull, stdout=out_fd, stderr=err_fd,
+                                     cwd=msg.cwd, env=env, user=user.uid, group=user.gid, extra_groups=user.groups,
+                                     start_new_session=True, close_fds=True)
+        except subprocess.SubprocessError as exc:  # a failure in the child that is not an OSError
+            raise OSError(str(exc)) from exc
+        # kept until reaped: a Popen dropped while its returncode is None would go on subprocess's
+        # list of children to poll, and a later Popen would waitpid it, taking its exit status away
+        self._popens[popen.pid] = popen
+        return popen.pid
+
+    def reaped(self, pid: int, status: int) -> None:
+        """The keeper reaped `pid` (wait4): a Popen of it learns its status and may go."""
+        popen = self._popens.pop(pid, None)
+        if popen is not None:
+            popen.returncode = os.waitstatus_to_exitcode(status)
