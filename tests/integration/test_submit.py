@@ -28,6 +28,18 @@ def test_seed_example_wait_python_version(cluster):
     assert row["stdout_path"] in res.stdout
 
 
+def test_a_task_starts_with_default_signal_handling_so_a_closed_pipe_ends_its_writer(cluster):
+    # Python ignores SIGPIPE, and an ignored signal survives exec: a task must not inherit that
+    res = cluster.client("--wait", "--", "sh", "-c", "grep -E '^Sig(Ign|Blk)' /proc/self/status; yes | head -n 1")
+    assert res.returncode == 0, res.stderr
+    out = _out(cluster.task(res.stdout.splitlines()[0]))
+    masks = {line.split(":")[0]: int(line.split()[1], 16) for line in out.splitlines() if line.startswith("Sig")}
+    for name, number in (("SIGPIPE", 13), ("SIGXFSZ", 25)):
+        assert not masks["SigIgn"] & (1 << (number - 1)), f"{name} is ignored in the task: {out}"
+        assert not masks["SigBlk"] & (1 << (number - 1)), f"{name} is blocked in the task: {out}"
+    assert out.endswith("y\n")
+
+
 def test_wait_exits_with_the_task_exit_code_and_prints_failed(cluster):
     res = cluster.client("--wait", "--", "sh", "-c", "exit 7")
     assert res.returncode == 7

@@ -9,6 +9,7 @@ in C (`_posixsubprocess`), so no Python code runs in the child of this multi-thr
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,9 @@ if TYPE_CHECKING:
 
 # O_NOFOLLOW: a root keeper must not truncate and hand over whatever a planted symlink points to
 OUTPUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
+
+
+_DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 
 
 class RunAs(msgspec.Struct):
@@ -89,8 +93,10 @@ class Starter:
             self._cwd = msg.cwd
         actions = [(os.POSIX_SPAWN_DUP2, self._devnull, 0), (os.POSIX_SPAWN_DUP2, out_fd, 1),
                    (os.POSIX_SPAWN_DUP2, err_fd, 2)]
-        # its own session: a task's whole tree can be signalled, and a terminal's Ctrl-C spares it
-        return os.posix_spawn(msg.path, msg.argv, env, file_actions=actions, setsid=True)
+        # its own session: a task's whole tree can be signalled, and a terminal's Ctrl-C spares it.
+        # SIGPIPE and SIGXFSZ back to their defaults, which Python ignores and a child would inherit
+        # (`yes | head` must end), as Popen's restore_signals does on the other path
+        return os.posix_spawn(msg.path, msg.argv, env, file_actions=actions, setsid=True, setsigdef=_DEFAULT_SIGNALS)
 
     def _popen(self, msg: Spawn, user: RunAs, env: dict[str, str], out_fd: int, err_fd: int) -> int:
         try:
