@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from hakuriver.config import Config, ConfigError, load_config
@@ -13,6 +14,15 @@ if TYPE_CHECKING:
     from typing import NoReturn
 
 EXIT_USAGE = 2
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with a one-line error (not usage + error), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        # "argument --x: --x must be ..." says the flag twice: the type checks name it themselves
+        message = re.sub(r"^argument (\S+): (?=\1)", "", message)
+        fail(self.prog, f"{message} (see {self.prog} --help)", EXIT_USAGE)
 
 
 def add_config_flag(parser: argparse.ArgumentParser) -> None:

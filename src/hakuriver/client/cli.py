@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 
 from hakuriver import protocol as p
-from hakuriver.cli_common import EXIT_USAGE, add_config_flag, config_or_exit, fail
+from hakuriver.cli_common import EXIT_USAGE, OneLineParser, add_config_flag, config_or_exit, fail
 from hakuriver.client.api import ApiError, HostClient, HostUnreachable
 from hakuriver.client.commands import PROG, dispatch
 from hakuriver.credentials import CredentialError, read_secret
@@ -17,16 +16,8 @@ from hakuriver.credentials import CredentialError, read_secret
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import NoReturn
 
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, like a shell tool killed by it
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line, not usage + error
-        # "argument --x: --x must be ..." says the flag twice: the type checks name it themselves
-        message = re.sub(r"^argument (\S+): (?=\1)", "", message)
-        fail(PROG, f"{message} (see {PROG} --help)", EXIT_USAGE)
 
 
 def _cores(text: str) -> int:
@@ -103,7 +94,7 @@ _SUBMIT_ONLY = ("cores", "env", "wait", "array", "file", "progress", "time_limit
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineParser(
         prog=PROG,
         description="Submit commands to a HakuRiver cluster, wait for them, find and read them, kill, list nodes. "
                     "Wherever an ID is asked for, its first 8 or more characters will do.",

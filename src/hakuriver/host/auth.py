@@ -94,26 +94,38 @@ def check_owner(who: Identity, owner: str, what: str, action: str) -> None:
 
 
 def first_start(config: AuthConfig, store: Store, now: float | None = None) -> str:
-    """The cluster key, made if missing; and, while the host has no admin, its first one.
+    """The cluster key, made if missing; and, on the first start on this database, the first admin.
 
     The admin is named after the Unix user running the host, and its token goes to
     `token_file`, where the local client looks. A token already there (the database was
     started afresh) is kept, so that a client configured before still works.
     """
     key = _cluster_key(config.cluster_key_file)
+    if store.meta(FIRST_ADMIN) is None:  # once per database: an admin removed later stays removed
+        _first_admin(config.token_file, store, now or time.time())
+    return key
+
+
+#: the `meta` key saying the host has made its first admin, and who that was
+FIRST_ADMIN = "first_admin"
+
+
+def _first_admin(token_file: str, store: Store, now: float) -> None:
     name = getpass.getuser()
-    if not any(u.admin for u in store.users()):
-        if store.user(name) is not None:
-            log.warning("the host has no admin, and user %s is not one: make one with --add-user NAME --admin", name)
-            return key
-        token = _existing_token(config.token_file)
+    if store.user(name) is not None:
+        log.warning("user %s exists already (made with --add-user before the host's first start): no first "
+                    "admin made; give one with --add-user NAME --admin", name)
+    else:
+        # a token already in the file is kept when this database has no users at all (made afresh
+        # while a client kept its token): otherwise it may be a removed user's
+        token = _existing_token(token_file) if not store.users() else None
         if token is None:
             _, token = credentials.new_token()
-            credentials.write_secret(config.token_file, token)
+            credentials.write_secret(token_file, token)
         token_id, secret = credentials.split_token(token)  # type: ignore[misc]  # well-formed: checked or made above
-        store.add_user(UserRecord(name, True, token_id, credentials.hash_secret(secret), now or time.time()))
-        log.info("first start: made admin %s, token written to %s", name, config.token_file)
-    return key
+        store.add_user(UserRecord(name, True, token_id, credentials.hash_secret(secret), now))
+        log.info("first start: made admin %s, token written to %s", name, token_file)
+    store.set_meta(FIRST_ADMIN, name)
 
 
 def _cluster_key(path: str) -> str:

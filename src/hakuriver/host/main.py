@@ -9,7 +9,7 @@ import os
 import socket
 import sys
 
-from hakuriver.cli_common import add_config_flag, config_or_exit, fail
+from hakuriver.cli_common import OneLineParser, add_config_flag, config_or_exit, fail
 from hakuriver.config import Config
 from hakuriver.core.cluster import Cluster
 from hakuriver.credentials import CredentialError
@@ -21,7 +21,7 @@ log = logging.getLogger("hakuriver.host")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog=PROG, description="HakuRiver host: queue, scheduler, records, API.")
+    parser = OneLineParser(prog=PROG, description="HakuRiver host: queue, scheduler, records, API.")
     add_config_flag(parser)
     users = parser.add_mutually_exclusive_group()
     users.add_argument("--add-user", metavar="NAME", help="make a user and print their token (shown once)")
@@ -30,10 +30,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--admin", action="store_true", help="with --add-user: the user may kill, read and retry "
                         "every task, not only their own")
     args = parser.parse_args(argv)
-    if args.admin and not args.add_user:
+    if args.admin and args.add_user is None:
         fail(PROG, "--admin goes with --add-user NAME", 2)
     config = config_or_exit(PROG, args.config)
-    managing = bool(args.add_user or args.list_users or args.remove_user)
+    managing = args.add_user is not None or args.list_users or args.remove_user is not None
     ssl = {} if managing else _tls_options(config)  # before anything is made: a bad setting changes nothing
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
@@ -62,12 +62,12 @@ def _manage_users(args: argparse.Namespace, store: Store) -> None:
     from hakuriver.host import users
 
     try:
-        if args.add_user:
+        if args.add_user is not None:
             token = users.add_user(store, args.add_user, args.admin)
             print(token)
             print(f"user {args.add_user}{' (admin)' if args.admin else ''} added; the token above is shown only once: "
                   "give it to them for HAKURIVER_TOKEN or their [auth] token_file", file=sys.stderr)
-        elif args.remove_user:
+        elif args.remove_user is not None:
             users.remove_user(store, args.remove_user)
             print(f"user {args.remove_user} removed; their token no longer works", file=sys.stderr)
         else:

@@ -72,8 +72,12 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE tasks ADD COLUMN attempts TEXT NOT NULL DEFAULT '[]';
     """,
     # 4: security (SPEC §12): users with one token each (its id, and the SHA-256 of its secret),
-    # and which Unix user ran each task
+    # which Unix user ran each task, and the host's own facts (e.g. that it made its first admin)
     """
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
     CREATE TABLE users (
         name TEXT PRIMARY KEY,
         admin INTEGER NOT NULL DEFAULT 0,

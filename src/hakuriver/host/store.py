@@ -255,6 +255,14 @@ class Store:
         row = self._db.execute("SELECT owner FROM tasks WHERE batch_id = ? LIMIT 1", (batch_id,)).fetchone()
         return None if row is None else row[0]
 
+    # ---- the host's own facts ----------------------------------------------------------------
+    def meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._write([("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [[key, value]])])
+
     # ---- users (SPEC §12) ----------------------------------------------------------------------
     def add_user(self, user: UserRecord) -> None:
         """Raises UserExists if the name is taken."""

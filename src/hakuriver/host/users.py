@@ -23,7 +23,7 @@ class UserError(Exception):
 
 def add_user(store: Store, name: str, admin: bool) -> str:
     """Make the user; its token (shown once, stored only as a hash)."""
-    if not USER_NAME.match(name):
+    if not USER_NAME.fullmatch(name):
         raise UserError(f"invalid user name {name!r}: use letters, digits, '_', '.' or '-' (a Unix login name), "
                         "at most 32 characters, not starting with a digit or '-'")
     token_id, token = credentials.new_token()

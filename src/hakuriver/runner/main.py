@@ -6,7 +6,6 @@ outlives the runner and serves the next runner process (an upgrade loses nothing
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import logging
 import os
@@ -15,7 +14,7 @@ import socket
 import sys
 
 from hakuriver import protocol as p
-from hakuriver.cli_common import add_config_flag, config_or_exit, fail
+from hakuriver.cli_common import OneLineParser, add_config_flag, config_or_exit, fail
 from hakuriver.config import Config
 from hakuriver.runner.agent import Agent, ClusterKey
 from hakuriver.runner.journal import Journal
@@ -28,7 +27,7 @@ log = logging.getLogger("hakuriver.runner")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog=PROG, description="HakuRiver runner: runs tasks on this node.")
+    parser = OneLineParser(prog=PROG, description="HakuRiver runner: runs tasks on this node.")
     add_config_flag(parser)
     args = parser.parse_args(argv)
     config = config_or_exit(PROG, args.config)
