@@ -83,6 +83,7 @@ class TasksConfig(NamedTuple):
 class AuthConfig(NamedTuple):
     cluster_key_file: str
     token_file: str
+    metrics_public: bool
 
 
 class Config(NamedTuple):
@@ -200,7 +201,10 @@ def _type_name(cls: type, name: str) -> str:
 
 def _check_value(section: str, key: str, type_name: str, value: Any, source: str) -> Any:
     name = f"{section}.{key}"
-    if type_name == "int":
+    if type_name == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: {name} must be true or false, got {value!r}")
+    elif type_name == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{source}: {name} must be a whole number, got {value!r}")
     elif type_name == "float":

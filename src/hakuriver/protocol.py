@@ -40,6 +40,15 @@ RUNNER_HEARTBEAT = "/api/runner/heartbeat"  # POST Heartbeat -> Orders (long-pol
 RUNNER_REPORT = "/api/runner/report"       # POST Report -> Ack
 HEALTH = "/api/health"                     # GET -> {"ok": true}
 OPENAPI = "/api/openapi.json"              # GET -> the OpenAPI document of ROUTES (host/openapi.py)
+EVENTS = "/api/events"                     # GET ?task=ID -> server-sent events for the dashboard (host/live.py)
+LOGIN = "/api/login"                       # POST LoginRequest -> Me, and the dashboard's cookie
+LOGOUT = "/api/logout"                     # POST -> the cookie cleared
+ME = "/api/me"                             # GET -> Me: who the token or cookie belongs to
+METRICS = "/metrics"                       # GET -> Prometheus text format (host/metrics.py)
+DASHBOARD = "/"                            # GET -> the dashboard's page
+ASSET = "/ui/{name}"                       # GET -> one of the dashboard's files (host/dashboard/)
+#: the dashboard's cookie: a user's token, HttpOnly and SameSite=Strict
+TOKEN_COOKIE = "hakuriver_token"
 
 #: the host refuses larger request bodies (a 10,000-task batch is about 2 MB)
 MAX_BODY_BYTES = 32 * 1024 * 1024
@@ -67,6 +76,17 @@ ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 class ErrorReply(Message):
     error: str
+
+
+class LoginRequest(Message):
+    token: str
+
+
+class Me(Message):
+    """Who a token belongs to."""
+
+    name: str
+    admin: bool = False
 
 
 # ---- client -> host ----------------------------------------------------------------------
@@ -429,12 +449,16 @@ class Route:
 
 
 PUBLIC, USER, OWNER, RUNNER = "public", "user", "owner", "runner"
-ACCESS = (PUBLIC, USER, OWNER, RUNNER)
+#: USER, or PUBLIC under `[auth] metrics_public = true`
+METRICS_ACCESS = "metrics"
+ACCESS = (PUBLIC, USER, OWNER, RUNNER, METRICS_ACCESS)
 _FILTERS = (("state", "string"), ("node", "string"), ("batch", "string"), ("name", "string"), ("user", "string"),
             ("limit", "integer"), ("offset", "integer"))
 _LONG_POLL = (("timeout", "number"),)
 #: a raw body (a log's bytes), not JSON
 RAW = "raw"
+#: other bodies that are not JSON: the dashboard's page and files, events, metrics
+HTML, FILE, EVENT_STREAM, PROMETHEUS = "text/html", "file", "text/event-stream", "text/plain"
 
 ROUTES: tuple[Route, ...] = (
     Route("POST", TASKS, "submit tasks (one, or a batch); the caller owns them", access=USER,
@@ -463,5 +487,17 @@ ROUTES: tuple[Route, ...] = (
           access=RUNNER, request=Report, reply=Ack),
     Route("GET", HEALTH, "is the host up", access=PUBLIC, reply=dict),
     Route("GET", OPENAPI, "this API's OpenAPI document", access=USER, reply=dict),
+    Route("GET", EVENTS, "what changes, as it changes (server-sent events: cluster, tasks; with task=ID also "
+          "that task's record and log; once=true: only the first ones, then the stream ends)", access=USER,
+          reply=EVENT_STREAM, query=(("task", "string"), ("once", ("true", "false")))),
+    Route("POST", LOGIN, "check a token and keep it in the dashboard's cookie (HttpOnly, SameSite=Strict)",
+          access=PUBLIC, request=LoginRequest, reply=Me),
+    Route("POST", LOGOUT, "clear the dashboard's cookie", access=PUBLIC, reply=dict),
+    Route("GET", ME, "who the token or cookie belongs to", access=USER, reply=Me),
+    Route("GET", METRICS, "Prometheus metrics (a token needed unless [auth] metrics_public)", access=METRICS_ACCESS,
+          reply=PROMETHEUS),
+    Route("GET", DASHBOARD, "the dashboard", access=PUBLIC, reply=HTML),
+    Route("GET", ASSET, "a file of the dashboard (v: the release, so that a browser never mixes two)",
+          access=PUBLIC, reply=FILE, query=(("v", "string"),)),
 )
 

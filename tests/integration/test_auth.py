@@ -137,7 +137,7 @@ _BODIES = {
     ("POST", p.RUNNER_REPORT): p.encode(p.Report("sweep")),
 }
 #: long-polls answer at once
-_QUERY = {p.TASK_WAIT: "?timeout=0", p.BATCH_WAIT: "?timeout=0"}
+_QUERY = {p.TASK_WAIT: "?timeout=0", p.BATCH_WAIT: "?timeout=0", p.EVENTS: "?once=true"}
 
 
 def table_routes() -> list[tuple[str, str]]:
@@ -187,7 +187,7 @@ def _cases(access: str | None, method: str, tokens: dict[str, str], cluster_key:
     """(who, Authorization header, short ID?, the answer wanted) for a route of this access;
     a route the table does not know (access None) is checked as locked."""
     if access == p.PUBLIC:
-        return [("no token", None, False, "200")]
+        return [("no token", None, False, "allowed")]
     token_id, secret = tokens["alice"].split(".", 1)
     wrong = {
         "no Authorization header": None,
@@ -213,7 +213,7 @@ def _cases(access: str | None, method: str, tokens: dict[str, str], cluster_key:
     cases.append(("the cluster key", key, False, "403"))
     if access == p.OWNER:
         cases += [("bob's token", user["bob"], short, "403 naming the owner") for short in (False, True)]
-    allowed = ("admin", "alice", "bob") if access == p.USER else ("admin", "alice")
+    allowed = ("admin", "alice", "bob") if access in (p.USER, p.METRICS_ACCESS) else ("admin", "alice")
     return cases + [(f"{who}'s token", user[who], False, "allowed") for who in allowed]
 
 
@@ -247,7 +247,7 @@ def in_process(tmp_path: Path):  # noqa: ANN201
         batch = p.SubmitRequest(tasks=[p.TaskSpec("true"), p.TaskSpec("false")], batch=True)
         r = http.post(p.TASKS, content=p.encode(batch), headers=bearer(tokens["alice"]))
         assert r.status_code == 201, r.text
-        yield app, http, tokens, {"task_id": task_id, "batch_id": r.json()["batch_id"]}
+        yield app, http, tokens, {"task_id": task_id, "batch_id": r.json()["batch_id"], "name": "app.js"}
     store.close()
 
 
@@ -294,7 +294,7 @@ def test_live_host_refuses_every_route_without_the_right_credential(cluster, peo
     task_id = submitted(cluster, "--", "true", token=people["alice"])
     batch_id = submitted(cluster, "--array", "1-2", "--", "true", token=people["alice"])
     with httpx.Client(base_url=cluster.url, timeout=15) as http:
-        problems = sweep(http, table_routes(), {"task_id": task_id, "batch_id": batch_id}, people,
+        problems = sweep(http, table_routes(), {"task_id": task_id, "batch_id": batch_id, "name": "app.js"}, people,
                          cluster.cluster_key, owner=ALICE, runner_calls=False)
     assert not problems, "\n".join(problems)
 

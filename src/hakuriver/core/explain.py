@@ -29,5 +29,6 @@ def why_pending(c: Cluster, task_id: str) -> str:
         return "no node is online"
     best = max(online, key=lambda n: (n.free_cores, n.name))
     if task.cores > best.free_cores:
-        return f"needs {task.cores} cores; the largest free block is {best.free_cores} (on {best.name})"
+        cores = f"{task.cores} core" + ("s" if task.cores != 1 else "")
+        return f"needs {cores}; the largest free block is {best.free_cores} (on {best.name})"
     return "queued behind earlier tasks; it runs as soon as the scheduler's next pass reaches it"

@@ -20,42 +20,14 @@ from hakuriver.core.cluster import SubmitRefused
 from hakuriver.core.model import Task
 from hakuriver.core.states import TaskState
 from hakuriver.host import logs
+from hakuriver.host.http import BadRequest, error_response, json_response, read_body
 from hakuriver.host.auth import Authenticator, Forbidden, Identity, Unauthorized, allowed, check_owner
 from hakuriver.host.convert import node_view, task_view
 from hakuriver.host.service import SCAN_PAGE, AmbiguousId, HostService, KillRefused, NotFound
 from hakuriver.host.store import StoreWriteError, TaskFilter
+from hakuriver.host.web import Web
 
 log = logging.getLogger("hakuriver.host")
-
-
-class BadRequest(Exception):
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def _json(obj: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(p.encode(obj), status_code=status, media_type="application/json", headers=headers)
-
-
-def _error(message: str, status: int) -> Response:
-    return _json(p.ErrorReply(error=message), status)
-
-
-async def _body(request: Request, kind: type):  # noqa: ANN202 - an instance of `kind`
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > p.MAX_BODY_BYTES:
-        raise BadRequest(f"request body too large (limit {p.MAX_BODY_BYTES} bytes)", 413)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > p.MAX_BODY_BYTES:
-            raise BadRequest(f"request body too large (limit {p.MAX_BODY_BYTES} bytes)", 413)
-        chunks.append(chunk)
-    try:
-        return p.decode(b"".join(chunks), kind)
-    except p.DecodeError as exc:
-        raise BadRequest(f"invalid {kind.__name__} body: {exc}") from None
 
 
 def _id(request: Request, name: str = "task_id") -> str:
@@ -114,7 +86,7 @@ class _Api:
         self._openapi: bytes | None = None
 
     async def submit(self, request: Request) -> Response:
-        body = await _body(request, p.SubmitRequest)
+        body = await read_body(request, p.SubmitRequest)
         if not body.tasks:
             raise BadRequest("no tasks in the request")
         for spec in body.tasks:
@@ -131,7 +103,7 @@ class _Api:
         except StoreWriteError as exc:
             raise BadRequest(f"{exc}; nothing was submitted: free space on the host's disk and submit again", 507) from None
         # no settled(): submit committed the new records itself, and other requests' changes are theirs
-        return _json(p.SubmitReply(task_ids=ids, batch_id=batch_id), 201)
+        return json_response(p.SubmitReply(task_ids=ids, batch_id=batch_id), 201)
 
     def _task_id(self, request: Request) -> str:
         return self.service.resolve_task(_id(request))
@@ -146,7 +118,7 @@ class _Api:
         if 0 < limit <= SCAN_PAGE:
             tasks, total, exact = await self.service.list_tasks(where, limit, offset)
             views = [task_view(t) for t in tasks]
-            return _json(p.TaskList(tasks=views, total=total, limit=limit, offset=offset, total_exact=exact))
+            return json_response(p.TaskList(tasks=views, total=total, limit=limit, offset=offset, total_exact=exact))
         return StreamingResponse(self._streamed_list(where, limit, offset), media_type="application/json")
 
     async def _streamed_list(self, where: TaskFilter, limit: int, offset: int) -> AsyncIterator[bytes]:
@@ -168,7 +140,7 @@ class _Api:
         yield p.encode(p.TaskList(tasks=[], total=total, limit=limit, offset=offset, total_exact=exact))[len(head):]
 
     async def get_task(self, request: Request) -> Response:
-        return _json(self.service.view(self.service.get_task(self._task_id(request))))
+        return json_response(self.service.view(self.service.get_task(self._task_id(request))))
 
     async def task_logs(self, request: Request) -> Response:
         task_id = self._task_id(request)
@@ -189,15 +161,15 @@ class _Api:
     async def wait_task(self, request: Request) -> Response:
         task_id = self._task_id(request)
         timeout = _float_param(request, "timeout", 30.0)
-        return _json(self.service.view(await self.service.wait_task(task_id, timeout)))
+        return json_response(self.service.view(await self.service.wait_task(task_id, timeout)))
 
     async def kill_task(self, request: Request) -> Response:
         task, message = self.service.kill(self._task_id(request))
         await self.service.settled()
-        return _json(p.KillReply(task_id=task.task_id, state=task.state.value, message=message))
+        return json_response(p.KillReply(task_id=task.task_id, state=task.state.value, message=message))
 
     async def batch(self, request: Request) -> Response:
-        return _json(await self.service.batch_view(self._batch_id(request)))
+        return json_response(await self.service.batch_view(self._batch_id(request)))
 
     async def batch_tasks(self, request: Request) -> Response:
         tasks = await self.service.batch_tasks(self._batch_id(request))
@@ -205,13 +177,13 @@ class _Api:
 
     async def wait_batch(self, request: Request) -> Response:
         batch_id = self._batch_id(request)
-        return _json(await self.service.wait_batch(batch_id, _float_param(request, "timeout", 30.0)))
+        return json_response(await self.service.wait_batch(batch_id, _float_param(request, "timeout", 30.0)))
 
     async def kill_batch(self, request: Request) -> Response:
         batch_id = self._batch_id(request)
         _, message = self.service.kill_batch(batch_id)
         await self.service.settled()
-        return _json(p.KillReply(task_id=batch_id, state="", message=message))
+        return json_response(p.KillReply(task_id=batch_id, state="", message=message))
 
     async def retry_task(self, request: Request) -> Response:
         return await self._retry(request, _id(request))
@@ -226,21 +198,21 @@ class _Api:
             raise BadRequest(str(exc), 422) from None
         except StoreWriteError as exc:
             raise BadRequest(f"{exc}; nothing was submitted: free space on the host's disk and retry again", 507) from None
-        return _json(p.SubmitReply(task_ids=ids, batch_id=batch_id), 201)
+        return json_response(p.SubmitReply(task_ids=ids, batch_id=batch_id), 201)
 
     async def nodes(self, request: Request) -> Response:
-        return _json([node_view(n) for n in self.service.nodes()])
+        return json_response([node_view(n) for n in self.service.nodes()])
 
     async def heartbeat(self, request: Request) -> Response:
-        return _json(await self.service.heartbeat(await _body(request, p.Heartbeat)))
+        return json_response(await self.service.heartbeat(await read_body(request, p.Heartbeat)))
 
     async def report(self, request: Request) -> Response:
-        ack = self.service.report(await _body(request, p.Report))
+        ack = self.service.report(await read_body(request, p.Report))
         await self.service.settled()  # acknowledge only what is committed
-        return _json(ack)
+        return json_response(ack)
 
     async def health(self, request: Request) -> Response:
-        return _json({"ok": True})
+        return json_response({"ok": True})
 
     async def openapi(self, request: Request) -> Response:
         if self._openapi is None:
@@ -254,9 +226,10 @@ def _encoded_views(tasks: list[Task]) -> bytes:
     return b",".join(p.encode(task_view(t)) for t in tasks)
 
 
-def build_app(service: HostService, auth: Authenticator) -> Starlette:
+def build_app(service: HostService, auth: Authenticator, secure_cookie: bool = False) -> Starlette:
     """One Starlette route per entry of protocol.ROUTES, each behind `_guard`."""
     api = _Api(service)
+    web = Web(service, auth, secure_cookie)
     handlers = {
         ("POST", p.TASKS): api.submit, ("GET", p.TASKS): api.list_tasks, ("GET", p.TASK): api.get_task,
         ("GET", p.TASK_LOGS): api.task_logs, ("GET", p.TASK_WAIT): api.wait_task, ("POST", p.TASK_KILL): api.kill_task,
@@ -264,7 +237,7 @@ def build_app(service: HostService, auth: Authenticator) -> Starlette:
         ("POST", p.BATCH_KILL): api.kill_batch, ("POST", p.TASK_RETRY): api.retry_task,
         ("POST", p.BATCH_RETRY): api.retry_batch, ("GET", p.NODES): api.nodes,
         ("POST", p.RUNNER_HEARTBEAT): api.heartbeat, ("POST", p.RUNNER_REPORT): api.report,
-        ("GET", p.HEALTH): api.health, ("GET", p.OPENAPI): api.openapi,
+        ("GET", p.HEALTH): api.health, ("GET", p.OPENAPI): api.openapi, **web.handlers(),
     }
     routes = [Route(r.path, _guard(handlers[(r.method, r.path)], r, auth, service), methods=[r.method])
               for r in p.ROUTES]
@@ -282,9 +255,11 @@ def _caller(request: Request) -> Identity:
 
 def _check_access(request: Request, route: p.Route, auth: Authenticator, service: HostService) -> None:
     """Who is asking, and may they: Unauthorized (401) or Forbidden (403) if not."""
-    if route.access == p.PUBLIC:
+    if route.access == p.PUBLIC or (route.access == p.METRICS_ACCESS and auth.metrics_public):
         return
-    who = auth.identify(request.headers.get("authorization"))
+    # the dashboard's pages send the cookie instead (SameSite=Strict: never from another site)
+    cookie = request.cookies.get(p.TOKEN_COOKIE)
+    who = auth.identify(request.headers.get("authorization") or (f"Bearer {cookie}" if cookie else None))
     allowed(route.access, who)
     request.state.identity = who
     if route.access == p.OWNER and not who.admin:
@@ -318,21 +293,21 @@ def _guard(handler: Handler, route: p.Route, auth: Authenticator, service: HostS
         except Unauthorized as exc:
             if route.access == p.RUNNER:
                 auth.refused_runner(request.client.host if request.client else "?")
-            return _json(p.ErrorReply(error=str(exc)), 401, {"WWW-Authenticate": "Bearer"})
+            return json_response(p.ErrorReply(error=str(exc)), 401, {"WWW-Authenticate": "Bearer"})
         except Forbidden as exc:
-            return _error(str(exc), 403)
+            return error_response(str(exc), 403)
         except BadRequest as exc:
-            return _error(str(exc), exc.status)
+            return error_response(str(exc), exc.status)
         except NotFound as exc:
-            return _error(str(exc), 404)
+            return error_response(str(exc), 404)
         except (KillRefused, AmbiguousId) as exc:
-            return _error(str(exc), 409)
+            return error_response(str(exc), 409)
         except logs.LogUnavailable as exc:
-            return _error(str(exc), 404)
+            return error_response(str(exc), 404)
         except StoreWriteError as exc:  # the change stays in memory; the host commits it once it can
-            return _error(f"{exc}; the request is kept and carried out once the host's disk has room", 507)
+            return error_response(f"{exc}; the request is kept and carried out once the host's disk has room", 507)
         except Exception:
             log.exception("internal error on %s %s", request.method, request.url.path)
-            return _error("internal error in the host; see the host's log", 500)
+            return error_response("internal error in the host; see the host's log", 500)
 
     return guarded

@@ -43,9 +43,11 @@ class Forbidden(Exception):
 
 
 class Authenticator:
-    def __init__(self, store: Store, cluster_key: str) -> None:
+    def __init__(self, store: Store, cluster_key: str, metrics_public: bool = False) -> None:
         self.store = store
         self._cluster_key = cluster_key.encode()
+        #: [auth] metrics_public: GET /metrics without a token
+        self.metrics_public = metrics_public
         self._refused_at: dict[str, float] = {}
 
     def refused_runner(self, address: str) -> None:
@@ -80,7 +82,7 @@ def allowed(access: str, who: Identity) -> None:
     """Forbidden unless `who` may use a route of this access; ownership is checked by the caller."""
     if access == "runner" and not who.runner:
         raise Forbidden("this route is for runners, which present the cluster key, not a user's token")
-    if access in ("user", "owner") and who.runner:
+    if access in ("user", "owner", "metrics") and who.runner:
         raise Forbidden("the cluster key is for runners; use a user's token (hakuriver.host --add-user NAME)")
 
 

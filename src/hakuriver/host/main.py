@@ -27,12 +27,19 @@ def main(argv: list[str] | None = None) -> None:
     users.add_argument("--add-user", metavar="NAME", help="make a user and print their token (shown once)")
     users.add_argument("--list-users", action="store_true", help="list the users and whether each is an admin")
     users.add_argument("--remove-user", metavar="NAME", help="remove a user: their token stops working at once")
+    users.add_argument("--print-systemd-unit", action="store_true",
+                       help="print a systemd unit that starts this host with this --config, and exit")
     parser.add_argument("--admin", action="store_true", help="with --add-user: the user may kill, read and retry "
                         "every task, not only their own")
     args = parser.parse_args(argv)
     if args.admin and args.add_user is None:
         fail(PROG, "--admin goes with --add-user NAME", 2)
     config = config_or_exit(PROG, args.config)
+    if args.print_systemd_unit:
+        from hakuriver.systemd import unit
+
+        print(unit("host", args.config), end="")
+        return
     managing = args.add_user is not None or args.list_users or args.remove_user is not None
     ssl = {} if managing else _tls_options(config)  # before anything is made: a bad setting changes nothing
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -135,7 +142,7 @@ async def _serve(config: Config, store: Store, sock: socket.socket, cluster_key:
     service.restore()
     server = uvicorn.Server(
         uvicorn.Config(
-            build_app(service, Authenticator(store, cluster_key)),
+            build_app(service, Authenticator(store, cluster_key, config.auth.metrics_public), secure_cookie=bool(ssl)),
             log_level="warning",
             access_log=False,
             timeout_graceful_shutdown=1,

@@ -19,6 +19,7 @@ _SECURITY_SCHEMES = {"token": {"type": "http", "scheme": "bearer",
                                "description": "a user's token, or for the runner routes the cluster key"}}
 _ACCESS = {p.USER: "any user's token", p.OWNER: "the token of the owner of the task or batch, or of an admin",
            p.RUNNER: "the cluster key"}
+_FILE_NAME = {"type": "string", "pattern": "^[A-Za-z0-9_-][A-Za-z0-9_.-]*$"}
 _ID = {"type": "string", "pattern": "^[0-9a-fA-F][0-9a-fA-F-]{7,35}$"}
 
 
@@ -34,19 +35,27 @@ def document() -> dict[str, Any]:
             "paths": paths, "components": {"schemas": components, "securitySchemes": _SECURITY_SCHEMES}}
 
 
+_NOT_JSON = {p.RAW: "application/octet-stream", p.HTML: "text/html", p.FILE: "application/octet-stream",
+             p.EVENT_STREAM: "text/event-stream", p.PROMETHEUS: "text/plain"}
+
+
 def _is_message(kind: object) -> bool:
-    return kind is not None and kind not in (dict, p.RAW)
+    return kind is not None and kind is not dict and kind not in _NOT_JSON
 
 
 def _operation(route: p.Route, by_kind: dict[int, Any]) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": route.summary, "operationId": f"{route.method.lower()}{_name(route.path)}"}
     if route.access == p.PUBLIC:
         op["security"] = []
+    elif route.access == p.METRICS_ACCESS:
+        op["security"] = [{"token": []}, {}]  # {}: none needed under [auth] metrics_public
+        op["description"] = f"Needs {_ACCESS[p.USER]}, unless [auth] metrics_public = true."
     else:
         op["security"] = [{"token": []}]
         op["description"] = f"Needs {_ACCESS[route.access]}."
-    params = [{"name": name, "in": "path", "required": True, "schema": _ID}
-              for name in ("task_id", "batch_id") if "{" + name + "}" in route.path]
+    params = [{"name": name, "in": "path", "required": True, "schema": schema}
+              for name, schema in (("task_id", _ID), ("batch_id", _ID), ("name", _FILE_NAME))
+              if "{" + name + "}" in route.path]
     params += [{"name": name, "in": "query", "required": False, "schema": _query_schema(name, kind)}
                for name, kind in route.query]
     if params:
@@ -55,14 +64,14 @@ def _operation(route: p.Route, by_kind: dict[int, Any]) -> dict[str, Any]:
         op["requestBody"] = {"required": True, "content": {"application/json": {"schema": by_kind[id(route.request)]}}}
     op["responses"] = {str(route.status): {"description": "success", "content": _content(route.reply, by_kind)}}
     error = {"application/json": {"schema": {"$ref": _REF.format(name="ErrorReply")}}}
-    errors = _ERRORS if route.access == p.PUBLIC else {**_ERRORS, **_AUTH_ERRORS}
+    errors = {**_ERRORS, **_AUTH_ERRORS} if route.access != p.PUBLIC or route.request is p.LoginRequest else _ERRORS
     op["responses"].update({code: {"description": why, "content": error} for code, why in errors.items()})
     return op
 
 
 def _content(reply: object, by_kind: dict[int, Any]) -> dict[str, Any]:
-    if reply == p.RAW:
-        return {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+    if reply in _NOT_JSON:
+        return {_NOT_JSON[reply]: {"schema": {"type": "string", "format": "binary"}}}
     if reply is dict:
         return {"application/json": {"schema": {"type": "object"}}}
     return {"application/json": {"schema": by_kind[id(reply)]}}

@@ -23,6 +23,8 @@ from hakuriver.core.model import Node, Task, run_key, split_run_key
 from hakuriver.core.states import PROBLEM_STATES, TaskState
 from hakuriver.host import convert
 from hakuriver.host.commits import GroupCommit
+from hakuriver.host.live import Live
+from hakuriver.host.metrics import Metrics
 from hakuriver.host.store import Store, StoreWriteError, TaskFilter
 
 log = logging.getLogger("hakuriver.host")
@@ -68,6 +70,9 @@ class HostService:
         #: per batch, its tasks not yet final (lost counts as final), to answer batch waits
         self._batch_open: dict[str, set[str]] = {}
         self._batch_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        #: the dashboard's events and the Prometheus metrics, both fed by what is committed
+        self.live = Live(cluster, self.view, clock)
+        self.metrics = Metrics(cluster, store.state_counts)
 
     def restore(self) -> None:
         tasks = self.store.active_tasks()
@@ -89,6 +94,8 @@ class HostService:
         await self.commits.settled()
 
     def _committed(self, tasks: dict[str, Task], orders: set[str]) -> None:
+        self.live.committed(tasks)
+        self.metrics.committed(tasks)
         for name in orders:
             self._node_event(name).set()
         for task in tasks.values():
@@ -149,6 +156,8 @@ class HostService:
             log.error("refused a submission of %d tasks: %s", len(tasks), exc)
             raise
         self._apply(self.cluster.on_submit(tasks, now, outcomes))
+        self.metrics.submitted.inc(len(tasks))
+        self.live.committed({t.task_id: t for t in tasks})  # written by the insert above
         if batch_id:
             self._batch_open[batch_id] = {t.task_id for t in tasks}
         self.request_schedule()
@@ -363,8 +372,11 @@ class HostService:
     def report(self, r: p.Report) -> p.Ack:
         effects: list[Effect] = []
         for s in r.started:
+            self.metrics.started(run_key(s.task_id, s.attempt))
             effects += self.cluster.on_started(r.node, convert.started_event(s))
         for f in r.finished:
+            if f.started_at is not None:  # a short task's start may come only with its finish
+                self.metrics.started(run_key(f.task_id, f.attempt))
             effects += self.cluster.on_finished(r.node, convert.finished_event(f)) or self._late(convert.finished_event(f))
         self._apply(effects)
         acked = [run_key(f.task_id, f.attempt) for f in r.finished]
@@ -404,6 +416,7 @@ class HostService:
             self._apply(effects)
             self.request_schedule()
         offered.update(t.run_key for t in orders.launch)
+        self.metrics.dispatched([t.run_key for t in orders.launch])
         return orders
 
     def _stray_kills(self, node: str, held: set[str], ending: frozenset[str]) -> list[str]:

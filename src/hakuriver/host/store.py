@@ -341,6 +341,10 @@ class Store:
     def batch_tasks(self, batch_id: str) -> list[Task]:
         return [_task_from_row(r) for r in self.reader().execute(_BATCH_TASKS, (batch_id,))]
 
+    def state_counts(self) -> dict[str, int]:
+        """Tasks by state, over the whole history (a worker thread's job: an index scan)."""
+        return dict(self.reader().execute("SELECT state, COUNT(*) FROM tasks GROUP BY state").fetchall())
+
     def batch_summary(self, batch_id: str, problems: int) -> tuple[dict[str, int], list[tuple[Any, ...]]]:
         """A batch's task counts by state, and its first `problems` tasks that did not complete
         (task_id, state, exit_code, error, name, array_index): the fields of protocol.TaskBrief."""

@@ -29,8 +29,15 @@ log = logging.getLogger("hakuriver.runner")
 def main(argv: list[str] | None = None) -> None:
     parser = OneLineParser(prog=PROG, description="HakuRiver runner: runs tasks on this node.")
     add_config_flag(parser)
+    parser.add_argument("--print-systemd-unit", action="store_true",
+                        help="print a systemd unit that starts this runner with this --config, and exit")
     args = parser.parse_args(argv)
     config = config_or_exit(PROG, args.config)
+    if args.print_systemd_unit:
+        from hakuriver.systemd import unit
+
+        print(unit("runner", args.config), end="")
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     setup, node = _check_node(config)
     lock = _lock_state_dir(setup.state_dir, node.name)
