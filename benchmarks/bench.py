@@ -17,6 +17,9 @@ It prints a table and a JSON document with:
   e. host at scale: simulated runners heartbeating every second while 10,000 tasks are queued;
      p50/p99 of submit, status and node-list requests, host CPU and RSS;
   f. RSS of an idle host and an idle runner;
+  h. dashboards: the host's CPU for a bulk batch with 100 event streams open and without, and the
+     time from a task's start report to the event that shows it on its node's cores
+     (benchmarks/bench_dashboards.py);
   g. host on a long history: 1,000,000 finished + 10,000 active tasks written through the Store,
      then p50/p99 of --list (each filter) and status (full and short ID) requests to a host on
      that database, and its RSS, next to the targets (benchmarks/bench_history.py says more).
@@ -48,7 +51,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import bench_history  # next to this file (the script's folder is on sys.path)
+import bench_dashboards  # next to this file (the script's folder is on sys.path)
+import bench_history
 import psutil
 
 from hakuriver import protocol as p
@@ -351,10 +355,11 @@ def host_at_scale(root: Path, runners: int, queued: int, samples: int) -> dict:
 
 # ---- the run ---------------------------------------------------------------------------------
 SIZES = {
-    "full": {"ceiling": 1000, "warmup": 200, "bulk": [1000, 10000], "rounds": 3, "cli": 200, "latency": 20, "sim_runners": 100,
-             "queued": 10000, "samples": 300, "history": (1_000_000, 10_000), "history_samples": 200},
-    "quick": {"ceiling": 100, "warmup": 10, "bulk": [50], "rounds": 1, "cli": 16, "latency": 3, "sim_runners": 10, "queued": 200,
-              "samples": 20, "history": (2_000, 100), "history_samples": 20},
+    "full": {"ceiling": 1000, "warmup": 200, "bulk": [1000, 10000], "rounds": 3, "cli": 200, "latency": 20,
+             "sim_runners": 100, "watchers": 100, "queued": 10000, "samples": 300, "history": (1_000_000, 10_000),
+             "history_samples": 200},
+    "quick": {"ceiling": 100, "warmup": 10, "bulk": [50], "rounds": 1, "cli": 16, "latency": 3, "sim_runners": 10,
+              "watchers": 5, "queued": 200, "samples": 20, "history": (2_000, 100), "history_samples": 20},
 }
 
 
@@ -409,6 +414,9 @@ def cluster_sections(result: dict, size: dict, tmp: Path) -> None:
         result["bulk"] = [bulk(cluster, n, ceiling, size["rounds"]) for n in size["bulk"]]
         result["cli"] = cli_throughput(cluster, size["cli"], 8)
         result["latency"] = latency(cluster, size["latency"])
+        result["dashboards"] = {
+            "cost": bench_dashboards.cost(cluster, size["watchers"], size["bulk"][0], size["rounds"], bulk_round),
+            "latency": bench_dashboards.live_latency(cluster, size["latency"])}
     finally:
         cluster.stop()
     result["host_at_scale"] = host_at_scale(Path(tmp, "scale"), size["sim_runners"], size["queued"], size["samples"])
@@ -435,6 +443,7 @@ def cluster_rows(r: dict) -> list[tuple[str, str]]:
     lat = r["latency"]
     rows.append(("--wait -- true, median / p95", f"{lat['wait_median_ms']:.0f} / {lat['wait_p95_ms']:.0f} ms"))
     rows.append(("python -c pass, median (floor)", f"{lat['python_floor_median_ms']:.0f} ms"))
+    rows += bench_dashboards.rows(r["dashboards"])
     s = r["host_at_scale"]
     label = f"host with {s['simulated_runners']} sim. runners, {s['queued_tasks']} queued"
     for name in ("submit", "status", "nodes"):
