@@ -343,6 +343,22 @@ def test_first_start_makes_the_key_and_an_admin_and_the_local_commands_just_work
     assert res.returncode == 0, res.stderr
 
 
+def test_a_lost_token_file_gets_the_first_admin_a_new_token_and_ends_the_old_one(fresh_cluster):  # noqa: ANN001
+    c = fresh_cluster
+    c.start_host()
+    old = c.token
+    c.host.stop()
+    c.token_file.unlink()
+    c.start_host()
+    new = c.token
+    assert new != old and stat.S_IMODE(c.token_file.stat().st_mode) == 0o600
+    with httpx.Client(base_url=c.url, timeout=10) as http:
+        assert http.get(p.NODES, headers=bearer(new)).status_code == 200
+        assert http.get(p.NODES, headers=bearer(old)).status_code == 401
+    [(name, admin, *_)] = users_table(c)
+    assert (name, admin) == (getpass.getuser(), 1)
+
+
 # ---- 3. managing users -----------------------------------------------------------------------
 def test_a_removed_users_token_is_refused_at_once(cluster, people):  # noqa: ANN001
     token = add_user(cluster, "carol")

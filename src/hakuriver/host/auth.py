@@ -103,9 +103,24 @@ def first_start(config: AuthConfig, store: Store, now: float | None = None) -> s
     started afresh) is kept, so that a client configured before still works.
     """
     key = _cluster_key(config.cluster_key_file)
-    if store.meta(FIRST_ADMIN) is None:  # once per database: an admin removed later stays removed
+    first = store.meta(FIRST_ADMIN)
+    if first is None:  # once per database: an admin removed later stays removed
         _first_admin(config.token_file, store, now or time.time())
+    elif not os.path.exists(config.token_file):
+        _reissue(first, config.token_file, store)
     return key
+
+
+def _reissue(name: str, token_file: str, store: Store) -> None:
+    """The first admin's token file is gone (deleted, or a new home folder): a new token, there.
+    Only the host's own user can have removed that file, and the old token stops working."""
+    user = store.user(name)
+    if user is None or not user.admin:
+        return
+    token_id, token = credentials.new_token()
+    credentials.write_secret(token_file, token)
+    store.set_token(name, token_id, credentials.hash_secret(token.split(".", 1)[1]))
+    log.warning("%s was missing: gave admin %s a new token there (the old one no longer works)", token_file, name)
 
 
 #: the `meta` key saying the host has made its first admin, and who that was

@@ -274,6 +274,9 @@ class Store:
                 raise UserExists(user.name) from None
             raise
 
+    def set_token(self, name: str, token_id: str, token_hash: str) -> None:
+        self._write([("UPDATE users SET token_id = ?, token_hash = ? WHERE name = ?", [[token_id, token_hash, name]])])
+
     def remove_user(self, name: str) -> bool:
         """False if there was no such user."""
         if self.user(name) is None:
