@@ -4,6 +4,7 @@ dashboard's server-sent events, and logging in with the HttpOnly, SameSite=Stric
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 
 import httpx
@@ -11,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from hakuriver import protocol as p
-from support import wait_until, write_toml
+from support import program, wait_until, write_toml
 
 
 def _metrics(cluster, token: str | None) -> dict[str, list]:  # noqa: ANN001
@@ -180,3 +181,19 @@ def test_the_dashboard_page_and_its_files_are_served_without_a_token(cluster):
     assert "{{version}}" not in page.text
     assert httpx.get(f"{cluster.url}/ui/..%2Fapp.py", timeout=5).status_code == 404
     assert httpx.get(f"{cluster.url}/ui/nothing.js", timeout=5).status_code == 404
+
+
+def test_a_followed_tasks_log_goes_only_to_its_owner_or_an_admin(cluster):
+    task_id = cluster.submit("--wait", "--", "sh", "-c", "echo output-$((40 + 2))")  # the record holds the command
+    res = subprocess.run(program("host") + ["--config", str(cluster.config), "--add-user", "eve"], capture_output=True,
+                         text=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+    other = res.stdout.splitlines()[0]
+
+    def frames(token: str) -> str:
+        r = httpx.get(f"{cluster.url}{p.EVENTS}?task={task_id}&once=true", cookies={p.TOKEN_COOKIE: token}, timeout=10)
+        assert r.status_code == 200
+        return r.text
+
+    assert "event: task" in frames(other) and "output-42" not in frames(other)
+    assert "event: log" in frames(cluster.token) and "output-42" in frames(cluster.token)

@@ -73,25 +73,28 @@ class Live:
             self._dirty.set()
 
     # ---- served to the pages -----------------------------------------------------------------
-    async def stream(self, follow: Callable[[], Task] | None, once: bool = False) -> AsyncIterator[bytes]:
-        """One page's events, from a first snapshot on, until it disconnects (`once`: the first ones only)."""
+    async def stream(self, follow: Callable[[], Task] | None, once: bool = False,
+                     logs: bool = False) -> AsyncIterator[bytes]:
+        """One page's events, from a first snapshot on, until it disconnects (`once`: the first ones only).
+        `follow`: the task whose record is sent as it changes, and with `logs` its stdout and stderr
+        too (the caller checked the right to read them: its owner or an admin)."""
         inbox: asyncio.Queue[tuple[bytes, frozenset[str]]] = asyncio.Queue(maxsize=4)
         self._watchers.add(inbox)
         self._ensure_ticker()
-        logs = _LogFollower() if follow else None
+        follower = _LogFollower() if follow and logs else None
         try:
             yield _event("cluster", self.snapshot()) + b"retry: 2000\n\n"
             if follow is not None:
-                yield await self._followed(follow, logs)
+                yield await self._followed(follow, follower)
             while not once:
                 # a followed log is read at least every LOG_POLL seconds, and at once while it has more
-                wait = None if logs is None else 0.0 if logs.behind() else LOG_POLL
+                wait = None if follower is None else 0.0 if follower.behind() else LOG_POLL
                 try:
                     frame, changed = await asyncio.wait_for(inbox.get(), wait)
                 except TimeoutError:
                     frame, changed = b"", frozenset()
                 if follow is not None:
-                    frame += await self._followed(follow, logs, changed)
+                    frame += await self._followed(follow, follower, changed)
                 if frame:
                     yield frame
         finally:

@@ -85,21 +85,24 @@ class Web:
         return Response(p.encode(p.Me(who.name, who.admin)), media_type="application/json")
 
     async def events(self, request: Request) -> Response:
-        follow = None
+        follow, logs = None, False
         some_id = request.query_params.get("task")
         if request.query_params.get("once", "false") not in ("true", "false"):
             raise BadRequest("query parameter once must be true or false")
         if some_id is not None:
             if not p.is_id_or_prefix(some_id):
                 raise BadRequest(f"malformed task ID {some_id!r}")
-            task_id = self.service.get_task(self.service.resolve_task(some_id)).task_id
+            task = self.service.get_task(self.service.resolve_task(some_id))
+            task_id, who = task.task_id, request.state.identity
+            logs = who.admin or (bool(task.owner) and task.owner == who.name)  # as GET .../logs: owner or admin
 
             def follow():  # noqa: ANN202 - the followed task as it is now
                 return self.service.get_task(task_id)
 
         once = request.query_params.get("once") == "true"
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        return StreamingResponse(self.service.live.stream(follow, once), media_type=p.EVENT_STREAM, headers=headers)
+        stream = self.service.live.stream(follow, once, logs)
+        return StreamingResponse(stream, media_type=p.EVENT_STREAM, headers=headers)
 
     async def metrics(self, request: Request) -> Response:
         metrics = self.service.metrics

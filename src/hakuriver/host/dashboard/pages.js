@@ -323,6 +323,8 @@ function renderTask(t) {
   for (const stream of ["stdout", "stderr"]) {
     document.querySelector(`[data-raw="${stream}"]`).href =
       `/api/tasks/${encodeURIComponent(t.task_id)}/logs?stream=${stream}`;
+    // the host sends a log only to its task's owner or an admin
+    if (!mayControl(t.owner)) $(`log-${stream}`).textContent = `Only ${t.owner || "an admin"} or an admin may read this log.`;
   }
 }
 
