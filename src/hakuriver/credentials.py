@@ -40,12 +40,16 @@ def write_secret(path: str, value: str) -> None:
     temp = f"{path}.{os.getpid()}.new"
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     try:
-        os.fchmod(fd, 0o600)  # whatever the umask
-        os.write(fd, value.encode() + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temp, path)
+        try:
+            os.fchmod(fd, 0o600)  # whatever the umask
+            os.write(fd, value.encode() + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, path)
+    except OSError:
+        os.unlink(temp)
+        raise
 
 
 def new_secret() -> str:
@@ -76,3 +80,13 @@ def hash_secret(secret: str) -> str:
     import hashlib
 
     return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def own_name() -> str:
+    """This process's login name, from its uid (not $USER or $LOGNAME, which `su` may leave behind)."""
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:  # a uid without a passwd entry (e.g. in a container): the number is all there is
+        return str(os.geteuid())

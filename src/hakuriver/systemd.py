@@ -6,10 +6,11 @@ environment as the command that printed it, with the same --config (made absolut
 
 from __future__ import annotations
 
-import getpass
 import os
 import shlex
 import sys
+
+from hakuriver.credentials import own_name
 
 _HOST = """\
 [Unit]
@@ -59,4 +60,4 @@ def unit(program: str, config: str | None) -> str:
     if config:
         argv += ["--config", os.path.abspath(config)]
     template = _HOST if program == "host" else _RUNNER
-    return template.format(exec_start=" ".join(shlex.quote(a) for a in argv), user=getpass.getuser())
+    return template.format(exec_start=" ".join(shlex.quote(a) for a in argv), user=own_name())

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -50,7 +51,18 @@ def serve(setup: NodeSetup, started: list[p.TaskStarted] | None = None) -> tuple
 
 
 @pytest.fixture
-def node(tmp_path):  # noqa: ANN001, ANN201
+def walkable():  # noqa: ANN201
+    """A folder every user may walk through (pytest's tmp_path lies under a 0700 folder): a task
+    run as another user enters its working folder as that user, as on a real node."""
+    folder = Path(tempfile.mkdtemp(prefix="hr-node-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def node(walkable):  # noqa: ANN001, ANN201
+    tmp_path = walkable
     (tmp_path / "shared").mkdir()
     (tmp_path / "tmp").mkdir()
     setup = NodeSetup("n", str(tmp_path / "shared"), str(tmp_path / "tmp"), "", 0.5, str(tmp_path / "state"), ())
@@ -332,7 +344,8 @@ def test_exit_codes_of_tasks_run_as_another_user_are_never_lost(node):
 
 
 @as_root
-def test_numactl_binds_a_task_run_as_another_user(tmp_path):
+def test_numactl_binds_a_task_run_as_another_user(walkable):
+    tmp_path = walkable
     (tmp_path / "shared").mkdir()
     (tmp_path / "tmp").mkdir()
     numactl = shutil.which("numactl")
@@ -404,3 +417,42 @@ def test_a_task_run_as_another_user_is_killed_and_taken_over_as_that_user(node):
     r = result(fresh_outbox, "adopt-other")
     pump.stop()
     assert (r.exit_code, r.unix_user) == (5, OTHER)
+
+
+@as_root
+def test_a_task_enters_its_working_folder_as_its_owner_not_as_root(node, walkable):
+    """Root may walk into a folder inside another user's private one; the owner of the task may not."""
+    setup, sup, outbox, _ = node
+    private = walkable / "private"
+    (private / "open").mkdir(parents=True)
+    private.chmod(0o700)  # root's, like a home folder
+    (private / "open" / "data.txt").write_text("root's data\n")
+    sup.launch([owned("peek", "cat data.txt", cwd=str(private / "open"))])
+    r = result(outbox, "peek")
+    assert r.exit_code != 0
+    assert "root's data" not in Path(setup.output_dir, "peek.out").read_text()
+
+
+@as_root
+def test_a_task_of_another_user_gets_none_of_the_runners_secrets(walkable, monkeypatch):
+    monkeypatch.setenv("HAKURIVER_TOKEN", "the-admins-token")
+    monkeypatch.setenv("ROOTS_OWN_SECRET", "root-only")
+    (walkable / "shared").mkdir()
+    (walkable / "tmp").mkdir()
+    setup = NodeSetup("n", str(walkable / "shared"), str(walkable / "tmp"), "", 0.5, str(walkable / "state"), ())
+    os.makedirs(setup.state_dir, mode=0o700)
+    sup, outbox, pump, _ = serve(setup)
+    try:
+        sup.launch([owned("env-other", "env"), order("env-own", "env")])
+        assert result(outbox, "env-other").exit_code == 0 and result(outbox, "env-own").exit_code == 0
+        other = Path(setup.output_dir, "env-other.out").read_text()
+        own = Path(setup.output_dir, "env-own.out").read_text()
+        assert "ROOTS_OWN_SECRET" not in other and "the-admins-token" not in other
+        assert "PATH=" in other and f"HOME={pwd.getpwnam(OTHER).pw_dir}" in other
+        assert "ROOTS_OWN_SECRET=root-only" in own and "the-admins-token" not in own  # a token is never passed on
+        assert os.stat(Path(setup.output_dir, "env-other.out")).st_mode & 0o077 == 0  # theirs alone
+    finally:
+        pump.stop()
+        sup.keeper.close()
+        for proc in keepers_below(str(walkable)):
+            proc.kill()

@@ -197,3 +197,25 @@ def test_a_followed_tasks_log_goes_only_to_its_owner_or_an_admin(cluster):
 
     assert "event: task" in frames(other) and "output-42" not in frames(other)
     assert "event: log" in frames(cluster.token) and "output-42" in frames(cluster.token)
+
+
+def test_a_change_made_with_the_cookie_must_come_from_the_dashboards_own_page(cluster):
+    """SameSite=Strict keeps other sites out, not a page on another port of the same host."""
+    jar = {p.TOKEN_COOKIE: cluster.token}
+    body = p.encode(p.SubmitRequest(tasks=[p.TaskSpec("true")]))
+    before = len(cluster.query("SELECT task_id FROM tasks"))
+    for headers in ({"Origin": "http://127.0.0.1:9999"}, {"Sec-Fetch-Site": "same-site"}, {}):
+        r = httpx.post(f"{cluster.url}{p.TASKS}", content=body, cookies=jar, headers=headers, timeout=10)
+        assert r.status_code == 403, (headers, r.text)
+    assert len(cluster.query("SELECT task_id FROM tasks")) == before
+    host = cluster.url.split("://", 1)[1]
+    for headers in ({"Origin": f"http://{host}"}, {"Sec-Fetch-Site": "same-origin"}):
+        r = httpx.post(f"{cluster.url}{p.TASKS}", content=body, cookies=jar, headers=headers, timeout=10)
+        assert r.status_code == 201, (headers, r.text)
+    # a script with the token in its header is not a browser: no origin needed
+    r = httpx.post(f"{cluster.url}{p.TASKS}", content=body, headers={"Authorization": f"Bearer {cluster.token}"},
+                   timeout=10)
+    assert r.status_code == 201
+    r = httpx.post(f"{cluster.url}{p.LOGIN}", json={"token": cluster.token}, headers={"Origin": "http://evil:1"},
+                   timeout=10)
+    assert r.status_code == 403 and "set-cookie" not in r.headers

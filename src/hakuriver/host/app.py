@@ -155,7 +155,9 @@ class _Api:
             return (task.stdout_path if stream == "stdout" else task.stderr_path), task.state
 
         path, state, start, end = await logs.locate(probe, offset, tail, wait)
-        headers = {p.LOG_OFFSET_HEADER: str(start), p.LOG_STATE_HEADER: state.value}
+        # a task's bytes, served on the dashboard's origin: never sniffed or shown as a page
+        headers = {p.LOG_OFFSET_HEADER: str(start), p.LOG_STATE_HEADER: state.value, "X-Content-Type-Options": "nosniff",
+                   "Content-Disposition": "attachment"}
         return StreamingResponse(logs.stream(path, start, end), media_type="application/octet-stream", headers=headers)
 
     async def wait_task(self, request: Request) -> Response:
@@ -249,17 +251,35 @@ Handler = Callable[[Request], Awaitable[Response]]
 _ACTIONS = {"logs": "read the logs of", "kill": "kill", "retry-failed": "retry"}
 
 
+def _same_origin(request: Request, required: bool) -> bool:
+    """The browser says the request comes from a page of this host and port (Sec-Fetch-Site, else
+    Origin); without either, `required` decides (a browser sends Origin with every POST)."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        return site in ("same-origin", "none")
+    origin = request.headers.get("origin")
+    if origin is None:
+        return not required
+    return origin.split("://", 1)[-1] == request.headers.get("host", "")
+
+
 def _caller(request: Request) -> Identity:
     return request.state.identity
 
 
 def _check_access(request: Request, route: p.Route, auth: Authenticator, service: HostService) -> None:
     """Who is asking, and may they: Unauthorized (401) or Forbidden (403) if not."""
+    if route.method == "POST" and route.path == p.LOGIN and not _same_origin(request, required=False):
+        raise Forbidden("a login from another origin is refused")
     if route.access == p.PUBLIC or (route.access == p.METRICS_ACCESS and auth.metrics_public):
         return
-    # the dashboard's pages send the cookie instead (SameSite=Strict: never from another site)
-    cookie = request.cookies.get(p.TOKEN_COOKIE)
-    who = auth.identify(request.headers.get("authorization") or (f"Bearer {cookie}" if cookie else None))
+    header = request.headers.get("authorization")
+    cookie = None if header else request.cookies.get(p.TOKEN_COOKIE)
+    # the dashboard's cookie: SameSite=Strict keeps other sites out, but not a page on another
+    # port of this host; a change made with it must come from this very origin
+    if cookie and request.method not in ("GET", "HEAD") and not _same_origin(request, required=True):
+        raise Forbidden("a change made with the dashboard's cookie must come from the dashboard's own page")
+    who = auth.identify(header or (f"Bearer {cookie}" if cookie else None))
     allowed(route.access, who)
     request.state.identity = who
     if route.access == p.OWNER and not who.admin:

@@ -9,7 +9,6 @@ quick start costs no extra step.
 
 from __future__ import annotations
 
-import getpass
 import hmac
 import logging
 import os
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 
 from hakuriver import credentials
 from hakuriver.config import AuthConfig
+from hakuriver.credentials import own_name
 from hakuriver.host.store import Store, UserRecord
 
 log = logging.getLogger("hakuriver.host")
@@ -118,8 +118,9 @@ def _reissue(name: str, token_file: str, store: Store) -> None:
     if user is None or not user.admin:
         return
     token_id, token = credentials.new_token()
-    credentials.write_secret(token_file, token)
+    # the database first: if it cannot be written, the file stays missing and the next start tries again
     store.set_token(name, token_id, credentials.hash_secret(token.split(".", 1)[1]))
+    credentials.write_secret(token_file, token)
     log.warning("%s was missing: gave admin %s a new token there (the old one no longer works)", token_file, name)
 
 
@@ -128,7 +129,7 @@ FIRST_ADMIN = "first_admin"
 
 
 def _first_admin(token_file: str, store: Store, now: float) -> None:
-    name = getpass.getuser()
+    name = own_name()
     if store.user(name) is not None:
         log.warning("user %s exists already (made with --add-user before the host's first start): no first "
                     "admin made; give one with --add-user NAME --admin", name)

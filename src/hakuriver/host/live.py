@@ -38,6 +38,8 @@ TICK = 0.25
 IDLE_TICK = 2.0
 #: changed tasks named in one `tasks` event; beyond, "truncated" (a page then reloads its list)
 CHANGED_SHOWN = 500
+#: seconds between two checks that an open stream's token still works (--remove-user)
+RECHECK = 5.0
 #: seconds between two reads of a followed task's log while it runs
 LOG_POLL = 0.5
 #: bytes of a followed log sent at once
@@ -67,21 +69,25 @@ class Live:
         for task in tasks.values():
             if task.state.is_final and task.finished_at is not None:
                 minute = int(task.finished_at // 60)
+                if minute not in self._finished and len(self._finished) >= 2 * MINUTES:
+                    self._prune(minute)
                 self._finished[minute] = self._finished.get(minute, 0) + 1
         if self._watchers:
             self._changed.update(tasks)
             self._dirty.set()
 
     # ---- served to the pages -----------------------------------------------------------------
-    async def stream(self, follow: Callable[[], Task] | None, once: bool = False,
-                     logs: bool = False) -> AsyncIterator[bytes]:
+    async def stream(self, follow: Callable[[], Task] | None, once: bool = False, logs: bool = False,
+                     still_valid: Callable[[], bool] = lambda: True) -> AsyncIterator[bytes]:
         """One page's events, from a first snapshot on, until it disconnects (`once`: the first ones only).
         `follow`: the task whose record is sent as it changes, and with `logs` its stdout and stderr
-        too (the caller checked the right to read them: its owner or an admin)."""
+        too (the caller checked the right to read them: its owner or an admin). The stream ends
+        once `still_valid` says the caller's token no longer works (asked every RECHECK seconds)."""
         inbox: asyncio.Queue[tuple[bytes, frozenset[str]]] = asyncio.Queue(maxsize=4)
         self._watchers.add(inbox)
         self._ensure_ticker()
         follower = _LogFollower() if follow and logs else None
+        checked = time.monotonic()
         try:
             yield _event("cluster", self.snapshot()) + b"retry: 2000\n\n"
             if follow is not None:
@@ -95,6 +101,10 @@ class Live:
                     frame, changed = b"", frozenset()
                 if follow is not None:
                     frame += await self._followed(follow, follower, changed)
+                if time.monotonic() - checked > RECHECK:
+                    if not still_valid():
+                        return
+                    checked = time.monotonic()
                 if frame:
                     yield frame
         finally:
@@ -140,14 +150,18 @@ class Live:
         free = sum(n["free_cores"] for n in nodes if n["state"] == NodeState.ONLINE.value)
         online = [n for n in nodes if n["state"] == NodeState.ONLINE.value]
         minute = int(now // 60)
-        for old in [m for m in self._finished if m <= minute - MINUTES]:
-            del self._finished[old]
+        self._prune(minute)
         throughput = [[(minute - i) * 60, self._finished.get(minute - i, 0)] for i in range(MINUTES - 1, -1, -1)]
         return json.dumps({
             "now": now, "nodes": nodes, "queue_length": len(self.cluster.queue), "cores_total": total,
             "cores_used": sum(n["total_cores"] - n["free_cores"] for n in online), "cores_free": free,
             "nodes_online": len(online), "finished_last_hour": sum(c for _, c in throughput), "throughput": throughput,
         }, separators=(",", ":")).encode()
+
+    def _prune(self, minute: int) -> None:
+        """Forget the minutes older than an hour before `minute`."""
+        for old in [m for m in self._finished if m <= minute - MINUTES]:
+            del self._finished[old]
 
     def _node(self, node: Any) -> dict[str, Any]:
         holder: dict[int, tuple[str, str]] = {}

@@ -101,7 +101,16 @@ class Web:
 
         once = request.query_params.get("once") == "true"
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        stream = self.service.live.stream(follow, once, logs)
+        credential = request.headers.get("authorization") or f"Bearer {request.cookies.get(p.TOKEN_COOKIE, '')}"
+
+        def still_valid() -> bool:  # a user removed while their page is open is cut off, as everywhere
+            try:
+                self.auth.identify(credential)
+            except Unauthorized:
+                return False
+            return True
+
+        stream = self.service.live.stream(follow, once, logs, still_valid)
         return StreamingResponse(stream, media_type=p.EVENT_STREAM, headers=headers)
 
     async def metrics(self, request: Request) -> Response:

@@ -40,7 +40,7 @@ from typing import Any
 
 import msgspec
 
-from hakuriver.runner.spawn import RunAs, Starter, hand_over, open_outputs
+from hakuriver.runner.spawn import RunAs, Starter, base_env, hand_over, open_outputs
 
 log = logging.getLogger("hakuriver.keeper")
 
@@ -311,7 +311,7 @@ class Keeper:
             return
         out_fd, err_fd = fds
         try:
-            pid = self._starter.start(msg, self.env | msg.env, out_fd, err_fd)
+            pid = self._starter.start(msg, base_env(self.env, msg.user) | msg.env, out_fd, err_fd)
         except OSError as exc:
             problem = f"could not start {msg.argv[0]}: {exc.strerror or exc}"
             with contextlib.suppress(OSError):

@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import socket
+import stat
 import sys
 
 from hakuriver import protocol as p
@@ -88,6 +89,11 @@ def _check_node(config: Config) -> tuple[NodeSetup, p.NodeInfo]:
 def _lock_state_dir(state_dir: str, name: str):  # noqa: ANN202 - the open lock file
     try:
         os.makedirs(state_dir, exist_ok=True)
+        st = os.lstat(state_dir)
+        if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            fail(PROG, f"the runner's state folder {state_dir} is a link or belongs to another user: someone "
+                       "else made it (a runner as root trusts nothing it did not make); remove it, and make "
+                       "[paths] local_temp_dir writable by the runner's user only", 2)
         os.chmod(state_dir, 0o700)  # the keeper's socket in it starts programs: this user only
         fh = open(os.path.join(state_dir, "runner.lock"), "w")
     except OSError as exc:

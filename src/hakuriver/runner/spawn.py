@@ -23,6 +23,21 @@ OUTPUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOL
 
 
 _DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+#: GNU env, which enters the task's folder as the task's user (-C) and executes it
+ENV = "/usr/bin/env"
+#: of the runner's own environment, what a task of another user gets (the rest is root's:
+#: credentials, sockets, sudo's traces); the task's own variables come on top
+_PASSED = frozenset({"PATH", "LANG", "LANGUAGE", "TZ", "TERM"})
+#: never handed to a task, whoever runs it
+_WITHHELD = frozenset({"HAKURIVER_TOKEN"})
+
+
+def base_env(runner_env: dict[str, str], user: RunAs | None) -> dict[str, str]:
+    """What a task gets of the runner's environment, before its own variables: all of it (but a
+    token) when it runs as the runner's user; for another user, only locale, PATH and time zone."""
+    if user is None:
+        return {k: v for k, v in runner_env.items() if k not in _WITHHELD}
+    return {k: v for k, v in runner_env.items() if k in _PASSED or k.startswith("LC_")}
 
 
 class RunAs(msgspec.Struct):
@@ -42,10 +57,11 @@ def open_outputs(stdout: str, stderr: str, user: RunAs | None) -> tuple[int, int
     except OSError:
         os.close(out_fd)
         raise
-    if user is not None:
+    if user is not None:  # theirs alone: only the owner (or an admin, through the host) reads a task's output
         try:
-            os.fchown(out_fd, user.uid, user.gid)
-            os.fchown(err_fd, user.uid, user.gid)
+            for fd in (out_fd, err_fd):
+                os.fchown(fd, user.uid, user.gid)
+                os.fchmod(fd, 0o600)
         except OSError:
             os.close(out_fd)
             os.close(err_fd)
@@ -99,9 +115,13 @@ class Starter:
         return os.posix_spawn(msg.path, msg.argv, env, file_actions=actions, setsid=True, setsigdef=_DEFAULT_SIGNALS)
 
     def _popen(self, msg: Spawn, user: RunAs, env: dict[str, str], out_fd: int, err_fd: int) -> int:
+        # The working folder is entered by `env -C` once the process is the owner: subprocess's
+        # child changes directory *before* it drops root, which would let a task work in a folder
+        # its owner may not enter (alice's task in bob's 0755 folder inside his 0700 home)
+        argv = [ENV, "-C", msg.cwd, "--", msg.path, *msg.argv[1:]]
         try:
-            popen = subprocess.Popen(msg.argv, executable=msg.path, stdin=self._devnull, stdout=out_fd, stderr=err_fd,
-                                     cwd=msg.cwd, env=env, user=user.uid, group=user.gid, extra_groups=user.groups,
+            popen = subprocess.Popen(argv, stdin=self._devnull, stdout=out_fd, stderr=err_fd, cwd="/",
+                                     env=env, user=user.uid, group=user.gid, extra_groups=user.groups,
                                      start_new_session=True, close_fds=True)
         except subprocess.SubprocessError as exc:  # a failure in the child that is not an OSError
             raise OSError(str(exc)) from exc

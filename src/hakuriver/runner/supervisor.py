@@ -415,8 +415,9 @@ def _ensure_folder(path: str) -> None:
 
 
 def _note_in_stderr(path: str, problem: str) -> None:
-    try:
-        with open(path, "w") as fh:
+    try:  # O_NOFOLLOW: a root runner never writes through a link planted in the output folder
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        with os.fdopen(fd, "w") as fh:
             fh.write(f"hakuriver: {problem}\n")
     except OSError:
         pass
