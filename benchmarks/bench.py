@@ -40,8 +40,6 @@ import json
 import os
 import platform
 import shutil
-import socket
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -53,178 +51,26 @@ from pathlib import Path
 
 import bench_dashboards  # next to this file (the script's folder is on sys.path)
 import bench_history
+from bench_cluster import (Cluster, Profile, contract_ceiling, keeper_of, percentile, profile, program, rss_mb,
+                           spawn_ceiling, wait_for)
 import psutil
 
 from hakuriver import protocol as p
-from hakuriver.client.api import HostClient
 from hakuriver.transport import ApiError, HostConnection, HostUnreachable
 
-BIN = Path(sys.executable).parent
 RUNNERS = 4
 
 
-def program(name: str) -> list[str]:
-    script = BIN / f"hakuriver.{name}"
-    if script.exists():
-        return [str(script)]
-    module = {"host": "hakuriver.host.main", "runner": "hakuriver.runner.main", "client": "hakuriver.client.cli"}[name]
-    return [sys.executable, "-m", module]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(pred, timeout: float, what: str):  # noqa: ANN001, ANN201
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise SystemExit(f"bench: timed out waiting for {what}")
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
-
-
-# ---- a. the machine's spawn ceiling --------------------------------------------------------
-def spawn_ceiling(n: int, rounds: int = 3) -> dict:
-    """The best of `rounds` rounds: a ceiling is what the machine can do, and the best round is
-    the one least disturbed by anything else running (the hardest number to compare against)."""
-    threads = os.cpu_count() or 1
-    share = [n // threads + (1 if i < n % threads else 0) for i in range(threads)]
-
-    def spawn_reap(count: int) -> None:
-        for _ in range(count):
-            pid = os.posix_spawn("/bin/true", ["/bin/true"], os.environ)
-            os.waitpid(pid, 0)
-
-    def one_round() -> float:
-        start = time.perf_counter()
-        workers = [threading.Thread(target=spawn_reap, args=(c,)) for c in share]
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
-        return time.perf_counter() - start
-
-    times = [one_round() for _ in range(rounds)]
-    return {"tasks": n, "threads": threads, "rounds": rounds, "seconds": min(times), "per_second": n / min(times),
-            "per_second_rounds": [n / t for t in times]}
-
-
-# ---- a local cluster -------------------------------------------------------------------------
-class Cluster:
-    def __init__(self, root: Path, runners: int, cores: int) -> None:
-        self.root = root
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        (root / "shared").mkdir(parents=True)
-        self.procs: list[subprocess.Popen] = []
-        self.config = self._config("client", {})
-        self.host = self._start("host", self.config)
-        wait_for(self._up, 20, "the host")
-        self.runners = []
-        for i in range(runners):
-            tmp = root / f"tmp-r{i + 1}"
-            tmp.mkdir()
-            cfg = self._config(f"r{i + 1}", {"runner": {"node_name": f"r{i + 1}", "cores": cores},
-                                           "paths": {"local_temp_dir": str(tmp)}})
-            self.runners.append(self._start(f"runner-r{i + 1}", cfg, "runner"))
-        client = self.api()
-        wait_for(lambda: sum(n.state == "online" for n in client.nodes()) == runners, 30, "runners online")
-
-    def _config(self, name: str, extra: dict) -> Path:
-        sections = {
-            "network": {"host_port": self.port, "host_bind_ip": "127.0.0.1"},
-            "paths": {"shared_dir": str(self.root / "shared"), "local_temp_dir": str(self.root)},
-            "database": {"db_file": str(self.root / "hakuriver.db")},
-            "timing": {"heartbeat_interval": 1, "heartbeat_timeout_factor": 10, "cleanup_check_interval": 1},
-            "auth": {"cluster_key_file": str(self.key_file), "token_file": str(self.root / "token")},
-        }
-        for section, values in extra.items():
-            sections[section].update(values) if section in sections else sections.__setitem__(section, values)
-        text = "".join(
-            f"[{s}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in vals.items()) for s, vals in sections.items()
-        )
-        path = self.root / f"{name}.toml"
-        path.write_text(text)
-        return path
-
-    @property
-    def key_file(self) -> Path:
-        return self.root / "cluster.key"
-
-    @property
-    def token(self) -> str:
-        """The first admin's, made by the host on its first start."""
-        return (self.root / "token").read_text().strip()
-
-    def api(self) -> HostClient:
-        return HostClient(self.url, token=self.token)
-
-    def _start(self, name: str, config: Path, kind: str | None = None) -> subprocess.Popen:
-        log = open(self.root / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the process
-        proc = subprocess.Popen(program(kind or name) + ["--config", str(config)], stdout=log, stderr=log,
-                                start_new_session=True)
-        self.procs.append(proc)
-        return proc
-
-    def _up(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                return True
-        except OSError:
-            return False
-
-    def client(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(program("client") + ["--config", str(self.config), *args], capture_output=True,
-                              text=True, stdin=subprocess.DEVNULL)
-
-    def first_submit(self, batch_id: str) -> float:
-        """When the host accepted the batch (read-only, from the host's own database)."""
-        db = sqlite3.connect(f"file:{self.root / 'hakuriver.db'}?mode=ro", uri=True, timeout=5)
-        try:
-            return db.execute("SELECT min(submitted_at) FROM tasks WHERE batch_id = ?", (batch_id,)).fetchone()[0]
-        finally:
-            db.close()
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
-def keeper_of(runner_pid: int) -> int:
-    """The pid of the keeper a runner started (the task parent that outlives it)."""
-    for child in psutil.Process(runner_pid).children():
-        if "hakuriver.runner.keeper" in child.cmdline():
-            return child.pid
-    raise SystemExit("bench: the runner has no keeper")
-
-
-def rss_mb(pid: int) -> float:
-    return psutil.Process(pid).memory_info().rss / 2**20
-
-
 # ---- b. bulk throughput ----------------------------------------------------------------------
-def bulk(cluster: Cluster, n: int, ceiling: float, rounds: int) -> dict:
+def bulk(cluster: Cluster, n: int, ceiling: float, contract: float, rounds: int) -> dict:
     """The best of `rounds` batches (like the ceiling, so the two are compared alike); every
     round's rate is in the JSON, and the median too."""
     runs = [bulk_round(cluster, n) for _ in range(rounds)]
     best = min(runs, key=lambda r: r["seconds"])
     rates = [n / r["seconds"] for r in runs]
     return {"tasks": n, "rounds": rounds, "seconds": best["seconds"], "per_second": n / best["seconds"],
-            "ratio_to_ceiling": n / best["seconds"] / ceiling, "per_second_rounds": rates,
+            "ratio_to_ceiling": n / best["seconds"] / ceiling, "ratio_to_contract": n / best["seconds"] / contract,
+            "per_second_rounds": rates,
             "per_second_median": statistics.median(rates),
             "seconds_with_client_start": best["seconds_with_client_start"]}
 
@@ -274,15 +120,22 @@ def latency(cluster: Cluster, n: int) -> dict:
             raise SystemExit(f"bench: {argv} failed: {res.stderr!r}")
         return elapsed
 
-    wait_argv = program("client") + ["--config", str(cluster.config), "--cores", "1", "--wait", "--", "true"]
+    client = program("client") + ["--config", str(cluster.config)]
     floor = [timed([sys.executable, "-c", "pass"]) for _ in range(n)]
-    waits = [timed(wait_argv) for _ in range(n)]
+    waits, one_request = [], []
+    for _ in range(n):  # alternating, so that both see the same machine
+        waits.append(timed(client + ["--cores", "1", "--wait", "--", "true"]))
+        one_request.append(timed(client + ["--list-nodes"]))
+    wait, request = statistics.median(waits), statistics.median(one_request)
     return {
         "runs": n,
-        "wait_median_ms": statistics.median(waits) * 1000,
+        "wait_median_ms": wait * 1000,
         "wait_p95_ms": percentile(waits, 95) * 1000,
+        "one_request_median_ms": request * 1000,
+        # what --wait costs beyond a client that makes one request: the cluster's own share
+        "cluster_share_ms": (wait - request) * 1000,
         "python_floor_median_ms": statistics.median(floor) * 1000,
-        "over_floor_ms": (statistics.median(waits) - statistics.median(floor)) * 1000,
+        "over_floor_ms": (wait - statistics.median(floor)) * 1000,
     }
 
 
@@ -363,12 +216,13 @@ SIZES = {
 }
 
 
-def default_dir() -> str | None:
-    """A tmpfs if there is a writable one (see the module docstring), else the system's temp folder."""
-    shm = Path("/dev/shm")
-    if shm.is_dir() and os.access(shm, os.W_OK) and filesystem(str(shm)) == "tmpfs":
-        return str(shm)
-    return None
+def default_dir(tmpfs: bool) -> str:
+    """On disk: a folder under the current directory (the realistic profile); or /dev/shm (--tmpfs)."""
+    if tmpfs:
+        return "/dev/shm"
+    folder = Path("hakuriver-bench-data").resolve()
+    folder.mkdir(exist_ok=True)
+    return str(folder)
 
 
 def filesystem(path: str) -> str:
@@ -382,36 +236,38 @@ def filesystem(path: str) -> str:
     return kind
 
 
-def run(quick: bool, folder: str | None, history_only: bool = False) -> dict:
+def run(quick: bool, folder: str, prof: Profile, why: str, history_only: bool = False) -> dict:
     size = SIZES["quick" if quick else "full"]
     cores = os.cpu_count() or 1
     result: dict = {
         "machine": {"cpus": cores, "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
                     "python": platform.python_version(), "platform": platform.platform()},
         "size": "quick" if quick else "full",
+        "profile": {"numactl": prof.numactl, "netns": prof.netns, "not_realistic_because": why},
     }
     with tempfile.TemporaryDirectory(prefix="hakuriver-bench-", dir=folder) as tmp:
         result["cluster_files"] = {"folder": tmp, "filesystem": filesystem(tmp)}
         if not history_only:
-            cluster_sections(result, size, Path(tmp))
+            cluster_sections(result, size, Path(tmp), prof)
         result["history"] = bench_history.history(Path(tmp, "history"), *size["history"], size["history_samples"],
                                                   start_host=lambda root: Cluster(root, 0, 1))
     return result
 
 
-def cluster_sections(result: dict, size: dict, tmp: Path) -> None:
-    """Sections a. to f."""
+def cluster_sections(result: dict, size: dict, tmp: Path, prof: Profile) -> None:
+    """Sections a. to f., h."""
     cores = os.cpu_count() or 1
     result["spawn_ceiling"] = spawn_ceiling(size["ceiling"])
-    cluster = Cluster(Path(tmp, "cluster"), RUNNERS, cores)
+    result["contract_ceiling"] = contract_ceiling(Path(tmp, "contract"), size["ceiling"])
+    cluster = Cluster(Path(tmp, "cluster"), RUNNERS, cores, prof)
     try:
         time.sleep(1.0)  # let start-up settle before measuring idle memory
         result["idle_rss_mb"] = {"host": rss_mb(cluster.host.pid), "runner": rss_mb(cluster.runners[0].pid),
                                  "keeper": rss_mb(keeper_of(cluster.runners[0].pid))}
-        ceiling = result["spawn_ceiling"]["per_second"]
+        ceiling, contract = result["spawn_ceiling"]["per_second"], result["contract_ceiling"]["per_second"]
         # warm-up, not counted: a fresh cluster's first tasks also create its folders and files
         bulk_round(cluster, size["warmup"])
-        result["bulk"] = [bulk(cluster, n, ceiling, size["rounds"]) for n in size["bulk"]]
+        result["bulk"] = [bulk(cluster, n, ceiling, contract, size["rounds"]) for n in size["bulk"]]
         result["cli"] = cli_throughput(cluster, size["cli"], 8)
         result["latency"] = latency(cluster, size["latency"])
         result["dashboards"] = {
@@ -427,21 +283,28 @@ def table(r: dict) -> str:
     rows += bench_history.rows(r["history"])
     width = max(len(k) for k, _ in rows)
     m = r["machine"]
+    prof = Profile(r["profile"]["numactl"], r["profile"]["netns"])
     head = (f"HakuRiver benchmark ({r['size']}) on {m['cpus']} CPUs, {m['memory_gb']} GB, Python {m['python']}; "
-            f"cluster files on {r['cluster_files']['filesystem']}")
+            f"cluster files on {r['cluster_files']['filesystem']}; {prof.describe()}")
+    if r["profile"]["not_realistic_because"]:
+        head += f" ({r['profile']['not_realistic_because']})"
     return "\n".join([head] + [f"  {k:<{width}}  {v}" for k, v in rows])
 
 
 def cluster_rows(r: dict) -> list[tuple[str, str]]:
-    rows = [(f"spawn ceiling (/bin/true, {r['spawn_ceiling']['threads']} threads, best of {r['spawn_ceiling']['rounds']})",
-             f"{r['spawn_ceiling']['per_second']:.0f} /s")]
+    sc, cc = r["spawn_ceiling"], r["contract_ceiling"]
+    rows = [(f"spawn ceiling (/bin/true, {sc['threads']} threads, best of {sc['rounds']})", f"{sc['per_second']:.0f} /s"),
+            (f"contract ceiling (+ scratch folder, 2 output files; {cc['threads']} threads)", f"{cc['per_second']:.0f} /s")]
     for b in r["bulk"]:
         label = f"bulk --array, {b['tasks']} tasks" + (f", best of {b['rounds']}" if b["rounds"] > 1 else "")
         median = f"; median {b['per_second_median']:.0f}" if b["rounds"] > 1 else ""
-        rows.append((label, f"{b['per_second']:.0f} /s ({b['ratio_to_ceiling']:.0%} of ceiling{median})"))
+        rows.append((label, f"{b['per_second']:.0f} /s ({b['ratio_to_contract']:.0%} of contract ceiling, "
+                            f"{b['ratio_to_ceiling']:.0%} of spawn ceiling{median})"))
     rows.append((f"CLI, {r['cli']['tasks']} client processes, 8 at a time", f"{r['cli']['per_second']:.0f} /s"))
     lat = r["latency"]
     rows.append(("--wait -- true, median / p95", f"{lat['wait_median_ms']:.0f} / {lat['wait_p95_ms']:.0f} ms"))
+    rows.append(("--list-nodes (one request, no task), median", f"{lat['one_request_median_ms']:.0f} ms"))
+    rows.append(("the cluster's own share of --wait (the two medians' difference)", f"{lat['cluster_share_ms']:.1f} ms"))
     rows.append(("python -c pass, median (floor)", f"{lat['python_floor_median_ms']:.0f} ms"))
     rows += bench_dashboards.rows(r["dashboards"])
     s = r["host_at_scale"]
@@ -461,7 +324,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that everything runs")
     parser.add_argument("--json", metavar="FILE", help="also write the JSON document here")
-    parser.add_argument("--dir", metavar="FOLDER", help="put the cluster's files here (default: /dev/shm if it is a tmpfs)")
+    parser.add_argument("--dir", metavar="FOLDER",
+                        help="put the cluster's files here (default: ./hakuriver-bench-data, on disk)")
+    parser.add_argument("--tmpfs", action="store_true", help="the cluster's files on /dev/shm instead of on disk")
+    parser.add_argument("--loopback", action="store_true",
+                        help="every runner on 127.0.0.1 (default as root: each in its own network namespace)")
     parser.add_argument("--history-only", action="store_true",
                         help="run only section g. (the host on a database of 1,000,000 finished tasks)")
     args = parser.parse_args()
@@ -469,7 +336,8 @@ def main() -> None:
         raise SystemExit(f"bench: --dir {args.dir} is not a folder")
     if shutil.which("true") is None:
         raise SystemExit("bench: /bin/true is needed")
-    result = run(args.quick, args.dir or default_dir(), args.history_only)
+    prof, why = profile(args.loopback)
+    result = run(args.quick, args.dir or default_dir(args.tmpfs), prof, why, args.history_only)
     print(table(result))
     text = json.dumps(result, indent=2)
     print(text)

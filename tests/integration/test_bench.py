@@ -21,16 +21,23 @@ def numbers(value) -> list[float]:  # noqa: ANN001
 
 def test_quick_benchmark_prints_a_table_and_well_formed_json(tmp_path):
     out = tmp_path / "bench.json"
-    res = subprocess.run([sys.executable, str(BENCH), "--quick", "--json", str(out)], capture_output=True,
-                         text=True, timeout=600)
+    # the default, realistic profile (numactl if installed, namespaces as root), its files in tmp_path
+    res = subprocess.run([sys.executable, str(BENCH), "--quick", "--json", str(out), "--dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert res.stdout.startswith("HakuRiver benchmark (quick)")
     data = json.loads(out.read_text())
-    assert set(data) >= {"machine", "spawn_ceiling", "bulk", "cli", "latency", "host_at_scale", "idle_rss_mb"}
+    assert set(data) >= {"machine", "profile", "spawn_ceiling", "contract_ceiling", "bulk", "cli", "latency",
+                         "dashboards", "host_at_scale", "idle_rss_mb"}
+    assert {"ratio_to_ceiling", "ratio_to_contract"} <= set(data["bulk"][0])
+    assert {"one_request_median_ms", "cluster_share_ms"} <= set(data["latency"])
     assert data["bulk"][0]["tasks"] == 50 and data["cli"]["tasks"] == 16 and data["latency"]["runs"] == 3
     assert data["host_at_scale"]["simulated_runners"] == 10
     for key in ("submit", "status", "nodes"):
         assert data["host_at_scale"][f"{key}_p50_ms"] <= data["host_at_scale"][f"{key}_p99_ms"]
+    # a difference of two medians may come out below zero at this size; it is still a number
+    share = data["latency"].pop("cluster_share_ms")
+    assert math.isfinite(share)
     values = numbers({k: v for k, v in data.items() if k != "machine"})
     assert values and all(math.isfinite(v) and v >= 0 for v in values)
     assert all(b["per_second"] > 0 for b in data["bulk"]) and data["spawn_ceiling"]["per_second"] > 0
