@@ -51,6 +51,7 @@ from pathlib import Path
 
 import bench_dashboards  # next to this file (the script's folder is on sys.path)
 import bench_history
+import bench_hq
 from bench_cluster import (Cluster, Profile, contract_ceiling, keeper_of, percentile, profile, program, rss_mb,
                            spawn_ceiling, wait_for)
 import psutil
@@ -268,6 +269,9 @@ def cluster_sections(result: dict, size: dict, tmp: Path, prof: Profile) -> None
         # warm-up, not counted: a fresh cluster's first tasks also create its folders and files
         bulk_round(cluster, size["warmup"])
         result["bulk"] = [bulk(cluster, n, ceiling, contract, size["rounds"]) for n in size["bulk"]]
+        # the best peer beside us: the same tasks, output files on the same file system, 4 workers of these cores
+        peer = bench_hq.hyperqueue(Path(tmp, "hyperqueue"), size["bulk"][0], RUNNERS, cores, size["rounds"])
+        result["hyperqueue"] = peer if peer is None else {**peer, "our_ratio": result["bulk"][0]["per_second"] / peer["per_second"]}
         result["cli"] = cli_throughput(cluster, size["cli"], 8)
         result["latency"] = latency(cluster, size["latency"])
         result["dashboards"] = {
@@ -300,6 +304,12 @@ def cluster_rows(r: dict) -> list[tuple[str, str]]:
         median = f"; median {b['per_second_median']:.0f}" if b["rounds"] > 1 else ""
         rows.append((label, f"{b['per_second']:.0f} /s ({b['ratio_to_contract']:.0%} of contract ceiling, "
                             f"{b['ratio_to_ceiling']:.0%} of spawn ceiling{median})"))
+    hq = r.get("hyperqueue")
+    if hq is None:
+        rows.append(("HyperQueue, the same tasks", "not installed (pip install '.[bench]')"))
+    else:
+        rows.append((f"HyperQueue {hq['version']}, the same {hq['tasks']} tasks, {hq['workers']} workers",
+                     f"{hq['per_second']:.0f} /s (median {hq['per_second_median']:.0f}); HakuRiver {hq['our_ratio']:.2f}x"))
     rows.append((f"CLI, {r['cli']['tasks']} client processes, 8 at a time", f"{r['cli']['per_second']:.0f} /s"))
     lat = r["latency"]
     rows.append(("--wait -- true, median / p95", f"{lat['wait_median_ms']:.0f} / {lat['wait_p95_ms']:.0f} ms"))
