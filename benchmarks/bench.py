@@ -20,6 +20,9 @@ It prints a table and a JSON document with:
   h. dashboards: the host's CPU for a bulk batch with 100 event streams open and without, and the
      time from a task's start report to the event that shows it on its node's cores
      (benchmarks/bench_dashboards.py);
+  i. scale of the host: 1,000 simulated nodes of 64 cores heartbeating every 5 s, a history of
+     1,000,000 and 100,000 queued: request latencies, placing 64,000 tasks, CPU and RSS, and how the
+     cost per placement grows from 100 to 1,000 nodes (benchmarks/bench_scale.py, which also runs alone);
   g. host on a long history: 1,000,000 finished + 10,000 active tasks written through the Store,
      then p50/p99 of --list (each filter) and status (full and short ID) requests to a host on
      that database, and its RSS, next to the targets (benchmarks/bench_history.py says more).
@@ -52,6 +55,7 @@ from pathlib import Path
 import bench_dashboards  # next to this file (the script's folder is on sys.path)
 import bench_history
 import bench_hq
+import bench_scale
 from bench_cluster import (Cluster, Profile, contract_ceiling, keeper_of, percentile, profile, program, rss_mb,
                            spawn_ceiling, wait_for)
 import psutil
@@ -252,6 +256,9 @@ def run(quick: bool, folder: str, prof: Profile, why: str, history_only: bool = 
             cluster_sections(result, size, Path(tmp), prof)
         result["history"] = bench_history.history(Path(tmp, "history"), *size["history"], size["history_samples"],
                                                   start_host=lambda root: Cluster(root, 0, 1))
+        if not history_only:
+            scale_size = bench_scale.SIZES["quick" if quick else "full"]
+            result["scale"] = bench_scale.scale(Path(tmp, "scale-of-the-host"), **scale_size)
     return result
 
 
@@ -285,6 +292,7 @@ def cluster_sections(result: dict, size: dict, tmp: Path, prof: Profile) -> None
 def table(r: dict) -> str:
     rows = cluster_rows(r) if "spawn_ceiling" in r else []
     rows += bench_history.rows(r["history"])
+    rows += bench_scale.rows(r["scale"]) if "scale" in r else []
     width = max(len(k) for k, _ in rows)
     m = r["machine"]
     prof = Profile(r["profile"]["numactl"], r["profile"]["netns"])
