@@ -56,8 +56,8 @@ import bench_dashboards  # next to this file (the script's folder is on sys.path
 import bench_history
 import bench_hq
 import bench_scale
-from bench_cluster import (Cluster, Profile, contract_ceiling, keeper_of, percentile, profile, program, rss_mb,
-                           spawn_ceiling, wait_for)
+from bench_cluster import (Cluster, Profile, contract_ceiling, filesystem, keeper_of, percentile, profile, program,
+                           rss_mb, spawn_ceiling, wait_for)
 import psutil
 
 from hakuriver import protocol as p
@@ -228,17 +228,6 @@ def default_dir(tmpfs: bool) -> str:
     folder = Path("hakuriver-bench-data").resolve()
     folder.mkdir(exist_ok=True)
     return str(folder)
-
-
-def filesystem(path: str) -> str:
-    """The type of the file system holding `path`, from the longest matching mount point."""
-    best, kind = "", "unknown"
-    real = os.path.realpath(path)
-    for part in psutil.disk_partitions(all=True):
-        mount = part.mountpoint.rstrip("/") + "/"
-        if (real + "/").startswith(mount) and len(mount) > len(best):
-            best, kind = mount, part.fstype
-    return kind
 
 
 def run(quick: bool, folder: str, prof: Profile, why: str, history_only: bool = False) -> dict:

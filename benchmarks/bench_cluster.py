@@ -63,8 +63,21 @@ def wait_for(pred, timeout: float, what: str):  # noqa: ANN001, ANN201
 
 
 def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def filesystem(path: str) -> str:
+    """The type of the file system holding `path`, from the longest matching mount point."""
+    best, kind = "", "unknown"
+    real = os.path.realpath(path) + "/"
+    for part in psutil.disk_partitions(all=True):
+        mount = part.mountpoint.rstrip("/") + "/"
+        if real.startswith(mount) and len(mount) > len(best):
+            best, kind = mount, part.fstype
+    return kind
 
 
 # ---- the ceilings -----------------------------------------------------------------------------

@@ -39,7 +39,6 @@ import asyncio
 import contextlib
 import json
 import math
-import os
 import random
 import resource
 import select
@@ -58,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 import bench_history  # next to this file (the script's folder is on sys.path)
+from bench_cluster import filesystem, free_port, percentile
 import psutil
 
 from hakuriver import protocol as p
@@ -86,13 +86,6 @@ SIZES = {
 }
 
 
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
-
-
 def wait_for(pred: Callable[[], Any], timeout: float, what: str) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -109,16 +102,6 @@ def raise_fd_limit() -> None:
     want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
     if soft < want:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-
-
-def filesystem(path: str) -> str:
-    best, kind = "", "unknown"
-    real = os.path.realpath(path) + "/"
-    for part in psutil.disk_partitions(all=True):
-        mount = part.mountpoint.rstrip("/") + "/"
-        if real.startswith(mount) and len(mount) > len(best):
-            best, kind = mount, part.fstype
-    return kind
 
 
 # ---- the load generator (a child process) -------------------------------------------------------
@@ -314,12 +297,6 @@ def loadgen(argv: list[str]) -> None:
 
 
 # ---- the host and the generators, seen from the benchmark ----------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Host:
     """A real hakuriver.host on `db`; its config, credentials and log in `folder`."""
 
