@@ -40,5 +40,6 @@ def test_quick_benchmark_prints_a_table_and_well_formed_json(tmp_path):
     share = data["latency"].pop("cluster_share_ms")
     assert math.isfinite(share)
     values = numbers({k: v for k, v in data.items() if k != "machine"})
-    assert values and all(math.isfinite(v) and v >= 0 for v in values)
+    bad = [v for v in values if not (math.isfinite(v) and v >= 0)]
+    assert values and not bad, (bad, json.dumps(data)[:3000])
     assert all(b["per_second"] > 0 for b in data["bulk"]) and data["spawn_ceiling"]["per_second"] > 0
