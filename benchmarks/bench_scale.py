@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import Any
 
 import bench_history  # next to this file (the script's folder is on sys.path)
-from bench_cluster import filesystem, free_port, percentile
+from bench_cluster import filesystem, free_port, percentile, wait_for
 import psutil
 
 from hakuriver import protocol as p
@@ -84,16 +84,6 @@ SIZES = {
     "full": {"nodes": 1000, "cores": 64, "queued": 100_000, "history": 1_000_000, "samples": 300},
     "quick": {"nodes": 20, "cores": 4, "queued": 500, "history": 2_000, "samples": 20},
 }
-
-
-def wait_for(pred: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise RuntimeError(f"bench_scale: timed out after {timeout:g} s waiting for {what}")
 
 
 def raise_fd_limit() -> None:

@@ -12,9 +12,9 @@ import sys
 
 from hakuriver.credentials import own_name
 
-_HOST = """\
+_TEMPLATE = """\
 [Unit]
-Description=HakuRiver host: queue, scheduler, records, API
+Description={description}
 Documentation=https://github.com/KohakuBlueleaf/HakuRiver
 After=network-online.target
 Wants=network-online.target
@@ -22,36 +22,25 @@ Wants=network-online.target
 [Service]
 Type=simple
 ExecStart={exec_start}
-User={user}
-Restart=always
-RestartSec=2
-# it answers runners and clients for as long as it runs: give it time to close the database
-TimeoutStopSec=20
-
-[Install]
-WantedBy=multi-user.target
-"""
-
-_RUNNER = """\
-[Unit]
-Description=HakuRiver runner: runs this node's tasks
-Documentation=https://github.com/KohakuBlueleaf/HakuRiver
-After=network-online.target
-Wants=network-online.target
-
-[Service]
-Type=simple
-ExecStart={exec_start}
-# root, so that each task runs as its owner's Unix user
-User={user}
-# stop the runner only: the node's keeper and the tasks it parents outlive a restart or an upgrade
-KillMode=process
-Restart=always
+{service}Restart=always
 RestartSec=2
 
 [Install]
 WantedBy=multi-user.target
 """
+
+#: what differs between the two programs' units: their description and their own [Service] lines
+_PROGRAMS = {
+    "host": ("HakuRiver host: queue, scheduler, records, API",
+             "User={user}\n"
+             "# it answers runners and clients for as long as it runs: give it time to close the database\n"
+             "TimeoutStopSec=20\n"),
+    "runner": ("HakuRiver runner: runs this node's tasks",
+               "# root, so that each task runs as its owner's Unix user\n"
+               "User={user}\n"
+               "# stop the runner only: the node's keeper and the tasks it parents outlive a restart or an upgrade\n"
+               "KillMode=process\n"),
+}
 
 
 def unit(program: str, config: str | None) -> str:
@@ -59,5 +48,6 @@ def unit(program: str, config: str | None) -> str:
     argv = [sys.executable, "-m", f"hakuriver.{program}.main"]
     if config:
         argv += ["--config", os.path.abspath(config)]
-    template = _HOST if program == "host" else _RUNNER
-    return template.format(exec_start=" ".join(shlex.quote(a) for a in argv), user=own_name())
+    description, service = _PROGRAMS[program]
+    return _TEMPLATE.format(description=description, exec_start=" ".join(shlex.quote(a) for a in argv),
+                            service=service.format(user=own_name()))
