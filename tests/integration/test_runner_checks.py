@@ -83,3 +83,21 @@ def test_numactl_pins_the_task(fresh_cluster):
     assert allowed == row["core_ids"]
     # affinity of the runner itself was not what pinned it: the runner left its mask alone
     assert len(os.sched_getaffinity(c.runners["n"].pid)) == os.cpu_count()
+
+
+def test_a_wrapper_at_numactl_path_runs_every_task(fresh_cluster, tmp_path):
+    """A site's wrapper is not numactl: it is executed per task with --physcpubind=<the task's cores>."""
+    calls = tmp_path / "calls"
+    wrapper = tmp_path / "site-numactl"
+    wrapper.write_text(f'#!/bin/sh\necho "$1" >> {calls}\nshift\nexec "$@"\n')
+    wrapper.chmod(0o755)
+    c = fresh_cluster
+    c.start_host()
+    c.start_runner("n", 2, numactl_path=str(wrapper))
+    c.wait_online("n")
+    rows = []
+    for cores in ("1", "2", "1"):
+        res = c.client("--cores", cores, "--wait", "--", "true")
+        assert res.returncode == 0, res.stderr
+        rows.append(c.task(res.stdout.splitlines()[0]))
+    assert calls.read_text().splitlines() == [f"--physcpubind={row['core_ids']}" for row in rows]

@@ -17,6 +17,7 @@ import sys
 from hakuriver import protocol as p
 from hakuriver.cli_common import OneLineParser, add_config_flag, config_or_exit, fail
 from hakuriver.config import Config
+from hakuriver.runner import launch
 from hakuriver.runner.agent import Agent, ClusterKey
 from hakuriver.runner.journal import Journal
 from hakuriver.runner.keeper import KeeperGone
@@ -81,9 +82,20 @@ def _check_node(config: Config) -> tuple[NodeSetup, p.NodeInfo]:
     name = config.runner.node_name or socket.gethostname()
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     state_dir = os.path.join(paths.local_temp_dir, f".hakuriver-runner-{name}")
-    setup = NodeSetup(name, paths.shared_dir, paths.local_temp_dir, paths.numactl_path, config.timing.kill_grace,
+    setup = NodeSetup(name, paths.shared_dir, paths.local_temp_dir, _numactl_to_exec(paths.numactl_path),
+                      config.timing.kill_grace,
                       state_dir, tuple(usable) if wanted > len(usable) else ())
     return setup, p.NodeInfo(name=name, core_ids=core_ids, memory_bytes=memory)
+
+
+def _numactl_to_exec(path: str) -> str:
+    """The numactl to execute for every task: "" when there is none, or when it is numactl
+    itself and the keeper makes its one affinity call instead (the task's binding is the same)."""
+    if path and launch.binds_like_numactl(path):
+        log.info("[paths] numactl_path %s is numactl: the keeper binds each task's cores itself, as "
+                 "numactl --physcpubind does, without executing it per task", path)
+        return ""
+    return path
 
 
 def _lock_state_dir(state_dir: str, name: str):  # noqa: ANN202 - the open lock file

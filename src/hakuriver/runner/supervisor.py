@@ -45,6 +45,8 @@ class NodeSetup:
     node: str
     shared_dir: str
     local_temp_dir: str
+    #: the numactl to execute before each task; "" when none is set, or when it is numactl itself
+    #: and the keeper binds the cores as it would (runner.main decides, once at start)
     numactl_path: str
     kill_grace: float
     state_dir: str

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+
+import pytest
 
 from hakuriver.runner import launch
 
@@ -32,6 +35,20 @@ def test_argv_with_numactl_binds_the_cores():
     path, argv = launch.task_argv("/bin/echo", "echo", ["x"], cpus=[2, 3], numactl="/usr/bin/numactl")
     assert path == "/usr/bin/numactl"
     assert argv == ["/usr/bin/numactl", "--physcpubind=2,3", "/bin/echo", "x"]
+
+
+@pytest.mark.skipif(shutil.which("numactl") is None, reason="numactl is not installed (apt-get install numactl)")
+def test_numactl_itself_is_recognised():
+    assert launch.binds_like_numactl(shutil.which("numactl"))
+
+
+def test_anything_else_at_numactl_path_is_executed_per_task(tmp_path):
+    wrapper = tmp_path / "numactl"
+    wrapper.write_text(f"#!/bin/sh\nexec {shutil.which('numactl') or 'true'} \"$@\"\n")
+    wrapper.chmod(0o755)
+    # a wrapper script (even around numactl), another program, a missing file
+    for path in (str(wrapper), "/bin/true", str(tmp_path / "missing")):
+        assert not launch.binds_like_numactl(path), path
 
 
 def test_physical_cpus_identity_or_round_robin_when_oversubscribed():
