@@ -241,9 +241,31 @@ def build_app(service: HostService, auth: Authenticator, secure_cookie: bool = F
         ("POST", p.RUNNER_HEARTBEAT): api.heartbeat, ("POST", p.RUNNER_REPORT): api.report,
         ("GET", p.HEALTH): api.health, ("GET", p.OPENAPI): api.openapi, **web.handlers(),
     }
-    routes = [Route(r.path, _guard(handlers[(r.method, r.path)], r, auth, service), methods=[r.method])
-              for r in p.ROUTES]
-    return Starlette(routes=routes)
+    guarded = {(r.method, r.path): _guard(handlers[(r.method, r.path)], r, auth, service) for r in p.ROUTES}
+    return _App([Route(path, handler, methods=[method]) for (method, path), handler in guarded.items()],
+                {key: handler for key, handler in guarded.items() if "{" not in key[1]})
+
+
+class _App(Starlette):
+    """Starlette, with a route without path parameters found by one dict lookup.
+
+    A runner's report or heartbeat would otherwise be matched against every route in turn and
+    pass Starlette's middleware, for each of the several requests a busy node makes per second;
+    the handler is the same guarded one either way (it turns every failure into an answer).
+    """
+
+    def __init__(self, routes: list[Route], exact: dict[tuple[str, str], Handler]) -> None:
+        super().__init__(routes=routes)
+        self._exact = exact
+
+    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001 - the ASGI signature
+        handler = self._exact.get((scope.get("method"), scope.get("path"))) if scope["type"] == "http" else None
+        if handler is None or scope.get("root_path"):
+            await super().__call__(scope, receive, send)
+            return
+        scope["app"] = self
+        response = await handler(Request(scope, receive))
+        await response(scope, receive, send)
 
 
 Handler = Callable[[Request], Awaitable[Response]]
