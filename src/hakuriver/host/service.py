@@ -371,6 +371,9 @@ class HostService:
 
     def report(self, r: p.Report) -> p.Ack:
         effects: list[Effect] = []
+        offered = self._offered.get(r.node)
+        if offered:  # launches the runner now says it has: no longer merely offered
+            offered.difference_update(run_key(e.task_id, e.attempt) for e in (*r.started, *r.finished))
         for s in r.started:
             self.metrics.started(run_key(s.task_id, s.attempt))
             effects += self.cluster.on_started(r.node, convert.started_event(s))
