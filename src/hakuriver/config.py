@@ -8,10 +8,12 @@ reading the TOML files, and never knows whether the host, a runner or the client
 from __future__ import annotations
 
 import os
-import tomllib
-# NamedTuple, not dataclasses: tomllib imports typing anyway, while dataclasses would cost the
-# client ~10 ms of start-up
-from typing import Any, NamedTuple
+from collections import namedtuple
+
+# annotations only: importing typing would cost every command ~2 ms of start-up
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: the packaged defaults, next to this module (a plain path: importlib.resources costs the
 #: client ~8 ms of start-up, and the package is always installed as files)
@@ -22,7 +24,16 @@ class ConfigError(Exception):
     """A config file is missing, unreadable, malformed, or has a wrong key or value."""
 
 
-class NetworkConfig(NamedTuple):
+def _section(cls: type) -> Any:
+    """An immutable record with the fields `cls` annotates, in order, and its methods: what
+    typing.NamedTuple makes, built on collections.namedtuple (no typing, no dataclasses, whose
+    imports every command would pay for). The annotations stay, as the types `_build` checks."""
+    body = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
+    return type(cls.__name__, (namedtuple(cls.__name__, cls.__annotations__),), {**body, "__slots__": ()})
+
+
+@_section
+class NetworkConfig:
     host_bind_ip: str
     host_port: int
     host_reachable_address: str
@@ -44,17 +55,20 @@ class NetworkConfig(NamedTuple):
         return f"{'https' if self.tls else 'http'}://{address}:{self.host_port}"
 
 
-class PathsConfig(NamedTuple):
+@_section
+class PathsConfig:
     shared_dir: str
     local_temp_dir: str
     numactl_path: str
 
 
-class DatabaseConfig(NamedTuple):
+@_section
+class DatabaseConfig:
     db_file: str
 
 
-class TimingConfig(NamedTuple):
+@_section
+class TimingConfig:
     heartbeat_interval: float
     heartbeat_timeout_factor: float
     cleanup_check_interval: float
@@ -65,12 +79,14 @@ class TimingConfig(NamedTuple):
         return self.heartbeat_interval * self.heartbeat_timeout_factor
 
 
-class RunnerConfig(NamedTuple):
+@_section
+class RunnerConfig:
     node_name: str
     cores: int
 
 
-class TasksConfig(NamedTuple):
+@_section
+class TasksConfig:
     default_time_limit: str
 
     @property
@@ -80,13 +96,15 @@ class TasksConfig(NamedTuple):
         return parse_duration(self.default_time_limit) if self.default_time_limit else None
 
 
-class AuthConfig(NamedTuple):
+@_section
+class AuthConfig:
     cluster_key_file: str
     token_file: str
     metrics_public: bool
 
 
-class Config(NamedTuple):
+@_section
+class Config:
     network: NetworkConfig
     paths: PathsConfig
     database: DatabaseConfig
@@ -144,7 +162,7 @@ def default_toml_text() -> str:
 
 def load_config(path: str | None = None) -> Config:
     """The packaged defaults, with the keys named in `path` (if given) laid over them."""
-    merged = tomllib.loads(default_toml_text())
+    merged = parse_toml(default_toml_text())
     if path is not None:
         user = _read_user_file(path)
         _merge(merged, user, path)
@@ -154,17 +172,98 @@ def load_config(path: str | None = None) -> Config:
 def _read_user_file(path: str) -> dict[str, Any]:
     try:
         with open(path, "rb") as fh:
-            return tomllib.load(fh)
+            text = fh.read().decode()
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except IsADirectoryError:
         raise ConfigError(f"config file {path} is a directory, not a TOML file") from None
     except PermissionError:
         raise ConfigError(f"config file {path} is not readable (permission denied)") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"config file {path} is not valid TOML: not UTF-8 text") from None
+    try:
+        return parse_toml(text)
+    except ValueError as exc:  # tomllib.TOMLDecodeError
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def parse_toml(text: str) -> dict[str, Any]:
+    """`tomllib.loads(text)`. A file of plain tables and `key = value` lines (strings without
+    escapes, whole numbers, decimals, true/false, comments) is read here, sparing every command
+    tomllib's import (~4 ms); anything else goes to tomllib, so every file means what TOML says."""
+    simple = _parse_simple(text)
+    if simple is not None:
+        return simple
+    import tomllib
+
+    return tomllib.loads(text)
+
+
+_BARE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+def _parse_simple(text: str) -> dict[str, Any] | None:
+    """The document, if every line is in the plain subset; None if any is not (or repeats a name)."""
+    doc: dict[str, Any] = {}
+    table = doc
+    lines = text.split("\n")
+    for number, line in enumerate(lines, 1):
+        if line.endswith("\r") and number < len(lines):  # CRLF; a lone CR is not a line break
+            line = line[:-1]
+        if any(c < " " and c != "\t" or c == "\x7f" for c in line):
+            return None
+        s = line.strip(" \t")
+        if not s or s[0] == "#":
+            continue
+        if s[0] == "[":
+            name, close, tail = s[1:].partition("]")
+            name = name.strip(" \t")
+            if not close or not _is_bare(name) or name in doc or not _is_end(tail):
+                return None
+            table = doc[name] = {}
+            continue
+        key, eq, rest = s.partition("=")
+        key = key.strip(" \t")
+        if not eq or not _is_bare(key) or key in table:
+            return None
+        value, tail = _simple_value(rest.lstrip(" \t"))
+        if value is None or not _is_end(tail):
+            return None
+        table[key] = value
+    return doc
+
+
+def _is_bare(name: str) -> bool:
+    return bool(name) and all(c in _BARE for c in name)
+
+
+def _is_end(tail: str) -> bool:
+    tail = tail.strip(" \t")
+    return not tail or tail[0] == "#"
+
+
+def _simple_value(rest: str) -> tuple[Any, str]:
+    """A value at the start of `rest`, and what follows it; (None, "") if it is not a plain one."""
+    if rest[:1] in ('"', "'"):
+        quote = rest[0]
+        end = rest.find(quote, 1)
+        if end < 0 or rest.startswith(quote * 3) or (quote == '"' and "\\" in rest[1:end]):
+            return None, ""
+        return rest[1:end], rest[end + 1:]
+    token, _, tail = rest.replace("\t", " ").partition(" ")
+    token, hash_, comment = token.partition("#")
+    tail = f"{hash_}{comment} {tail}"
+    if token in ("true", "false"):
+        return token == "true", tail
+    digits = token[1:] if token[:1] in "+-" else token
+    whole, dot, fraction = digits.partition(".")
+    if not whole.isdigit() or not whole.isascii() or (len(whole) > 1 and whole[0] == "0"):
+        return None, ""
+    if not dot:
+        return int(token), tail
+    if not fraction.isdigit() or not fraction.isascii():
+        return None, ""
+    return float(token), tail
 
 
 def _merge(base: dict[str, Any], user: dict[str, Any], path: str) -> None:
@@ -192,11 +291,8 @@ def _build(data: dict[str, Any], source: str) -> Config:
 
 
 def _type_name(cls: type, name: str) -> str:
-    """'int', 'float' or 'str' (NamedTuple keeps postponed annotations as ForwardRefs)."""
-    annotation = cls.__annotations__[name]
-    if hasattr(annotation, "__forward_arg__"):
-        return annotation.__forward_arg__
-    return annotation if isinstance(annotation, str) else annotation.__name__
+    """'bool', 'int', 'float' or 'str': the annotation, a string (postponed annotations)."""
+    return cls.__annotations__[name]
 
 
 def _check_value(section: str, key: str, type_name: str, value: Any, source: str) -> Any:

@@ -148,7 +148,9 @@ class HostConnection:
         return self._read_head()
 
     def _connect(self, timeout: float) -> socket.socket:
-        sock = socket.create_connection((self._host, self._port), timeout=timeout)
+        # an ASCII name goes to getaddrinfo as bytes: a str would load the IDNA codec (~1 ms of start-up)
+        host = self._host.encode() if self._host.isascii() else self._host
+        sock = socket.create_connection((host, self._port), timeout=timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if not self._tls:
             return sock
