@@ -1,19 +1,31 @@
 #!/usr/bin/env python3
-"""HakuRiver benchmark: a real local cluster, measured against this machine's own spawn ceiling.
+"""HakuRiver benchmark: a real local cluster, measured against this machine's own ceilings.
 
-    .venv/bin/python benchmarks/bench.py            # full run (a few minutes)
+    .venv/bin/python benchmarks/bench.py            # full run, the realistic profile (~12 min)
     .venv/bin/python benchmarks/bench.py --quick    # tiny sizes, seconds (what the test suite runs)
     .venv/bin/python benchmarks/bench.py --json out.json
-    .venv/bin/python benchmarks/bench.py --dir /some/disk   # cluster files there, not on tmpfs
+    .venv/bin/python benchmarks/bench.py --dir /some/disk   # the cluster's files there
+    .venv/bin/python benchmarks/bench.py --tmpfs --loopback # the kinder profile
     .venv/bin/python benchmarks/bench.py --history-only      # only g. (a million-task database)
+
+The realistic profile is the default: the cluster's files on disk (--dir, else a folder
+./hakuriver-bench-data), `numactl_path` set when numactl is installed, and, as root, each
+runner in its own network namespace with its own hostname (tests/netlab.py). --tmpfs puts the
+files on /dev/shm, --loopback keeps the runners on 127.0.0.1. The first line of the table says
+which profile ran and, if part of it could not be had, why.
 
 It prints a table and a JSON document with:
   a. spawn ceiling: /bin/true spawned and reaped by as many threads as there are cores;
-  b. bulk throughput: one `--array` submission of one-core /bin/true tasks, from the first submit
-     (the host's submitted_at) until `--wait` returns with all final (after one uncounted
-     200-task warm-up batch on the fresh cluster);
+     contract ceiling: the same, plus what every task must do by contract (a scratch folder, its
+     two output files), on the file system of the cluster's files;
+  b. bulk throughput: one `--array` submission of one-core /bin/true tasks (1,000 and 10,000),
+     from the first submit (the host's submitted_at) until `--wait` returns with all final
+     (after one uncounted 200-task warm-up batch on the fresh cluster), as a share of both
+     ceilings; and HyperQueue on the same tasks, side by side, when it is installed
+     (`pip install '.[bench]'`; benchmarks/bench_hq.py);
   c. CLI throughput: tasks submitted by separate hakuriver.client processes, 8 at a time;
-  d. latency: `hakuriver.client --cores 1 --wait -- true` next to `python -c pass`;
+  d. latency: `hakuriver.client --cores 1 --wait -- true` next to `--list-nodes` (one request,
+     no task) and `python -c pass`; their difference is the cluster's own share;
   e. host at scale: simulated runners heartbeating every second while 10,000 tasks are queued;
      p50/p99 of submit, status and node-list requests, host CPU and RSS;
   f. RSS of an idle host and an idle runner;
@@ -28,12 +40,11 @@ It prints a table and a JSON document with:
      that database, and its RSS, next to the targets (benchmarks/bench_history.py says more).
 Numbers are measured, never asserted: the tests only check that this runs and is well-formed.
 
-The cluster's files (shared_dir, local_temp_dir, database) go to a tmpfs (/dev/shm) when there
-is one, unless --dir says otherwise: every task creates two output files and a scratch folder,
-and on some file systems (ext4 without a journal, as on the VM these numbers come from) the
-cost of creating a file grows with the number of files deleted in the last few minutes, so
-numbers measured there swing with whatever ran before. The file system used is in the output.
-The history database of g. goes there too (about 550 MB in the full run), and is removed after it.
+On some file systems (ext4 without a journal, as on the VM these numbers come from) the cost of
+creating a file grows with the number of files deleted in the last few minutes, so numbers
+measured there swing with whatever ran before; the file system used is in the output. The
+history database of g. goes to the same folder (about 550 MB in the full run), and is removed
+after it.
 """
 
 from __future__ import annotations
