@@ -18,7 +18,7 @@ import pytest
 from hakuriver import protocol as p
 from hakuriver.runner import launch
 from hakuriver.runner.journal import Journal
-from hakuriver.runner.keeper import State
+from hakuriver.runner.keeper_wire import State
 from hakuriver.runner.outbox import Outbox
 from hakuriver.runner.supervisor import NodeSetup, Supervisor
 from support import keepers_below, wait_until
@@ -151,7 +151,7 @@ LAUNCH_AND_DIE = """
 import os, sys
 from hakuriver import protocol as p
 from hakuriver.runner.journal import Journal
-from hakuriver.runner.keeper import State
+from hakuriver.runner.keeper_wire import State
 from hakuriver.runner.outbox import Outbox
 from hakuriver.runner.supervisor import NodeSetup, Supervisor
 setup = NodeSetup("n", sys.argv[1], sys.argv[2], "", 0.5, sys.argv[3], ())

@@ -9,10 +9,9 @@ root: spawn.py), reaps it, appends its exit to a log on node-local disk, and tel
 It outlives the runner and serves the next one; it exits once no runner is connected and no
 task is left.
 
-The runner talks to it over a Unix socket in the runner's state folder (mode 0700: only this
-user), one JSON message per line. The keeper's `task_id` is the attempt's run key (the task ID,
-".N" added for attempt N >= 2): each attempt is a run of its own here. It also enforces time
-limits, so that they hold while the runner or the host is down. The runner's journal stays the authority on which tasks exist:
+The runner reaches it through keeper_link.py, over the wire of keeper_wire.py (a Unix socket in
+the runner's state folder). It also enforces time limits, so that they hold while the runner or
+the host is down. The runner's journal stays the authority on which tasks exist:
 the keeper only ever holds what the runner asked it to run and the exits not yet forgotten.
 
     python -m hakuriver.runner.keeper STATE_DIR     (started by the runner; not a user command)
@@ -31,131 +30,31 @@ import selectors
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable
-from typing import Any
 
 import msgspec
 
-from hakuriver.runner.spawn import RunAs, Starter, base_env, hand_over, open_outputs
+from hakuriver.runner.keeper_wire import (RECV_SIZE, Exit, Forget, Hello, Kill, Spawn, State, ToKeeper, encode_lines,
+                                          exit_of, socket_address)
+from hakuriver.runner.spawn import Starter, base_env, hand_over, open_outputs
 
 log = logging.getLogger("hakuriver.keeper")
 
-SOCKET_NAME, LOCK_NAME, EXITS_NAME, LOG_NAME = "keeper.sock", "keeper.lock", "exits", "keeper.log"
+LOCK_NAME, EXITS_NAME = "keeper.lock", "exits"
 #: seconds the keeper stays with no runner connected and no task left (a restarting runner comes back sooner)
 IDLE_EXIT = 5.0
 #: the exits log is rewritten with only the unforgotten exits once it holds this many lines beyond them
 EXITS_LOG_SLACK = 10_000
-#: bytes per read from the other side: below malloc's mmap threshold (a 1 MiB buffer cost an mmap per read)
-RECV_SIZE = 65536
-
-
-# ---- the wire (runner <-> keeper), private to this node --------------------------------------
-class Hello(msgspec.Struct, tag="hello"):
-    """First message of a runner: the environment every task starts from."""
-
-    env: dict[str, str]
-
-
-class Spawn(msgspec.Struct, tag="spawn", omit_defaults=True):
-    task_id: str
-    #: the program to execute, already looked up on the task's PATH
-    path: str
-    argv: list[str]
-    #: on top of the runner's environment (Hello.env)
-    env: dict[str, str]
-    cwd: str
-    stdout: str
-    stderr: str
-    #: the task's fresh scratch folder: created before it starts, removed once it has ended
-    scratch: str
-    #: CPUs to pin to before the program starts; None when numactl in argv does it
-    cpus: list[int] | None = None
-    #: seconds it may run before it is ended (SIGTERM to its tree, SIGKILL after `grace`); None = no limit
-    time_limit: float | None = None
-    grace: float = 0.0
-    #: the user to run it as, when not the keeper's own (its output and scratch folder are given to it too)
-    user: RunAs | None = None
-
-
-class Kill(msgspec.Struct, tag="kill"):
-    task_id: str
-    grace: float
-
-
-class Forget(msgspec.Struct, tag="forget"):
-    """The runner has journaled these exits: the keeper may drop them."""
-
-    task_ids: list[str]
-
-
-class Exit(msgspec.Struct, tag="exit", omit_defaults=True):
-    task_id: str
-    ended_at: float
-    exit_code: int | None = None
-    signal: int | None = None
-    error: str = ""
-    killed: bool = False
-    #: the task never ran (it could not be started)
-    not_started: bool = False
-    #: ended by the keeper: its time limit ran out
-    timed_out: bool = False
-    #: its process tree's CPU time and peak memory (wait4's rusage), when it was reaped here
-    cpu_user_seconds: float | None = None
-    cpu_system_seconds: float | None = None
-    max_rss_bytes: int | None = None
-
-
-class State(msgspec.Struct, tag="state"):
-    """The keeper's answer to Hello: what it runs, and the exits the runner has not forgotten."""
-
-    running: list[str]
-    exits: list[Exit]
-    #: it ends tasks at their time limit (a keeper of an earlier release does not: the runner then does)
-    limits: bool = False
-    #: it runs a task as the user its Spawn names (one of an earlier release ignores `user`: it would run
-    #: the task as itself, as root, so the runner does not give it such tasks)
-    users: bool = False
-
-
-ToKeeper = Hello | Spawn | Kill | Forget
-FromKeeper = State | Exit
-_encode = msgspec.json.Encoder().encode
 _to_keeper = msgspec.json.Decoder(ToKeeper).decode
-_from_keeper = msgspec.json.Decoder(FromKeeper).decode
 _exit_line = msgspec.json.Decoder(Exit).decode
-
-
-def encode_lines(messages: Iterable[msgspec.Struct]) -> bytes:
-    return b"".join(_encode(m) + b"\n" for m in messages)
 
 
 def _limit_reached(limit: float) -> str:
     from hakuriver.protocol import limit_reached  # loaded only by a keeper whose task ran out of time
 
     return limit_reached(limit)
-
-
-def socket_address(state_dir: str) -> str:
-    """The socket's path; through /proc/self/fd when the real one is too long for a Unix socket."""
-    path = os.path.join(state_dir, SOCKET_NAME)
-    if len(path.encode()) < 100:
-        return path
-    fd = os.open(state_dir, os.O_PATH | os.O_DIRECTORY)  # kept open: the short path goes through it
-    return f"/proc/self/fd/{fd}/{SOCKET_NAME}"
-
-
-def exit_of(task_id: str, status: int, usage: Any, now: float) -> Exit:
-    """An Exit from wait4's status and rusage (ru_maxrss is in KiB on Linux)."""
-    measured = {"cpu_user_seconds": usage.ru_utime, "cpu_system_seconds": usage.ru_stime,
-                "max_rss_bytes": usage.ru_maxrss * 1024}
-    if os.WIFEXITED(status):
-        return Exit(task_id, now, exit_code=os.WEXITSTATUS(status), **measured)
-    sig = os.WTERMSIG(status)
-    return Exit(task_id, now, signal=sig, error=f"killed by signal {sig} (not by HakuRiver)", **measured)
 
 
 # ---- the keeper process --------------------------------------------------------------------
@@ -506,146 +405,6 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(address)
-
-
-# ---- the runner's side ---------------------------------------------------------------------
-class KeeperGone(Exception):
-    """The keeper could not be started or reached, or its connection broke."""
-
-
-class KeeperLink:
-    """The runner's connection to its keeper; starts the keeper when there is none."""
-
-    def __init__(self, state_dir: str, start_timeout: float = 15.0) -> None:
-        self.state_dir = state_dir
-        self._address = socket_address(state_dir)
-        self.start_timeout = start_timeout
-        self._sock: socket.socket | None = None
-        self._send_lock = threading.Lock()
-        self._buf = b""
-        self._proc: subprocess.Popen | None = None
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-
-    def connect(self, env: dict[str, str], attempts: int = 3) -> State:
-        """Connect (starting the keeper if needed), say Hello, and return the keeper's State.
-
-        A keeper may be on its way out (idle) just as a runner connects: then a new one is
-        started, a few times at most.
-        """
-        attempt = 1
-        while True:
-            self.close()
-            sock = self._open() or self._start_and_open()
-            self._sock, self._buf = sock, b""
-            try:
-                return self._handshake(env)
-            except KeeperGone:
-                if attempt == attempts:
-                    raise
-            attempt += 1
-            time.sleep(0.1)
-
-    def _handshake(self, env: dict[str, str]) -> State:
-        self.send([Hello(env)])
-        while True:  # the keeper's first message is its State
-            for msg in self._read():
-                if isinstance(msg, State):
-                    return msg
-
-    def send(self, messages: list[msgspec.Struct]) -> None:
-        sock = self._sock
-        if sock is None or not messages:
-            if messages:
-                raise KeeperGone("not connected to the keeper")
-            return
-        data = encode_lines(messages)
-        with self._send_lock:
-            try:
-                sock.sendall(data)
-            except OSError as exc:
-                raise KeeperGone(f"lost the keeper: {exc.strerror or exc}") from exc
-
-    def wake(self) -> None:
-        """Make a `poll` in progress on another thread return now."""
-        with contextlib.suppress(OSError):
-            self._wake_w.send(b"w")
-
-    def poll(self, timeout: float) -> list[Exit]:
-        """The exits the keeper sent, waiting up to `timeout` for some (or for `wake`)."""
-        sock = self._sock
-        if sock is None:
-            raise KeeperGone("not connected to the keeper")
-        readable, _, _ = select.select([sock, self._wake_r], [], [], timeout)
-        if self._wake_r in readable:
-            with contextlib.suppress(BlockingIOError):
-                self._wake_r.recv(4096)
-        if sock not in readable:
-            return []
-        return [m for m in self._read() if isinstance(m, Exit)]
-
-    def _read(self) -> list[msgspec.Struct]:
-        """The messages completed by one read (possibly none: a line can arrive in parts)."""
-        sock = self._sock
-        if sock is None:
-            raise KeeperGone("not connected to the keeper")
-        try:
-            data = sock.recv(RECV_SIZE)
-        except OSError as exc:
-            raise KeeperGone(f"lost the keeper: {exc.strerror or exc}") from exc
-        if not data:
-            raise KeeperGone("the keeper closed the connection")
-        lines = (self._buf + data).split(b"\n")
-        self._buf = lines.pop()
-        messages = []
-        for line in lines:
-            try:
-                messages.append(_from_keeper(line))
-            except msgspec.DecodeError:
-                log.warning("ignoring a malformed message from the keeper")
-        return messages
-
-    def close(self) -> None:
-        if self._sock is not None:
-            with contextlib.suppress(OSError):
-                self._sock.shutdown(socket.SHUT_RDWR)
-            self._sock.close()
-            self._sock = None
-
-    def _open(self) -> socket.socket | None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.connect(self._address)
-        except OSError:
-            sock.close()
-            return None
-        return sock
-
-    def _start_and_open(self) -> socket.socket:
-        log_path = os.path.join(self.state_dir, LOG_NAME)
-        deadline = time.monotonic() + self.start_timeout
-        proc = self._start(log_path)
-        while time.monotonic() < deadline:
-            sock = self._open()
-            if sock is not None:
-                return sock
-            code = proc.poll()
-            if code == 0:  # an old keeper still held the lock, on its way out: start another
-                proc = self._start(log_path)
-            elif code is not None:
-                break
-            time.sleep(0.02)
-        raise KeeperGone(f"the task keeper did not start; see {log_path}")
-
-    def _start(self, log_path: str) -> subprocess.Popen:
-        if self._proc is not None:
-            self._proc.poll()  # reap an earlier keeper of ours
-        with open(log_path, "ab") as log_fh:
-            self._proc = subprocess.Popen([sys.executable, "-m", "hakuriver.runner.keeper", self.state_dir],
-                                          stdin=subprocess.DEVNULL, stdout=log_fh, stderr=subprocess.STDOUT,
-                                          start_new_session=True, close_fds=True, cwd="/")
-        return self._proc
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from hakuriver.config import Config
 from hakuriver.runner import launch
 from hakuriver.runner.agent import Agent, ClusterKey
 from hakuriver.runner.journal import Journal
-from hakuriver.runner.keeper import KeeperGone
+from hakuriver.runner.keeper_link import KeeperGone
 from hakuriver.runner.outbox import Outbox
 from hakuriver.runner.supervisor import NodeSetup, Supervisor
 

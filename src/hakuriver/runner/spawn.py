@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 if TYPE_CHECKING:
-    from hakuriver.runner.keeper import Spawn
+    from hakuriver.runner.keeper_wire import Spawn
 
 # O_NOFOLLOW: a root keeper must not truncate and hand over whatever a planted symlink points to
 OUTPUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW

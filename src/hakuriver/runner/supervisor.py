@@ -14,10 +14,8 @@ whose owner has no account on this node; a runner that is not root runs every ta
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -26,11 +24,11 @@ from dataclasses import dataclass
 import msgspec
 
 from hakuriver import protocol as p
-from hakuriver.core.attempts import numbered_output
 from hakuriver.core.model import run_key
-from hakuriver.runner import launch
+from hakuriver.runner import launch, task_files
 from hakuriver.runner.journal import TaskRecord
-from hakuriver.runner.keeper import Exit, Forget, KeeperGone, KeeperLink, Kill, Spawn, State
+from hakuriver.runner.keeper_link import KeeperGone, KeeperLink
+from hakuriver.runner.keeper_wire import Exit, Forget, Kill, Spawn, State
 from hakuriver.runner.outbox import Outbox
 from hakuriver.runner.spawn import RunAs
 
@@ -203,13 +201,13 @@ class Supervisor:
                 self._launching.difference_update(keys)
 
     def _launch(self, new: list[p.LaunchOrder], now: float) -> None:
-        _ensure_folder(self.setup.output_dir)
+        task_files.ensure_folder(self.setup.output_dir)
         # checked once per batch of orders: a batch is a few milliseconds of the node's life
-        scratch_problem = _scratch_problem(self.setup.local_temp_dir)
+        scratch_problem = task_files.scratch_problem(self.setup.local_temp_dir)
         cwds: dict[str, str] = {}
         records, spawns, failed = [], [], []
         for order in new:
-            paths = self._paths(order)
+            paths = task_files.task_paths(order, self.setup.output_dir, self.setup.local_temp_dir)
             key = run_key(order.task_id, order.attempt)
             try:
                 spawn, problem = self._prepare(order, paths, cwds) if not scratch_problem else (None, scratch_problem)
@@ -234,30 +232,12 @@ class Supervisor:
         if failed:
             self.outbox.add(failed)
 
-    def _paths(self, order: p.LaunchOrder) -> launch.TaskPaths:
-        """Where the attempt writes: the latest attempt's output at <id>.out and <id>.err, so a
-        later attempt first moves the one before it aside (core/attempts.py numbered_output).
-        The host orders attempt N+1 only once attempt N has ended or its node has been silent
-        for the heartbeat timeout, so attempt N's files exist by then (a rename leaves an open
-        file writing on, under its new name)."""
-        s = self.setup
-        paths = launch.TaskPaths(
-            stdout=os.path.join(s.output_dir, f"{order.task_id}.out"),
-            stderr=os.path.join(s.output_dir, f"{order.task_id}.err"),
-            temp_dir=os.path.join(s.local_temp_dir, f"hakuriver-task-{run_key(order.task_id, order.attempt)}"),
-        )
-        if order.earlier_output:
-            for path in (paths.stdout, paths.stderr):
-                with contextlib.suppress(OSError):  # the earlier attempt may never have written any
-                    os.rename(path, numbered_output(path, order.earlier_output))
-        return paths
-
     def _prepare(self, order: p.LaunchOrder, paths: launch.TaskPaths, cwds: dict[str, str]) -> tuple[Spawn | None, str]:
         """What the keeper is to start, or why the task cannot start."""
         s = self.setup
         account, user, problem = self._who(order.owner)
         if problem:
-            _note_in_stderr(paths.stderr, problem)
+            task_files.note_in_stderr(paths.stderr, problem)
             return None, problem
         self._unix_users[run_key(order.task_id, order.attempt)] = self._owners.name(account)
         # the account's HOME, USER and LOGNAME, under the user's own --env
@@ -269,7 +249,7 @@ class Supervisor:
         cwd = cwds[order.cwd] or paths.temp_dir
         program, problem = self._commands.locate(order.command, env if "PATH" in env else self._base_env, cwd)
         if problem:
-            _note_in_stderr(paths.stderr, problem)
+            task_files.note_in_stderr(paths.stderr, problem)
             return None, problem
         cpus = s.physical(order.core_ids)
         path, argv = launch.task_argv(program, order.command, order.args, cpus=cpus, numactl=s.numactl_path)
@@ -402,48 +382,8 @@ class Supervisor:
         self.outbox.add([p.TaskFinished(rec.task_id, time.time(), error=error, killed=killed, started_at=rec.started_at,
                                         stdout_path=rec.stdout, stderr_path=rec.stderr, timed_out=timed_out,
                                         attempt=rec.attempt, unix_user=self._ran_as(rec))])
-        _remove_folder(rec.temp_dir)
+        task_files.remove_folder(rec.temp_dir)
 
 
 def _limit_reached(rec: TaskRecord) -> str:
     return p.limit_reached(rec.time_limit or 0)
-
-
-def _ensure_folder(path: str) -> None:
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError:
-        pass  # the keeper's open of each output file then says what is wrong
-
-
-def _note_in_stderr(path: str, problem: str) -> None:
-    try:  # O_NOFOLLOW: a root runner never writes through a link planted in the output folder
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(f"hakuriver: {problem}\n")
-    except OSError:
-        pass
-
-
-def _remove_folder(path: str) -> None:
-    try:
-        os.rmdir(path)  # the common case: the task left its scratch folder empty
-    except FileNotFoundError:
-        pass
-    except OSError:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-#: a task does not start on a scratch disk with less free space than this
-MIN_SCRATCH_BYTES = 1024 * 1024
-
-
-def _scratch_problem(folder: str) -> str | None:
-    try:
-        st = os.statvfs(folder)
-    except OSError as exc:
-        return f"local_temp_dir {folder} is not usable: {exc.strerror}"
-    free = st.f_bavail * st.f_frsize
-    if free < MIN_SCRATCH_BYTES or st.f_favail == 0:
-        return f"local_temp_dir {folder} is full ({free} bytes free); free some space on this node"
-    return None
