@@ -383,8 +383,8 @@ class Keeper:
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        sys.exit("usage: python -m hakuriver.runner.keeper STATE_DIR (the runner starts it)")
+    if len(args) != 1 or not os.path.isdir(args[0]):
+        sys.exit("usage: python -m hakuriver.runner.keeper STATE_DIR (an existing folder; the runner starts it)")
     state_dir = args[0]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     lock = open(os.path.join(state_dir, LOCK_NAME), "w")  # noqa: SIM115 - held for the keeper's life
