@@ -2,53 +2,46 @@
 
 Everything runs on the one asyncio event loop thread, so events are applied one at a time
 without locks (one writer). Scheduling is coalesced: any number of events in one loop
-iteration cost one planning pass.
+iteration cost one planning pass (see `scheduling`).
+
+`HostService` answers the clients' requests and composes the other parts of the shell:
+finding tasks and batches by ID (`lookup`), who waits for them (`waiters`), the runners'
+heartbeats and reports (`runners`), and the group commit (`commits`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 
 from hakuriver import protocol as p
-from hakuriver.core.attempts import note_late
-from hakuriver.core.cluster import Cluster, Effect, NodeChanged, NodeReport, SubmitRefused, TaskChanged, UnknownTask
-from hakuriver.core.cluster import Finished as FinishedEvent
-from hakuriver.core.cluster import Orders as CoreOrders
-from hakuriver.core.model import Node, Task, run_key, split_run_key
+from hakuriver.core.cluster import Cluster, Effect, SubmitRefused, UnknownTask
+from hakuriver.core.model import Node, Task
 from hakuriver.core.states import PROBLEM_STATES, TaskState
 from hakuriver.host import convert
 from hakuriver.host.commits import GroupCommit
 from hakuriver.host.live import Live
+from hakuriver.host.lookup import AmbiguousId, Lookup, NotFound
 from hakuriver.host.metrics import Metrics
+from hakuriver.host.runners import Runners
+from hakuriver.host.scheduling import Scheduler
 from hakuriver.host.store import Store, StoreWriteError, TaskFilter
+from hakuriver.host.waiters import Waiters
+
+__all__ = ["BATCH_PROBLEMS_SHOWN", "SCAN_PAGE", "AmbiguousId", "HostService", "KillRefused", "NotFound"]
 
 log = logging.getLogger("hakuriver.host")
-
-
-class NotFound(Exception):
-    """No task or batch has this ID; the message says which was looked for."""
-
-    def __init__(self, kind: str, some_id: str) -> None:
-        super().__init__(f"no {kind} with ID {some_id}")
 
 
 class KillRefused(Exception):
     pass
 
 
-class AmbiguousId(Exception):
-    """A short ID that matches more than one task or batch; the message lists some."""
-
-
 #: how many of a batch's problem tasks its view names
 BATCH_PROBLEMS_SHOWN = 20
-#: how many matches of an ambiguous short ID the error lists
-MATCHES_SHOWN = 5
 #: tasks per page when a whole list is streamed
 SCAN_PAGE = 1000
 
@@ -61,28 +54,24 @@ class HostService:
         self.clock = clock
         #: [tasks] default_time_limit, for tasks submitted without one
         self.default_time_limit = default_time_limit
-        self._task_waiters: dict[str, list[asyncio.Future[None]]] = {}
-        self._node_wakeups: dict[str, asyncio.Event] = {}
-        #: launches sent to a node since its last heartbeat (see `_orders`)
-        self._offered: dict[str, set[str]] = {}
-        self._schedule_requested = False
         self.commits = GroupCommit(store, self._committed)
-        #: per batch, its tasks not yet final (lost counts as final), to answer batch waits
-        self._batch_open: dict[str, set[str]] = {}
-        self._batch_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self.lookup = Lookup(cluster, self.commits, store)
+        self.waiters = Waiters()
+        self.scheduler = Scheduler(cluster, self.commits)
         #: the dashboard's events and the Prometheus metrics, both fed by what is committed
         self.live = Live(cluster, self.view, clock)
         self.metrics = Metrics(cluster, store.state_counts)
+        self.runners = Runners(cluster, store, self.commits, self.scheduler, self.metrics, clock)
 
     def restore(self) -> None:
         tasks = self.store.active_tasks()
         active = {t.task_id for t in tasks}
         deps = {d for t in tasks if t.state is TaskState.PENDING for d in t.after if d not in active}
-        outcomes = {d: state for d in deps if (state := self._ended_as(d)) is not None}
+        outcomes = {d: state for d in deps if (state := self.lookup.ended_as(d)) is not None}
         self._apply(self.cluster.restore(self.store.nodes(), tasks, self.clock(), outcomes))
         for task in self.cluster.tasks.values():
             if task.batch_id and not task.state.is_final:
-                self._batch_open.setdefault(task.batch_id, set()).add(task.task_id)
+                self.waiters.track(task)
         log.info("restored %d nodes and %d active tasks", len(self.cluster.nodes), len(self.cluster.tasks))
 
     # ---- effects -------------------------------------------------------------------------
@@ -96,41 +85,26 @@ class HostService:
     def _committed(self, tasks: dict[str, Task], orders: set[str]) -> None:
         self.live.committed(tasks)
         self.metrics.committed(tasks)
-        for name in orders:
-            self._node_event(name).set()
-        for task in tasks.values():
-            if task.state.is_final:
-                self._wake_task_waiters(task.task_id)
-            if task.batch_id:
-                self._track_batch(task)
-
-    def _track_batch(self, task: Task) -> None:
-        open_ids = self._batch_open.setdefault(task.batch_id, set())
-        if not task.state.is_final:
-            open_ids.add(task.task_id)
-            return
-        open_ids.discard(task.task_id)
-        if not open_ids:
-            del self._batch_open[task.batch_id]
-            _wake(self._batch_waiters.pop(task.batch_id, []))
+        self.runners.wake(orders)
+        self.waiters.committed(tasks)
 
     def request_schedule(self) -> None:
-        if not self._schedule_requested:
-            self._schedule_requested = True
-            asyncio.get_running_loop().call_soon(self._run_schedule)
+        self.scheduler.request()
 
-    def _run_schedule(self) -> None:
-        self._schedule_requested = False
-        self._apply(self.cluster.schedule())
+    # ---- finding tasks and batches (see `lookup`) ----------------------------------------
+    def resolve_task(self, some_id: str, must_exist: bool = False) -> str:
+        """The full task ID for a full ID or a unique prefix of one."""
+        return self.lookup.resolve_task(some_id, must_exist)
 
-    def _node_event(self, name: str) -> asyncio.Event:
-        event = self._node_wakeups.get(name)
-        if event is None:
-            event = self._node_wakeups[name] = asyncio.Event()
-        return event
+    def resolve_batch(self, some_id: str, must_exist: bool = False) -> str:
+        return self.lookup.resolve_batch(some_id, must_exist)
 
-    def _wake_task_waiters(self, task_id: str) -> None:
-        _wake(self._task_waiters.pop(task_id, []))
+    def owner_of(self, some_id: str, kinds: tuple[str, ...]) -> tuple[str, str, str]:
+        """(kind, full ID, owner) of the task or batch `some_id` names, looked for as each of `kinds` in turn."""
+        return self.lookup.owner_of(some_id, kinds)
+
+    def get_task(self, task_id: str) -> Task:
+        return self.lookup.get_task(task_id)
 
     # ---- client requests -----------------------------------------------------------------
     async def submit(self, specs: list[p.TaskSpec], batch: bool = False, owner: str = "") -> tuple[list[str], str]:
@@ -159,7 +133,7 @@ class HostService:
         self.metrics.submitted.inc(len(tasks))
         self.live.committed({t.task_id: t for t in tasks})  # written by the insert above
         if batch_id:
-            self._batch_open[batch_id] = {t.task_id for t in tasks}
+            self.waiters.open_batch(batch_id, {t.task_id for t in tasks})
         self.request_schedule()
         return [t.task_id for t in tasks], batch_id
 
@@ -180,22 +154,8 @@ class HostService:
                 except NotFound:
                     raise SubmitRefused(f"--after: no task or batch with ID {some_id}") from None
         specs = [spec.replace(after=sorted({full[d] for d in spec.after})) if spec.after else spec for spec in specs]
-        outcomes = {d: state for d in set(full.values()) if (state := self._ended_as(d)) is not None}
+        outcomes = {d: state for d in set(full.values()) if (state := self.lookup.ended_as(d)) is not None}
         return specs, outcomes
-
-    def _ended_as(self, some_id: str) -> TaskState | None:
-        """How a task, or a batch (completed, or a problem of it), has ended as far as the store
-        and staged changes know; None while it is active, or unknown."""
-        if some_id in self.cluster.tasks:
-            return None
-        task = self.commits.tasks.get(some_id) or self.store.get_task(some_id)
-        if task is not None:
-            return task.state
-        counts, _ = self.store.batch_summary(some_id, 0)
-        if not counts:
-            return None
-        problem = next((TaskState(s) for s in counts if TaskState(s) in PROBLEM_STATES), None)
-        return problem or TaskState.COMPLETED
 
     async def retry_failed(self, some_id: str, requester: str) -> tuple[list[str], str]:
         """Submit again, as one new batch, every task of a task or batch that did not complete.
@@ -223,42 +183,6 @@ class HostService:
             if task.state is TaskState.LOST and task.task_id in self.cluster.tasks:
                 self._apply(self.cluster.on_kill(task.task_id, now))
         return reply
-
-    def resolve_task(self, some_id: str, must_exist: bool = False) -> str:
-        """The full task ID for a full ID or a unique prefix of one."""
-        some_id = some_id.lower()
-        if p.is_task_id(some_id) and not must_exist:
-            return some_id
-        return _unique(some_id, self.store.task_ids_with_prefix(some_id, MATCHES_SHOWN + 1), "task")
-
-    def resolve_batch(self, some_id: str, must_exist: bool = False) -> str:
-        some_id = some_id.lower()
-        if p.is_task_id(some_id) and not must_exist:
-            return some_id
-        return _unique(some_id, self.store.batch_ids_with_prefix(some_id, MATCHES_SHOWN + 1), "batch")
-
-    def owner_of(self, some_id: str, kinds: tuple[str, ...]) -> tuple[str, str, str]:
-        """(kind, full ID, owner) of the task or batch `some_id` names, looked for as each of `kinds` in turn."""
-        for kind in kinds:
-            try:
-                if kind == "task":
-                    task = self.get_task(self.resolve_task(some_id))
-                    return kind, task.task_id, task.owner
-                batch_id = self.resolve_batch(some_id)
-                owner = self.store.batch_owner(batch_id)
-                if owner is not None:
-                    return kind, batch_id, owner
-                raise NotFound("batch", batch_id)
-            except NotFound:
-                if kind == kinds[-1]:
-                    raise
-        raise AssertionError("no kinds given")
-
-    def get_task(self, task_id: str) -> Task:
-        task = self.cluster.tasks.get(task_id) or self.commits.tasks.get(task_id) or self.store.get_task(task_id)
-        if task is None:
-            raise NotFound("task", task_id)
-        return task
 
     def view(self, task: Task) -> p.TaskView:
         return convert.task_view(task, self.cluster.why_pending(task.task_id))
@@ -293,7 +217,7 @@ class HostService:
 
     async def batch_view(self, batch_id: str) -> p.BatchView:
         """Counts by state and the first problems, read off the loop (a batch may hold 100,000 tasks)."""
-        done = batch_id not in self._batch_open  # before the read: a batch done now is done in what it reads
+        done = not self.waiters.is_open(batch_id)  # before the read: a batch done now is done in what it reads
         counts, problems = await asyncio.to_thread(self.store.batch_summary, batch_id, BATCH_PROBLEMS_SHOWN)
         if not counts:
             raise NotFound("batch", batch_id)
@@ -301,15 +225,13 @@ class HostService:
 
     async def wait_batch(self, batch_id: str, timeout: float) -> p.BatchView:
         """The batch once every task is final, or as it is when `timeout` runs out."""
-        if batch_id in self._batch_open:
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            await _wait_or_timeout(self._batch_waiters, batch_id, fut, timeout)
+        await self.waiters.batch_done(batch_id, timeout)
         return await self.batch_view(batch_id)
 
     def kill_batch(self, batch_id: str) -> tuple[int, str]:
-        if batch_id not in self._batch_open and not self.store.batch_ids_with_prefix(batch_id, 1):
+        if not self.waiters.is_open(batch_id) and not self.store.batch_ids_with_prefix(batch_id, 1):
             raise NotFound("batch", batch_id)
-        ids = sorted(self._batch_open.get(batch_id, ()))
+        ids = self.waiters.unfinished(batch_id)
         ids += [t.task_id for t in self.cluster.tasks.values() if t.batch_id == batch_id and t.state.is_final]
         effects: list[Effect] = []
         for task_id in ids:
@@ -324,8 +246,7 @@ class HostService:
         task = self.get_task(task_id)
         if task.state.is_final:
             return task
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await _wait_or_timeout(self._task_waiters, task_id, fut, timeout)
+        await self.waiters.task_final(task_id, timeout)
         return self.get_task(task_id)
 
     def kill(self, task_id: str) -> tuple[Task, str]:
@@ -343,126 +264,13 @@ class HostService:
     def nodes(self) -> list[Node]:
         return sorted(self.cluster.nodes.values(), key=lambda n: n.name)
 
-    # ---- runner requests -----------------------------------------------------------------
+    # ---- runner requests and periodic work (see `runners`) -------------------------------
     async def heartbeat(self, hb: p.Heartbeat) -> p.Orders:
         """Record the heartbeat; answer with orders, holding the request open until some exist."""
-        report = NodeReport(hb.node.name, tuple(hb.node.core_ids), hb.node.memory_bytes)
-        held = set(hb.held)
-        effects = self.cluster.on_heartbeat(report, held, self.clock())
-        if any(isinstance(e, NodeChanged) for e in effects):
-            self.request_schedule()
-        self._apply(effects)
-        self._offered.pop(report.name, None)  # this heartbeat says what the node holds now
-        event = self._node_event(report.name)
-        deadline = self.clock() + min(max(hb.wait, 0.0), p.MAX_WAIT_SECONDS)
-        ending = frozenset(hb.ending)
-        strays = self._stray_kills(report.name, held, ending)  # now, while `held` is fresh
-        while True:
-            event.clear()
-            orders = self._orders(report.name, held, ending)
-            orders.kill += strays
-            strays = []
-            remaining = deadline - self.clock()
-            if orders.launch or orders.kill or remaining <= 0:
-                await self.settled()
-                return convert.orders_message(orders)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), remaining)
+        return await self.runners.heartbeat(hb)
 
     def report(self, r: p.Report) -> p.Ack:
-        effects: list[Effect] = []
-        offered = self._offered.get(r.node)
-        if offered:  # launches the runner now says it has: no longer merely offered
-            offered.difference_update(run_key(e.task_id, e.attempt) for e in (*r.started, *r.finished))
-        for s in r.started:
-            self.metrics.started(run_key(s.task_id, s.attempt))
-            effects += self.cluster.on_started(r.node, convert.started_event(s))
-        for f in r.finished:
-            if f.started_at is not None:  # a short task's start may come only with its finish
-                self.metrics.started(run_key(f.task_id, f.attempt))
-            effects += self.cluster.on_finished(r.node, convert.finished_event(f)) or self._late(convert.finished_event(f))
-        self._apply(effects)
-        acked = [run_key(f.task_id, f.attempt) for f in r.finished]
-        if r.held is None:
-            if r.finished:
-                self.request_schedule()
-            return p.Ack(task_ids=acked)
-        if r.finished:
-            self._run_schedule()  # now, so that the freed cores' next tasks ride on this answer
-        held, ending = set(r.held), frozenset(r.ending)
-        orders = self._orders(r.node, held, ending)
-        orders.kill += self._stray_kills(r.node, held, ending)
-        # everything pending for this node goes out in this answer: its waiting heartbeat need not wake for it
-        self.commits.orders.discard(r.node)
-        return p.Ack(task_ids=acked, orders=convert.orders_message(orders))
+        return self.runners.report(r)
 
-    def _late(self, event: FinishedEvent) -> list[Effect]:
-        """The outcome of an attempt older than its task's latest, the task already final: history only."""
-        if event.task_id in self.cluster.tasks:
-            return []
-        task = self.commits.tasks.get(event.task_id) or self.store.get_task(event.task_id)
-        if task is None or task.attempt == event.attempt or not note_late(task, event, event.state):
-            return []
-        return [TaskChanged(task)]
-
-    def _orders(self, node: str, held: set[str], ending: frozenset[str]) -> CoreOrders:
-        """The node's orders, leaving out launches already offered since its last heartbeat.
-
-        Orders go out on heartbeat answers and on report acknowledgements; without this, a
-        heartbeat waiting at the host would wake for the launches an acknowledgement just
-        carried, and send them a second time. A heartbeat resets the offers: its `held` is the
-        truth, so an order that got lost is sent again (the runner ignores a repeated launch).
-        """
-        offered = self._offered.setdefault(node, set())
-        orders, effects = self.cluster.orders_for(node, held | offered, self.clock(), ending)
-        if effects:
-            self._apply(effects)
-            self.request_schedule()
-        offered.update(t.run_key for t in orders.launch)
-        self.metrics.dispatched([t.run_key for t in orders.launch])
-        return orders
-
-    def _stray_kills(self, node: str, held: set[str], ending: frozenset[str]) -> list[str]:
-        """The node's strays that the host has a record of. One it never heard of is left running:
-        a host started on another database must not kill the work of a whole cluster."""
-        return [k for k in self.cluster.strays(node, held, ending) if self.store.get_task(split_run_key(k)[0]) is not None]
-
-    # ---- periodic ------------------------------------------------------------------------
     async def watch_heartbeats(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            effects = self.cluster.on_tick(self.clock())
-            if effects:
-                for e in effects:
-                    if isinstance(e, NodeChanged):
-                        log.warning("node %s is %s", e.node.name, e.node.state.value)
-                self._apply(effects)
-                self.request_schedule()
-
-
-async def _wait_or_timeout(
-    waiters: dict[str, list[asyncio.Future[None]]], key: str, fut: asyncio.Future[None], timeout: float
-) -> None:
-    waiters.setdefault(key, []).append(fut)
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(fut, timeout)
-    pending = waiters.get(key)
-    if pending is not None and fut in pending:  # timed out: do not keep it until the key is woken
-        pending.remove(fut)
-        if not pending:
-            del waiters[key]
-
-
-def _wake(futures: list[asyncio.Future[None]]) -> None:
-    for fut in futures:
-        if not fut.done():
-            fut.set_result(None)
-
-
-def _unique(prefix: str, matches: list[str], kind: str) -> str:
-    if not matches:
-        raise NotFound(kind, prefix)
-    if len(matches) > 1:
-        shown = ", ".join(matches[:MATCHES_SHOWN]) + (", ..." if len(matches) > MATCHES_SHOWN else "")
-        raise AmbiguousId(f"the short ID {prefix} matches more than one {kind}: {shown}; give more characters")
-    return matches[0]
+        await self.runners.watch_heartbeats(interval)

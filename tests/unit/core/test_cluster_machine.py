@@ -245,7 +245,7 @@ class ClusterMachine(RuleBasedStateMachine):
         return [self.store_tasks[tid].state for tid in self.batches.get(dep, ())]
 
     def stored_outcome(self, dep: str) -> TaskState | None:
-        """How the store says a task or batch ended, as HostService._ended_as reads it (None: unknown)."""
+        """How the store says a task or batch ended, as host.lookup.Lookup.ended_as reads it (None: unknown)."""
         states = self.members(dep)
         if not states:
             return None
