@@ -69,8 +69,9 @@ class Runners:
     def report(self, r: p.Report) -> p.Ack:
         effects: list[Effect] = []
         offered = self._offered.get(r.node)
-        if offered:  # launches the runner now says it has: no longer merely offered
-            offered.difference_update(run_key(e.task_id, e.attempt) for e in (*r.started, *r.finished))
+        if offered:  # finished: neither launched again nor killed, so no longer kept (a started one
+            # is: a heartbeat waiting since before its launch must still see it to send its kill)
+            offered.difference_update(run_key(f.task_id, f.attempt) for f in r.finished)
         for s in r.started:
             self.metrics.started(run_key(s.task_id, s.attempt))
             effects += self.cluster.on_started(r.node, convert.started_event(s))
@@ -107,8 +108,10 @@ class Runners:
 
         Orders go out on heartbeat answers and on report acknowledgements; without this, a
         heartbeat waiting at the host would wake for the launches an acknowledgement just
-        carried, and send them a second time. A heartbeat resets the offers: its `held` is the
-        truth, so an order that got lost is sent again (the runner ignores a repeated launch).
+        carried, and send them a second time. Offered launches also count as held for kills: a
+        waiting heartbeat's `held` predates them, and a kill of one must still go out on it. A
+        heartbeat resets the offers: its `held` is the truth, so an order that got lost is sent
+        again (the runner ignores a repeated launch). A finished launch leaves the offers.
         """
         offered = self._offered.setdefault(node, set())
         orders, effects = self.cluster.orders_for(node, held | offered, self.clock(), ending)
