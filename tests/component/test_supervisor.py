@@ -94,6 +94,16 @@ def test_exit_codes_reach_the_outbox(node):
     assert sup.held() == set()
 
 
+def test_an_executable_script_without_a_shebang_line_runs_with_sh(node):
+    setup, sup, outbox, _ = node
+    script = Path(setup.shared_dir, "plain.sh")
+    script.write_text('echo "ran with $1"; exit 7\n')  # no "#!": the kernel cannot execute it (ENOEXEC)
+    script.chmod(0o755)
+    sup.launch([order("plain", str(script), "args")])
+    assert result(outbox, "plain").exit_code == 7
+    assert Path(setup.output_dir, "plain.out").read_text() == "ran with args\n"
+
+
 def test_signal_death_is_reported(node):
     _, sup, outbox, _ = node
     sup.launch([order("sig", "sh", "-c", "kill -9 $$")])

@@ -8,6 +8,7 @@ in C (`_posixsubprocess`), so no Python code runs in the child of this multi-thr
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -25,6 +26,8 @@ OUTPUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOL
 _DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 #: GNU env, which enters the task's folder as the task's user (-C) and executes it
 ENV = "/usr/bin/env"
+#: what runs an executable file that has no "#!" line
+SHELL = "/bin/sh"
 #: of the runner's own environment, what a task of another user gets (the rest is root's:
 #: credentials, sockets, sudo's traces); the task's own variables come on top
 _PASSED = frozenset({"PATH", "LANG", "LANGUAGE", "TZ", "TERM"})
@@ -112,7 +115,16 @@ class Starter:
         # its own session: a task's whole tree can be signalled, and a terminal's Ctrl-C spares it.
         # SIGPIPE and SIGXFSZ back to their defaults, which Python ignores and a child would inherit
         # (`yes | head` must end), as Popen's restore_signals does on the other path
-        return os.posix_spawn(msg.path, msg.argv, env, file_actions=actions, setsid=True, setsigdef=_DEFAULT_SIGNALS)
+        try:
+            return os.posix_spawn(msg.path, msg.argv, env, file_actions=actions, setsid=True,
+                                  setsigdef=_DEFAULT_SIGNALS)
+        except OSError as exc:
+            if exc.errno != errno.ENOEXEC:
+                raise
+        # an executable file the kernel cannot run (a script without "#!"): run it with /bin/sh,
+        # as execvp does, and so as numactl, env and a shell would
+        return os.posix_spawn(SHELL, [SHELL, msg.path, *msg.argv[1:]], env, file_actions=actions, setsid=True,
+                              setsigdef=_DEFAULT_SIGNALS)
 
     def _popen(self, msg: Spawn, user: RunAs, env: dict[str, str], out_fd: int, err_fd: int) -> int:
         # The working folder is entered by `env -C` once the process is the owner: subprocess's
