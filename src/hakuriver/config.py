@@ -291,8 +291,9 @@ def _build(data: dict[str, Any], source: str) -> Config:
 
 
 def _type_name(cls: type, name: str) -> str:
-    """'bool', 'int', 'float' or 'str': the annotation, a string (postponed annotations)."""
-    return cls.__annotations__[name]
+    """'bool', 'int', 'float' or 'str' (the annotation: a string, as annotations are postponed here)."""
+    annotation = cls.__annotations__[name]
+    return getattr(annotation, "__name__", annotation)
 
 
 def _check_value(section: str, key: str, type_name: str, value: Any, source: str) -> Any:

@@ -260,7 +260,7 @@ class _App(Starlette):
 
     async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001 - the ASGI signature
         handler = self._exact.get((scope.get("method"), scope.get("path"))) if scope["type"] == "http" else None
-        if handler is None or scope.get("root_path"):
+        if handler is None or scope.get("root_path") or self.user_middleware:  # middleware added later applies
             await super().__call__(scope, receive, send)
             return
         scope["app"] = self
