@@ -76,13 +76,20 @@ def test_numactl_pins_the_task(fresh_cluster):
     c.start_host()
     c.start_runner("n", 2, numactl_path=shutil.which("numactl"))
     c.wait_online("n")
-    res = c.client("--cores", "1", "--wait", "--", "sh", "-c", "grep Cpus_allowed_list /proc/self/status; ps -o args= -p $PPID")
+    numactl = shutil.which("numactl")
+    res = c.client("--cores", "1", "--wait", "--", "sh", "-c", f"grep Cpus_allowed_list /proc/self/status; {numactl} --show")
     assert res.returncode == 0, res.stderr
     row = c.task(res.stdout.splitlines()[0])
-    allowed = Path(row["stdout_path"]).read_text().splitlines()[0].split(":")[1].strip()
-    assert allowed == row["core_ids"]
+    out = Path(row["stdout_path"]).read_text().splitlines()
+    assert out[0].split(":")[1].strip() == row["core_ids"]
+    # what numactl itself reports inside the task: bound to exactly its core, memory policy untouched
+    shown = dict(line.split(":", 1) for line in out[1:] if ":" in line)
+    assert shown["physcpubind"].split() == row["core_ids"].split(",")
+    assert shown["policy"].strip() == "default"
     # affinity of the runner itself was not what pinned it: the runner left its mask alone
     assert len(os.sched_getaffinity(c.runners["n"].pid)) == os.cpu_count()
+    # numactl itself: the keeper made its one affinity call, and the runner said so at start
+    assert "binds each task's cores itself" in c.runners["n"].log.read_text()
 
 
 def test_a_wrapper_at_numactl_path_runs_every_task(fresh_cluster, tmp_path):
