@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal as signals
 import socket
@@ -9,7 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -288,6 +289,19 @@ def make_cluster(tmp_path: Path, request: pytest.FixtureRequest, **kw: Any):  # 
         print(cluster.logs())
     crashed = cluster.shutdown()
     assert not crashed, f"processes crashed: {crashed}\n{cluster.logs()}"
+
+
+@contextlib.contextmanager
+def cluster_running(tmp_path: Path, request: pytest.FixtureRequest, **kw: Any) -> Iterator[LocalCluster]:
+    """make_cluster as a `with` block, for a fixture or a test that starts processes first:
+    the cluster is shut down (and checked for crashes) however the block ends."""
+    gen = make_cluster(tmp_path, request, **kw)
+    cluster = next(gen)
+    try:
+        yield cluster
+    finally:
+        for _ in gen:
+            pass
 
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from support import LocalCluster, make_cluster
+from support import cluster_running, make_cluster
 
 pytestmark = pytest.mark.integration
 
@@ -10,17 +10,12 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest):  # noqa: ANN201
     """A host with two runners: `a` (4 cores) and `b` (2 cores), shared by a module's tests."""
-    gen = make_cluster(tmp_path_factory.mktemp("cluster"), request)
-    c: LocalCluster = next(gen)
-    c.start_host()
-    c.start_runner("a", 4)
-    c.start_runner("b", 2)
-    c.wait_online("a", "b")
-    yield c
-    try:
-        next(gen)
-    except StopIteration:
-        pass
+    with cluster_running(tmp_path_factory.mktemp("cluster"), request) as c:
+        c.start_host()
+        c.start_runner("a", 4)
+        c.start_runner("b", 2)
+        c.wait_online("a", "b")
+        yield c
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from schemathesis import experimental  # noqa: E402
 from schemathesis.specs.openapi.checks import negative_data_rejection  # noqa: E402
 
 from hakuriver import protocol as p  # noqa: E402
-from support import LocalCluster, make_cluster  # noqa: E402
+from support import LocalCluster, cluster_running  # noqa: E402
 
 experimental.OPEN_API_3_1.enable()
 #: examples per route and method: bounded, so that the two passes together take well under a minute
@@ -35,15 +35,10 @@ EXAMPLES_WITHOUT_TOKEN = 40
 @pytest.fixture(scope="module")
 def live(tmp_path_factory, request):  # noqa: ANN001, ANN201
     """A host with no runner, shared by both passes."""
-    gen = make_cluster(tmp_path_factory.mktemp("fuzz"), request)
-    cluster: LocalCluster = next(gen)
-    cluster.start_host()
-    yield cluster
-    assert not cluster.shutdown(), "the host died under the fuzzing"
-    try:
-        next(gen)
-    except StopIteration:
-        pass
+    with cluster_running(tmp_path_factory.mktemp("fuzz"), request) as cluster:
+        cluster.start_host()
+        yield cluster
+        assert not cluster.shutdown(), "the host died under the fuzzing"
 
 
 def _schema(cluster: LocalCluster):  # noqa: ANN202 - a schemathesis schema

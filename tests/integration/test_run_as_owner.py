@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 import hakuriver
-from support import LocalCluster, Proc, make_cluster, program, write_toml
+from support import LocalCluster, Proc, cluster_running, program, write_toml
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(os.geteuid() != 0, reason="making Unix users and switching to them needs root")]
@@ -68,15 +68,10 @@ def open_root() -> Iterator[Path]:
 @pytest.fixture
 def cluster(unix_user, open_root, request) -> Iterator[LocalCluster]:  # noqa: ANN001
     """A host, started; runners are each test's own. Stopped before its users are removed."""
-    gen = make_cluster(open_root, request)
-    c: LocalCluster = next(gen)
-    c.shared.chmod(0o755)
-    c.start_host()
-    yield c
-    try:
-        next(gen)
-    except StopIteration:
-        pass
+    with cluster_running(open_root, request) as c:
+        c.shared.chmod(0o755)
+        c.start_host()
+        yield c
 
 
 # ---- helpers ---------------------------------------------------------------------------------

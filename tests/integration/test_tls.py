@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from support import LocalCluster, Proc, make_cluster, program, wait_until, write_toml
+from support import LocalCluster, Proc, cluster_running, program, wait_until, write_toml
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command line")
 
@@ -72,23 +72,18 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 # ---- a cluster over HTTPS: the host has the certificate, the runner and client the CA ------------
 @pytest.fixture(scope="module")
 def tls_cluster(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest, pki: Pki):  # noqa: ANN201
-    gen = make_cluster(tmp_path_factory.mktemp("tls-cluster"), request)
-    c: LocalCluster = next(gen)
-    net = c.base["network"]
-    # the host's config (host.toml, written by start_host from `base`) has the certificate and key...
-    net.update(host_reachable_address="localhost", tls_cert_file=str(pki.cert), tls_key_file=str(pki.key))
-    c.start_host(bind_ip="127.0.0.1")
-    # ...the runner's and the client's have only the CA (which alone makes them use https://)
-    del net["tls_cert_file"], net["tls_key_file"]
-    net["tls_ca_file"] = str(pki.ca)
-    write_toml(c.config, c.base)
-    c.start_runner("a", 2)
-    c.wait_online("a")
-    yield c
-    try:
-        next(gen)
-    except StopIteration:
-        pass
+    with cluster_running(tmp_path_factory.mktemp("tls-cluster"), request) as c:
+        net = c.base["network"]
+        # the host's config (host.toml, written by start_host from `base`) has the certificate and key...
+        net.update(host_reachable_address="localhost", tls_cert_file=str(pki.cert), tls_key_file=str(pki.key))
+        c.start_host(bind_ip="127.0.0.1")
+        # ...the runner's and the client's have only the CA (which alone makes them use https://)
+        del net["tls_cert_file"], net["tls_key_file"]
+        net["tls_ca_file"] = str(pki.ca)
+        write_toml(c.config, c.base)
+        c.start_runner("a", 2)
+        c.wait_online("a")
+        yield c
 
 
 def _client_config(cluster: LocalCluster, path: Path, **network: Any) -> Path:
@@ -213,14 +208,9 @@ def test_a_runner_without_the_ca_stays_away_and_says_why(tls_cluster: LocalClust
 @pytest.fixture(scope="module")
 def plain_cluster(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest):  # noqa: ANN201
     """A host (no runner) serving plain HTTP."""
-    gen = make_cluster(tmp_path_factory.mktemp("plain-cluster"), request)
-    c: LocalCluster = next(gen)
-    c.start_host()
-    yield c
-    try:
-        next(gen)
-    except StopIteration:
-        pass
+    with cluster_running(tmp_path_factory.mktemp("plain-cluster"), request) as c:
+        c.start_host()
+        yield c
 
 
 def test_an_https_client_of_a_plain_http_host_gets_one_line(plain_cluster: LocalCluster, pki: Pki, tmp_path: Path):
@@ -243,9 +233,7 @@ def test_a_certificate_for_another_name_is_not_blamed_on_the_ca(pki: Pki, tmp_pa
     folder = tmp_path / "pki"
     folder.mkdir()
     cert, key = _make_host_cert(folder, pki.ca, pki.ca.with_suffix(".key"), san="DNS:elsewhere.example")
-    gen = make_cluster(tmp_path, request)
-    cluster: LocalCluster = next(gen)
-    try:
+    with cluster_running(tmp_path, request) as cluster:
         net = cluster.base["network"]
         net.update(tls_cert_file=str(cert), tls_key_file=str(key))
         cluster.start_host(bind_ip="127.0.0.1")
@@ -254,9 +242,6 @@ def test_a_certificate_for_another_name_is_not_blamed_on_the_ca(pki: Pki, tmp_pa
         line = _one_line_error(cluster.client("--list-nodes", config=config))
         assert "not valid for 'localhost'" in line, line
         assert "set [network] tls_ca_file" not in line and "host_reachable_address" in line, line
-    finally:
-        for _ in gen:
-            pass
 
 
 # ---- ssl is imported by the client only for https ---------------------------------------------
