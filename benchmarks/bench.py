@@ -50,7 +50,6 @@ after it.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -67,7 +66,7 @@ import bench_dashboards  # next to this file (the script's folder is on sys.path
 import bench_history
 import bench_hq
 import bench_scale
-from bench_cluster import (Cluster, Profile, contract_ceiling, filesystem, keeper_of, percentile, profile, program,
+from bench_cluster import (Cluster, Profile, contract_ceiling, emit, filesystem, keeper_of, percentile, profile, program,
                            rss_mb, spawn_ceiling, wait_for)
 import psutil
 
@@ -356,11 +355,7 @@ def main() -> None:
         raise SystemExit("bench: /bin/true is needed")
     prof, why = profile(args.loopback)
     result = run(args.quick, args.dir or default_dir(args.tmpfs), prof, why, args.history_only)
-    print(table(result))
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
+    emit(table(result), result, args.json)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,15 @@ def program(name: str) -> list[str]:
     return [sys.executable, "-m", module]
 
 
+def emit(table_text: str, result: dict, json_file: str | None) -> None:
+    """Print the table and the JSON document, and write the JSON to `json_file` if one is named."""
+    print(table_text)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if json_file:
+        Path(json_file).write_text(text + "\n")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -38,7 +38,6 @@ bench_scale_load.py, the host under test and the probes on it in bench_scale_pro
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import random
 import shutil
@@ -50,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import bench_history  # next to this file (the script's folder is on sys.path)
-from bench_cluster import filesystem
+from bench_cluster import emit, filesystem
 from bench_scale_load import INTERVAL, raise_fd_limit
 from bench_scale_probe import ROUND_BUDGET, Run, placement, running, scheduler_alone, single_requests, submit_batches, summary, window
 
@@ -289,11 +288,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="hakuriver-scale-", dir=args.dir) as tmp:
         result = scale(Path(tmp), **size)
     width = max(len(k) for k, _ in rows(result))
-    print("\n".join(f"  {k:<{width}}  {v}" for k, v in rows(result)))
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
+    emit("\n".join(f"  {k:<{width}}  {v}" for k, v in rows(result)), result, args.json)
 
 
 if __name__ == "__main__":
