@@ -247,6 +247,9 @@ class NodeInfo(Message):
     name: str
     core_ids: list[int]
     memory_bytes: int = 0
+    #: its keeper holds a launch whose core is still busy and starts it when the core frees:
+    #: the host may queue short batch tasks there ahead of free cores
+    queues_ahead: bool = False
 
 
 class Heartbeat(Message):
@@ -287,6 +290,9 @@ class TaskFinished(Message):
     timed_out: bool = False
     attempt: int = 1
     unix_user: str = ""
+    #: queued behind a busy core, it did not start within its launch's wait_limit: handed back
+    #: to the host unrun (the same attempt goes back to the queue)
+    returned: bool = False
 
 
 class Report(Message):
@@ -314,6 +320,9 @@ class LaunchOrder(Message):
     earlier_output: int = 0
     #: who submitted it: a runner running as root runs it as the Unix user of this name
     owner: str = ""
+    #: seconds it may wait for its cores while they are still busy here (it was queued ahead)
+    #: before the node hands it back unrun; None = to a node that queues nothing ahead
+    wait_limit: float | None = None
 
 
 class Orders(Message):

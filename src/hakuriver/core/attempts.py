@@ -45,8 +45,11 @@ def note_late(task: Task, event: Finished, state: TaskState) -> bool:
     """An earlier attempt's real outcome arrived (its node was unreachable): history only.
 
     False if the task has no such earlier attempt, or if it already shows this outcome (the runner
-    sent it again, its acknowledgement lost): nothing to record.
+    sent it again, its acknowledgement lost), or if the attempt was handed back unrun (queued
+    ahead, it never started: its history already says it did not run there): nothing to record.
     """
+    if event.returned:
+        return False
     for old in task.attempts:
         if old.attempt == event.attempt:
             if (old.state, old.finished_at, old.exit_code, old.signal) == (state, event.finished_at, event.exit_code, event.signal):

@@ -7,8 +7,11 @@ long-poll). Only tasks that can still change are kept here; final ones live in t
 
 from __future__ import annotations
 
+import heapq
+from collections import Counter
 from collections.abc import Iterable, Mapping
 
+from hakuriver.core import ahead
 from hakuriver.core.attempts import close_attempt, note_late
 from hakuriver.core.batches import BatchOutcomes
 from hakuriver.core.cores import CoreSet
@@ -34,8 +37,14 @@ from hakuriver.core.states import RETRIED_STATES, NodeState, TaskState, check_tr
 
 
 class Cluster:
-    def __init__(self, heartbeat_timeout: float) -> None:
+    def __init__(self, heartbeat_timeout: float, ahead_wait: float = 0.0) -> None:
         self.heartbeat_timeout = heartbeat_timeout
+        #: seconds a task queued ahead may wait on its node for its core (core/ahead.py); 0 = queue nothing ahead
+        self.ahead_wait = ahead_wait
+        #: how long the recent tasks of each batch ran: which batches may be queued ahead
+        self.short = ahead.ShortBatches()
+        #: tasks queued ahead so far (a metric)
+        self.queued_ahead_total = 0
         self.nodes: dict[str, Node] = {}
         #: every task that can still change, by ID
         self.tasks: dict[str, Task] = {}
@@ -64,7 +73,7 @@ class Cluster:
         """
         for node in nodes:
             node.last_heartbeat = now
-            node.task_ids = set()
+            node.task_ids, node.queued = set(), {}
             node.cores = CoreSet(node.cores.all)  # ownership is rebuilt from the tasks below
             self.nodes[node.name] = node
         restored = sorted(tasks, key=lambda t: t.submitted_at)
@@ -83,7 +92,7 @@ class Cluster:
         self._add_task(task)
         if task.state.holds_cores:
             node = self.nodes.get(task.node)
-            if node is not None and node.cores.take_exact(task.core_ids):
+            if node is not None and (node.cores.take_exact(task.core_ids) or self._queue_behind(task, node)):
                 self._hold(task, node)
         elif task.state is TaskState.LOST:
             self.lost.setdefault(task.node, set()).add(task.task_id)
@@ -181,10 +190,12 @@ class Cluster:
         node = self.nodes.get(report.name)
         effects: list[Effect] = []
         if node is None:
-            node = Node(report.name, CoreSet(report.core_ids), report.memory_bytes, NodeState.ONLINE, now)
+            node = Node(report.name, CoreSet(report.core_ids), report.memory_bytes, NodeState.ONLINE, now,
+                        queues_ahead=report.queues_ahead)
             self.nodes[node.name] = node
             return [NodeChanged(node)]
         node.last_heartbeat = now
+        node.queues_ahead = report.queues_ahead
         if node.cores.offered != tuple(sorted(set(report.core_ids))) or node.memory_bytes != report.memory_bytes:
             self._resize(node, report)
             effects.append(NodeChanged(node))
@@ -198,13 +209,13 @@ class Cluster:
     def _resize(self, node: Node, report: NodeReport) -> None:
         """A runner restarted with other cores; tasks still running on cores it no longer offers
         keep them until they end (retiring), so no core is handed out twice."""
-        held = {i for task_id in node.task_ids for i in self.tasks[task_id].core_ids}
+        users = Counter(i for task_id in node.task_ids for i in self.tasks[task_id].core_ids)
         offered = set(report.core_ids)
-        node.cores = CoreSet(offered | held)
+        node.cores = CoreSet(offered | set(users))
         node.memory_bytes = report.memory_bytes
-        for task_id in node.task_ids:
-            node.cores.take_exact(self.tasks[task_id].core_ids)
-        node.cores.retire(held - offered)
+        node.cores.take_exact(users)
+        node.queued = {core: n - 1 for core, n in users.items() if n > 1}
+        node.cores.retire(set(users) - offered)
 
     def _recover_lost(self, node: Node, held: set[str], now: float, returning: bool) -> list[Effect]:
         """Lost tasks the node still holds are running again (their result follows). One it does
@@ -245,7 +256,10 @@ class Cluster:
         orders, effects = Orders(), []
         if node is None or node.state is NodeState.OFFLINE:
             return orders, effects
-        for task_id in sorted(node.task_ids, key=lambda i: self.tasks[i].submitted_at):
+        if node.queues_ahead and self.ahead_wait > 0:
+            orders.wait_limit = self.ahead_wait
+        # in queue order: the node keeps that order among the tasks queued behind one core
+        for task_id in sorted(node.task_ids, key=self.rank.__getitem__):
             task = self.tasks[task_id]
             key = task.run_key
             if task.kill_requested and key in held:
@@ -297,13 +311,35 @@ class Cluster:
             return [TaskChanged(task)] if note_late(task, event, event.state) else []
         if task is None or task.node != node_name:
             return []
+        if event.returned:
+            return self._handed_back(task, event.finished_at)
         if task.state is TaskState.LOST:
             self.lost.get(node_name, set()).discard(task.task_id)
         _note_start(task, event)
+        if task.batch_id and task.started_at is not None and event.state is TaskState.COMPLETED:
+            self.short.ran(task.batch_id, event.finished_at - task.started_at)
         task.exit_code, task.signal = event.exit_code, event.signal
         task.cpu_user_seconds, task.cpu_system_seconds = event.cpu_user_seconds, event.cpu_system_seconds
         task.max_rss_bytes = event.max_rss_bytes
         return self._end_attempt(task, event.state, event.finished_at, event.error)
+
+    def _handed_back(self, task: Task, now: float) -> list[Effect]:
+        """Queued ahead, the task waited too long for its core there and never ran: back to the
+        queue in its place, the same attempt (it was not one), its batch no longer queued ahead."""
+        if task.state not in (TaskState.ASSIGNING, TaskState.RUNNING, TaskState.LOST):
+            return []
+        self.short.returned(task.batch_id)
+        if task.kill_requested:
+            return self._finish(task, TaskState.KILLED, now, error="killed by user before it started")
+        if task.state is TaskState.LOST:
+            self.lost.get(task.node, set()).discard(task.task_id)
+            self.batches.lost_is_back(task)
+        check_transition(task.state, TaskState.PENDING)
+        effects = [TaskChanged(task), *self._release(task)]
+        task.state, task.node, task.core_ids = TaskState.PENDING, "", ()
+        task.started_at, task.error = None, ""
+        self._enqueue(task)
+        return effects
 
     def on_tick(self, now: float) -> list[Effect]:
         """Nodes silent for longer than the heartbeat timeout go offline; their tasks are lost."""
@@ -350,7 +386,43 @@ class Cluster:
             self._hold(task, node)
             effects.append(TaskChanged(task))
             woken.add(node.name)
+        effects += self._queue_ahead(woken)
         effects += [OrdersReady(name) for name in sorted(woken)]
+        return effects
+
+    def _queue_ahead(self, woken: set[str]) -> list[Effect]:
+        """Queue the short batch tasks at the head of the queue behind busy cores (core/ahead.py).
+
+        Runs after placement on free cores, so only when no free core is left for them; stops
+        at the first task that may not wait, which therefore keeps its place at the head.
+        """
+        if self.ahead_wait <= 0 or not self.queue:
+            return []
+        head = self.tasks[next(iter(self.queue))]
+        if not ahead.may_wait(head, self.short):
+            return []
+        slots = ahead.open_slots(n for n in self.nodes.values() if n.queues_ahead and n.state is NodeState.ONLINE)
+        picked: list[Task] = []
+        room = ahead.room(slots)
+        for task_id in self.queue:
+            task = self.tasks[task_id]
+            if len(picked) == room or not ahead.may_wait(task, self.short):
+                break
+            picked.append(task)
+        effects: list[Effect] = []
+        for task in picked:
+            queued, name, core = heapq.heappop(slots)
+            node = self.nodes[name]
+            self.queue.remove(task.task_id)
+            check_transition(task.state, TaskState.ASSIGNING)
+            task.state, task.node, task.core_ids = TaskState.ASSIGNING, name, (core,)
+            node.queued[core] = queued + 1
+            self._hold(task, node)
+            if queued + 1 < ahead.DEPTH:
+                heapq.heappush(slots, (queued + 1, name, core))
+            effects.append(TaskChanged(task))
+            woken.add(name)
+        self.queued_ahead_total += len(picked)
         return effects
 
     def _request(self, task_id: str) -> Request:
@@ -389,8 +461,30 @@ class Cluster:
                 del self.batch_running[task.batch_id]
             self.queue.admit(task.batch_id, task.throttle, self.batch_running.get(task.batch_id, 0))
         total = node.total_cores
-        node.cores.give_back(task.core_ids)
+        node.cores.give_back(self._vacate(node, task.core_ids))
         return [NodeChanged(node)] if node.total_cores != total else []  # it held cores its node no longer offers
+
+    def _queue_behind(self, task: Task, node: Node) -> bool:
+        """Restoring a one-core task whose core another task uses: it was queued ahead behind it."""
+        if len(task.core_ids) != 1 or task.core_ids[0] not in node.cores.offered:
+            return False
+        core = task.core_ids[0]
+        node.queued[core] = node.queued.get(core, 0) + 1
+        return True
+
+    @staticmethod
+    def _vacate(node: Node, core_ids: tuple[int, ...]) -> list[int]:
+        """A task leaves these cores: those with a task queued behind stay taken (by it); the rest are free."""
+        free = []
+        for core in core_ids:
+            behind = node.queued.get(core, 0)
+            if behind > 1:
+                node.queued[core] = behind - 1
+            elif behind:
+                del node.queued[core]
+            else:
+                free.append(core)
+        return free
 
     def _reclaim(self, task: Task) -> bool:
         node = self.nodes[task.node]

@@ -46,6 +46,8 @@ class NodeReport:
     name: str
     core_ids: tuple[int, ...]
     memory_bytes: int = 0
+    #: its keeper holds launches for busy cores (core/ahead.py)
+    queues_ahead: bool = False
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,8 @@ class Finished:
     max_rss_bytes: int | None = None
     attempt: int = 1
     unix_user: str = ""
+    #: queued ahead, it waited too long for its core and was handed back unrun
+    returned: bool = False
 
     @property
     def state(self) -> TaskState:
@@ -97,6 +101,8 @@ class Orders:
     launch: list[Task] = field(default_factory=list)
     #: run keys (model.run_key) of the attempts to end
     kill: list[str] = field(default_factory=list)
+    #: to a node that queues ahead: seconds a launch may wait there for busy cores
+    wait_limit: float | None = None
 
     def __bool__(self) -> bool:
         return bool(self.launch or self.kill)

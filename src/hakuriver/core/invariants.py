@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import TYPE_CHECKING
 
+from hakuriver.core.ahead import DEPTH
 from hakuriver.core.states import TaskState
 
 if TYPE_CHECKING:
@@ -11,20 +13,24 @@ if TYPE_CHECKING:
 
 
 def check_invariants(c: Cluster) -> None:
-    """Disjoint core sets, free + used = total, every holding task on its node, every
+    """Disjoint core sets (but for tasks queued ahead, counted), free + used = total, every holding task on its node, every
     pending task either queued or waiting on a dependency that can still complete, and
     the throttles' counts true."""
     running: dict[str, int] = {}
     for node in c.nodes.values():
-        used: set[int] = set()
+        users: Counter[int] = Counter()
         for task_id in node.task_ids:
             task = c.tasks[task_id]
             assert task.state.holds_cores, f"{task_id} is {task.state.value} on {node.name}"
             assert task.node == node.name, f"{task_id} is on {task.node}, listed on {node.name}"
-            assert not used & set(task.core_ids), f"cores {sorted(used & set(task.core_ids))} shared"
-            used |= set(task.core_ids)
+            users.update(task.core_ids)
             if task.throttle:
                 running[task.batch_id] = running.get(task.batch_id, 0) + 1
+        # a core is shared only by the tasks queued ahead behind the one using it (core/ahead.py)
+        shared = {core: n - 1 for core, n in users.items() if n > 1}
+        assert shared == node.queued, f"cores shared {shared}, but {node.queued} queued ahead on {node.name}"
+        assert all(n <= DEPTH for n in shared.values()), f"a core's queue on {node.name} is past its bound"
+        used = set(users)
         assert len(used) + node.free_cores == node.total_cores, f"core count broken on {node.name}"
         assert not used & set(node.cores.free_ids()), f"taken cores listed free on {node.name}"
     assert running == c.batch_running, f"throttle counts {c.batch_running} but {running} hold cores"

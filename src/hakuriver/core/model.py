@@ -104,8 +104,12 @@ class Node:
     memory_bytes: int = 0
     state: NodeState = NodeState.OFFLINE
     last_heartbeat: float = 0.0
-    #: IDs of the tasks holding cores here (assigning or running)
+    #: IDs of the tasks holding cores here (assigning or running), those queued ahead too
     task_ids: set[str] = field(default_factory=set)
+    #: per busy core, the tasks queued behind the one using it (core/ahead.py); absent = none
+    queued: dict[int, int] = field(default_factory=dict)
+    #: its keeper holds launches for busy cores: tasks may be queued ahead here
+    queues_ahead: bool = False
 
     @property
     def total_cores(self) -> int:
@@ -114,3 +118,8 @@ class Node:
     @property
     def free_cores(self) -> int:
         return self.cores.free_count
+
+    @property
+    def running_tasks(self) -> int:
+        """Tasks using cores here now, not counting those queued behind them."""
+        return len(self.task_ids) - sum(self.queued.values())

@@ -57,7 +57,7 @@ def task_view(t: Task, pending_reason: str = "") -> p.TaskView:
 def node_view(n: Node) -> p.NodeView:
     return p.NodeView(
         name=n.name, state=n.state.value, total_cores=n.total_cores, free_cores=n.free_cores,
-        running_tasks=len(n.task_ids), memory_bytes=n.memory_bytes, last_heartbeat=n.last_heartbeat,
+        running_tasks=n.running_tasks, memory_bytes=n.memory_bytes, last_heartbeat=n.last_heartbeat,
     )
 
 
@@ -70,10 +70,10 @@ def finished_event(f: p.TaskFinished) -> Finished:
 
 
 def orders_message(orders: Orders) -> p.Orders:
-    return p.Orders(launch=[launch_order(t) for t in orders.launch], kill=orders.kill)
+    return p.Orders(launch=[launch_order(t, orders.wait_limit) for t in orders.launch], kill=orders.kill)
 
 
-def launch_order(t: Task) -> p.LaunchOrder:
-    values = {f: _view_value(getattr(t, f)) for f in p.LaunchOrder._fields if f != "earlier_output"}
-    return p.LaunchOrder(**values, earlier_output=earlier_output(t) if t.attempts else 0)
+def launch_order(t: Task, wait_limit: float | None = None) -> p.LaunchOrder:
+    values = {f: _view_value(getattr(t, f)) for f in p.LaunchOrder._fields if f not in ("earlier_output", "wait_limit")}
+    return p.LaunchOrder(**values, earlier_output=earlier_output(t) if t.attempts else 0, wait_limit=wait_limit)
 

@@ -30,7 +30,7 @@ from typing import Any
 from hakuriver import protocol as p
 from hakuriver.core.cluster import Cluster
 from hakuriver.core.model import Task
-from hakuriver.core.states import NodeState
+from hakuriver.core.states import NodeState, TaskState
 
 #: seconds: the fastest a change reaches the pages
 TICK = 0.25
@@ -168,13 +168,14 @@ class Live:
         for task_id in node.task_ids:
             task = self.cluster.tasks.get(task_id)
             if task is not None:
-                for core in task.core_ids:
-                    holder[core] = (task_id, task.name)
+                for core in task.core_ids:  # of a core with tasks queued behind it, the one running there
+                    if core not in holder or task.state is TaskState.RUNNING:
+                        holder[core] = (task_id, task.name)
         cores = [{"id": c, "task_id": holder.get(c, ("", ""))[0] or None, "name": holder.get(c, ("", ""))[1]}
                  for c in node.cores.all]
         return {"name": node.name, "state": node.state.value, "memory_bytes": node.memory_bytes,
                 "last_heartbeat": node.last_heartbeat, "total_cores": node.total_cores, "free_cores": node.free_cores,
-                "running_tasks": len(node.task_ids), "cores": cores}
+                "running_tasks": node.running_tasks, "cores": cores}
 
 
 class _LogFollower:

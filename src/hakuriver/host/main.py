@@ -11,6 +11,7 @@ import sys
 
 from hakuriver.cli_common import OneLineParser, add_config_flag, config_or_exit, fail
 from hakuriver.config import Config
+from hakuriver.core import ahead
 from hakuriver.core.cluster import Cluster
 from hakuriver.credentials import CredentialError
 from hakuriver.host.auth import first_start
@@ -137,7 +138,8 @@ async def _serve(config: Config, store: Store, sock: socket.socket, cluster_key:
     from hakuriver.host.auth import Authenticator
     from hakuriver.host.service import HostService
 
-    service = HostService(Cluster(config.timing.heartbeat_timeout), store,
+    service = HostService(Cluster(config.timing.heartbeat_timeout, ahead.wait_limit(config.timing.heartbeat_interval,
+                                                                           config.timing.heartbeat_timeout_factor)), store,
                           default_time_limit=config.tasks.default_time_limit_seconds)
     service.restore()
     server = uvicorn.Server(

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from hakuriver.core.cluster import Cluster
@@ -78,7 +78,8 @@ class Metrics:
             active[task.state.value] = active.get(task.state.value, 0) + 1
         nodes = [(n.name, n.total_cores, n.total_cores - n.free_cores, n.state is NodeState.ONLINE)
                  for n in self.cluster.nodes.values()]
-        return {"active": active, "nodes": nodes, "queue": len(self.cluster.queue)}
+        return {"active": active, "nodes": nodes, "queue": len(self.cluster.queue),
+                "queued_ahead": self.cluster.queued_ahead_total}
 
     def render(self, sample: dict[str, Any]) -> bytes:
         """The text of a scrape (a worker thread's job: it may read the database)."""
@@ -97,7 +98,7 @@ _IN_MEMORY = frozenset(s for s in TaskState if not s.is_final or s is TaskState.
 
 class _Gauges(Collector):
     def __init__(self) -> None:
-        self.sample: dict[str, Any] = {"active": {}, "nodes": [], "queue": 0, "finals": {}}
+        self.sample: dict[str, Any] = {"active": {}, "nodes": [], "queue": 0, "queued_ahead": 0, "finals": {}}
 
     def describe(self) -> list[Any]:
         return []  # read at collect time only: nothing to check at registration
@@ -110,6 +111,8 @@ class _Gauges(Collector):
             tasks.add_metric([state.value], counts.get(state.value, 0))
         yield tasks
         yield GaugeMetricFamily("hakuriver_queue_length", "Tasks waiting for cores", value=s["queue"])
+        yield CounterMetricFamily("hakuriver_tasks_queued_ahead", "Tasks queued on a node behind a busy core since "
+                                  "the host started", value=s["queued_ahead"])
         total = GaugeMetricFamily("hakuriver_node_cores", "Cores a node offers", labels=["node"])
         used = GaugeMetricFamily("hakuriver_node_cores_used", "Cores of a node held by tasks", labels=["node"])
         for name, cores, taken, _ in s["nodes"]:

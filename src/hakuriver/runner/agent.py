@@ -26,6 +26,9 @@ log = logging.getLogger("hakuriver.runner")
 REPORT_BATCH = 2000
 #: seconds a report waits for more results while other tasks of this node are running
 LINGER = 0.004
+#: ... and while tasks are queued ahead here: their cores never wait for the host's answer, so a
+#: report may gather the results of many (core/ahead.py queues enough for this long)
+LINGER_AHEAD = 0.02
 #: seconds the results loop waits for the keeper when there is nothing to report
 IDLE_POLL = 1.0
 
@@ -145,7 +148,8 @@ class Agent:
             self.supervisor.flush_forgets()
             self._sync_key(conn)
             held, ending = self.held_and_ending()
-            hb = p.Heartbeat(node=self.node, held=held, wait=self.interval, ending=ending)
+            node = self.node.replace(queues_ahead=self.supervisor.queues_ahead)
+            hb = p.Heartbeat(node=node, held=held, wait=self.interval, ending=ending)
             try:
                 # the host holds the request up to `wait`; an answer later than that means a dead link
                 raw = conn.call("POST", p.RUNNER_HEARTBEAT, p.encode(hb), timeout=2 * self.interval + 2)
@@ -233,7 +237,8 @@ class Agent:
         retry = max(0.0, retry_at - now)
         if results and self.supervisor.running_count() == 0:
             return retry
-        return max(retry, self._waiting_since + LINGER - now)
+        linger = LINGER_AHEAD if self.supervisor.waiting_count() else LINGER
+        return max(retry, self._waiting_since + linger - now)
 
     def run(self, taken_over: list[p.TaskStarted]) -> None:
         """Serve until stopped; `taken_over` are the running tasks an earlier runner process left."""

@@ -5,14 +5,17 @@ lose the status of every task that ends while the runner is down (a crash, an up
 per-task `sh` wrapper that writes the status to a file costs a second program start per task,
 more than the task itself when the task is short. The keeper is the middle way: it runs in its
 own session, spawns each task pinned to its cores (as its owner's Unix user when the runner is
-root: spawn.py), reaps it, appends its exit to a log on node-local disk, and tells the runner.
-It outlives the runner and serves the next one; it exits once no runner is connected and no
-task is left.
+root: spawn.py), reaps it, appends its exit to a log on node-local disk (keeper_exits.py), and
+tells the runner. It outlives the runner and serves the next one; it exits once no runner is
+connected and no task is left or waiting.
 
 The runner reaches it through keeper_link.py, over the wire of keeper_wire.py (a Unix socket in
 the runner's state folder). It also enforces time limits, so that they hold while the runner or
-the host is down. The runner's journal stays the authority on which tasks exist:
-the keeper only ever holds what the runner asked it to run and the exits not yet forgotten.
+the host is down. A spawn may come for cores still busy (work queued ahead): the keeper holds it
+(keeper_lines.py), starts it the moment its cores free, without a round trip to the runner, and
+hands it back if it waits past its wait limit. The runner's journal stays the authority on which
+tasks exist: the keeper only ever holds what the runner asked it to run and the exits not yet
+forgotten.
 
     python -m hakuriver.runner.keeper STATE_DIR     (started by the runner; not a user command)
 """
@@ -36,19 +39,18 @@ import time
 
 import msgspec
 
-from hakuriver.runner.keeper_wire import (RECV_SIZE, Exit, Forget, Hello, Kill, Spawn, State, ToKeeper, encode_lines,
-                                          exit_of, socket_address)
+from hakuriver.runner.keeper_exits import ExitsLog
+from hakuriver.runner.keeper_lines import CoreLines
+from hakuriver.runner.keeper_wire import (RECV_SIZE, Began, Exit, Forget, Hello, Kill, Spawn, State, ToKeeper,
+                                          encode_lines, exit_of, socket_address)
 from hakuriver.runner.spawn import Starter, base_env, hand_over, open_outputs
 
 log = logging.getLogger("hakuriver.keeper")
 
-LOCK_NAME, EXITS_NAME = "keeper.lock", "exits"
+LOCK_NAME = "keeper.lock"
 #: seconds the keeper stays with no runner connected and no task left (a restarting runner comes back sooner)
 IDLE_EXIT = 5.0
-#: the exits log is rewritten with only the unforgotten exits once it holds this many lines beyond them
-EXITS_LOG_SLACK = 10_000
 _to_keeper = msgspec.json.Decoder(ToKeeper).decode
-_exit_line = msgspec.json.Decoder(Exit).decode
 
 
 def _limit_reached(limit: float) -> str:
@@ -78,8 +80,10 @@ class Keeper:
         self._killed_usage: dict[str, Exit] = {}
         #: (deadline on the monotonic clock, task) of tasks with a time limit, soonest first
         self._deadlines: list[tuple[float, str, float, float]] = []
-        #: exits the runner has not forgotten yet (also in the exits log)
-        self.exits: dict[str, Exit] = {}
+        #: spawns that named cores: the cores in use, and the spawns waiting for theirs
+        self.lines = CoreLines()
+        #: when the started tasks among them started (wall time), for their Exit
+        self._started_at: dict[str, float] = {}
         self._posted: queue.SimpleQueue[Exit] = queue.SimpleQueue()
         self._starter = Starter()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -88,11 +92,11 @@ class Keeper:
         self.conn: socket.socket | None = None
         self._inbox = b""
         self._outbox = bytearray()
-        self._exits_path = os.path.join(state_dir, EXITS_NAME)
-        self._exits_lines = 0
-        self._exits_fd = -1
-        self._load_exits()
-        self._exits_fd = os.open(self._exits_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        #: while the messages of one read are handled: what they cause goes out in one write, after
+        self._batching = False
+        self.exits_log = ExitsLog(state_dir)
+        #: exits the runner has not forgotten yet (the log's, in memory)
+        self.exits = self.exits_log.exits
         self.sel = selectors.DefaultSelector()
 
     # ---- the loop ----------------------------------------------------------------------------
@@ -108,13 +112,13 @@ class Keeper:
         while True:
             self._reap()
             self._collect_posted()
-            if self.conn is not None or self.pids or self.killing:
+            if self.conn is not None or self.pids or self.killing or self.lines:
                 idle_since = time.monotonic()
             elif time.monotonic() - idle_since >= IDLE_EXIT and not select.select([listener], [], [], 0)[0]:
                 # (a runner that connected just now is served first, not left with a closed socket)
                 log.info("no runner and no task left: keeper exits")
                 return
-            for key, mask in self.sel.select(timeout=self._expire_due()):
+            for key, mask in self.sel.select(timeout=min(self._expire_due(), self._withdraw_due())):
                 key.data(mask)
 
     def _woken(self, _mask: int) -> None:
@@ -137,7 +141,8 @@ class Keeper:
         # one runner at a time: the next is accepted once this one is gone and fully read
         self.sel.unregister(self.listener)
         self.sel.register(conn, selectors.EVENT_READ, self._on_conn)
-        self._send([State(running=list(self.pids), exits=list(self.exits.values()), limits=True, users=True)])
+        self._send([State(running=list(self.pids), exits=list(self.exits.values()), limits=True, users=True,
+                          queues=True, waiting=self.lines.waiting)])
 
     def _on_conn(self, mask: int) -> None:
         if mask & selectors.EVENT_WRITE:
@@ -155,6 +160,7 @@ class Keeper:
             return
         lines = (self._inbox + data).split(b"\n")
         self._inbox = lines.pop()
+        self._batching = True
         for line in lines:
             try:
                 self._handle(_to_keeper(line))
@@ -162,6 +168,9 @@ class Keeper:
                 log.warning("ignoring a malformed message from the runner")
             except Exception:  # the keeper parents every task of the node: it must not die of one message
                 log.exception("could not handle a message from the runner")
+        self._batching = False
+        if self._outbox and self.conn is not None:
+            self._flush()
 
     def _drop_conn(self) -> None:
         if self.conn is None:
@@ -175,7 +184,8 @@ class Keeper:
         if self.conn is None:
             return  # kept in self.exits and the log: the next runner gets them in State
         self._outbox += encode_lines(messages)
-        self._flush()
+        if not self._batching:
+            self._flush()
 
     def _flush(self) -> None:
         assert self.conn is not None
@@ -196,18 +206,25 @@ class Keeper:
         if isinstance(msg, Spawn):
             self._spawn(msg)
         elif isinstance(msg, Forget):
-            self._forget(msg.task_ids)
+            self.exits_log.forget(msg.task_ids)
         elif isinstance(msg, Kill):
             self._kill(msg)
         elif isinstance(msg, Hello):
             self.env = msg.env
 
     def _spawn(self, msg: Spawn) -> None:
-        if msg.task_id in self.pids or msg.task_id in self.exits or msg.task_id in self.killing:
+        key = msg.task_id
+        if key in self.pids or key in self.killing or key in self.lines or (key in self.exits and not self.exits[key].returned):
             return  # a repeated order: never a second run
+        self.exits_log.drop(key)  # a spawn handed back, now given to this node again: a new run
+        if self.lines.add(msg, time.monotonic()):
+            self._settle([], [msg])
+
+    def _launch(self, msg: Spawn) -> Exit | None:
+        """Start it now (scratch folder, output files, process); its exit if it could not be started."""
         fds = self._files_for(msg)
-        if fds is None:
-            return
+        if isinstance(fds, str):
+            return Exit(msg.task_id, time.time(), not_started=True, error=fds)
         out_fd, err_fd = fds
         try:
             pid = self._starter.start(msg, base_env(self.env, msg.user) | msg.env, out_fd, err_fd)
@@ -215,32 +232,31 @@ class Keeper:
             problem = f"could not start {msg.argv[0]}: {exc.strerror or exc}"
             with contextlib.suppress(OSError):
                 os.write(err_fd, f"hakuriver: {problem}\n".encode())
-            self._not_started(msg.task_id, problem)
-            return
+            return Exit(msg.task_id, time.time(), not_started=True, error=problem)
         finally:
             os.close(out_fd)
             os.close(err_fd)
         self.pids[msg.task_id] = pid
         self._task_of[pid] = msg.task_id
-        if msg.time_limit is not None:
+        if msg.cores is not None:
+            self._started_at[msg.task_id] = time.time()
+        if msg.time_limit is not None:  # counted from the start, not from the Spawn's arrival
             heapq.heappush(self._deadlines, (time.monotonic() + msg.time_limit, msg.task_id, msg.time_limit, msg.grace))
+        return None
 
-    def _files_for(self, msg: Spawn) -> tuple[int, int] | None:
+    def _files_for(self, msg: Spawn) -> tuple[int, int] | str:
         """The task's scratch folder made and its output files open, all owned by the user it
-        runs as; None (and its exit recorded) if that could not be done."""
+        runs as; what went wrong if that could not be done."""
         try:
             os.mkdir(msg.scratch, 0o700)  # its user's alone: other users' tasks may run on this node
             self._scratch[msg.task_id] = msg.scratch  # (only once made: never remove a folder found there)
             hand_over(msg.scratch, msg.user)
         except OSError as exc:
-            self._not_started(msg.task_id, f"cannot create the task's temp folder {msg.scratch}: {exc.strerror}")
-            return None
+            return f"cannot create the task's temp folder {msg.scratch}: {exc.strerror}"
         try:
             return open_outputs(msg.stdout, msg.stderr, msg.user)
         except OSError as exc:
-            folder = os.path.dirname(msg.stdout)
-            self._not_started(msg.task_id, f"cannot write the task's output under {folder}: {exc.strerror}")
-            return None
+            return f"cannot write the task's output under {os.path.dirname(msg.stdout)}: {exc.strerror}"
 
     def _expire_due(self) -> float:
         """End the tasks whose time limit ran out; seconds until the next one is due (at most 1)."""
@@ -257,8 +273,15 @@ class Keeper:
                              daemon=True).start()
         return min(1.0, self._deadlines[0][0] - now) if self._deadlines else 1.0
 
-    def _not_started(self, task_id: str, problem: str) -> None:
-        self._record([Exit(task_id, time.time(), not_started=True, error=problem)])
+    def _withdraw_due(self) -> float:
+        """Hand back the waiting spawns whose wait limit ran out; seconds until the next is due (at most 1)."""
+        due = self.lines.withdraw_due(time.monotonic())
+        if due:
+            now = time.time()
+            self._settle([Exit(s.task_id, now, not_started=True, returned=True,
+                               error=f"handed back: waited {s.wait_limit:g}s behind a busy core") for s in due])
+        deadline = self.lines.next_deadline()
+        return 1.0 if deadline is None else min(1.0, max(0.0, deadline - time.monotonic()))
 
     def _remove_scratch(self, task_id: str) -> None:
         folder = self._scratch.pop(task_id, None)
@@ -271,17 +294,13 @@ class Keeper:
         except OSError:  # left files behind: removed off the loop, which must not wait on a big tree
             threading.Thread(target=shutil.rmtree, args=(folder,), kwargs={"ignore_errors": True}, daemon=True).start()
 
-    def _forget(self, task_ids: list[str]) -> None:
-        for task_id in task_ids:
-            self.exits.pop(task_id, None)
-        self._compact_exits_if_due()
-
     def _kill(self, msg: Kill) -> None:
         if msg.task_id in self.killing or msg.task_id in self.exits:
             return  # already being killed, or already ended: its exit stands
         pid = self.pids.get(msg.task_id)
-        if pid is None:  # never spawned here (the runner died between its journal and the keeper)
-            self._record([Exit(msg.task_id, time.time(), killed=True, not_started=True, error="killed by user")])
+        # waiting for its cores, or never spawned here (the runner died between its journal and the keeper)
+        if self.lines.drop(msg.task_id) is not None or pid is None:
+            self._settle([Exit(msg.task_id, time.time(), killed=True, not_started=True, error="killed by user")])
             return
         self.killing.add(msg.task_id)
         ended = Exit(msg.task_id, 0.0, killed=True, error="killed by user")
@@ -313,7 +332,7 @@ class Keeper:
                 ex.cpu_user_seconds, ex.cpu_system_seconds = reaped.cpu_user_seconds, reaped.cpu_system_seconds
                 ex.max_rss_bytes = reaped.max_rss_bytes
         if done:
-            self._record(done)
+            self._settle(done)
 
     # ---- children ----------------------------------------------------------------------------
     def _reap(self) -> None:
@@ -337,48 +356,31 @@ class Keeper:
                 continue  # killed, and its kill thread's exit already recorded (it saw the zombie as gone)
             ended.append(exit_of(task_id, status, usage, now))
         if ended:
-            self._record(ended)
+            self._settle(ended)
 
-    def _record(self, exits: list[Exit]) -> None:
-        """On local disk first (the runner may be gone), then to the runner if one is connected."""
+    def _settle(self, exits: list[Exit], starting: list[Spawn] | None = None) -> None:
+        """Record these exits (scratch folders removed, exits log), free their cores and start what
+        may start now (`starting` too); then tell the runner in one write: the exits, then a Began
+        for each start."""
+        ready = list(starting or ())
+        for ex in exits:
+            ready += self.lines.released(ex.task_id)
+        ready += self.lines.ready()  # behind a spawn that left its lines while it waited (handed back, killed)
+        began = []
+        for msg in ready:  # (the list grows: one that cannot start frees its cores at once)
+            failed = self._launch(msg)
+            if failed is not None:
+                exits.append(failed)
+                ready += self.lines.released(msg.task_id)
+            elif msg.cores is not None:
+                began.append(Began(msg.task_id, self._started_at[msg.task_id]))
         for ex in exits:
             self._remove_scratch(ex.task_id)
-        try:
-            os.write(self._exits_fd, encode_lines(exits))
-            self._exits_lines += len(exits)
-        except OSError as exc:
-            log.error("cannot append to %s (%s): these exits live in memory only", self._exits_path, exc.strerror)
-        for ex in exits:
-            self.exits[ex.task_id] = ex
-        self._compact_exits_if_due()
-        self._send(exits)
-
-    def _compact_exits_if_due(self) -> None:
-        if self._exits_lines > len(self.exits) + EXITS_LOG_SLACK:
-            self._rewrite_exits()
-
-    def _load_exits(self) -> None:
-        try:
-            with open(self._exits_path, "rb") as fh:
-                for line in fh:
-                    try:
-                        ex = _exit_line(line)
-                    except msgspec.DecodeError:
-                        continue  # a torn last line
-                    self.exits[ex.task_id] = ex
-        except FileNotFoundError:
-            return
-        self._rewrite_exits()
-
-    def _rewrite_exits(self) -> None:
-        tmp = self._exits_path + ".tmp"
-        with open(tmp, "wb") as fh:
-            fh.write(encode_lines(self.exits.values()))
-        os.replace(tmp, self._exits_path)
-        if self._exits_fd >= 0:
-            os.close(self._exits_fd)
-            self._exits_fd = os.open(self._exits_path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-        self._exits_lines = len(self.exits)
+            ex.started_at = self._started_at.pop(ex.task_id, None)  # (None but for a spawn that named cores)
+        if exits:
+            self.exits_log.append(exits)  # on local disk first: the runner may be gone
+        if exits or began:
+            self._send([*exits, *began])
 
 
 def main(argv: list[str] | None = None) -> None:

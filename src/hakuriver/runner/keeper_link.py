@@ -19,7 +19,7 @@ import time
 
 import msgspec
 
-from hakuriver.runner.keeper_wire import RECV_SIZE, Exit, FromKeeper, Hello, State, encode_lines, socket_address
+from hakuriver.runner.keeper_wire import RECV_SIZE, Began, Exit, FromKeeper, Hello, State, encode_lines, socket_address
 
 log = logging.getLogger("hakuriver.keeper")
 
@@ -91,8 +91,8 @@ class KeeperLink:
         with contextlib.suppress(OSError):
             self._wake_w.send(b"w")
 
-    def poll(self, timeout: float) -> list[Exit]:
-        """The exits the keeper sent, waiting up to `timeout` for some (or for `wake`)."""
+    def poll(self, timeout: float) -> list[Exit | Began]:
+        """The exits and starts the keeper sent, in its order, waiting up to `timeout` for some (or for `wake`)."""
         sock = self._sock
         if sock is None:
             raise KeeperGone("not connected to the keeper")
@@ -102,7 +102,7 @@ class KeeperLink:
                 self._wake_r.recv(4096)
         if sock not in readable:
             return []
-        return [m for m in self._read() if isinstance(m, Exit)]
+        return [m for m in self._read() if isinstance(m, (Exit, Began))]
 
     def _read(self) -> list[msgspec.Struct]:
         """The messages completed by one read (possibly none: a line can arrive in parts)."""

@@ -9,6 +9,12 @@ side builds the decoder for what it receives (ToKeeper, FromKeeper).
 The runner talks to the keeper over a Unix socket in the runner's state folder (mode 0700: only
 this user), one JSON message per line. The keeper's `task_id` is the attempt's run key (the task
 ID, ".N" added for attempt N >= 2): each attempt is a run of its own there.
+
+A Spawn that names its `cores` may be sent while those cores are still busy (work queued ahead:
+docs/design-queued-ahead.md): the keeper holds it and starts it once they free, first come first
+served per core (keeper_lines.py), tells the runner with a Began, and hands it back (an Exit with
+`returned`) if it waited past its `wait_limit`. A keeper of an earlier release ignores `cores` and
+starts every Spawn at once; its State says so (no `queues`).
 """
 
 from __future__ import annotations
@@ -51,6 +57,11 @@ class Spawn(msgspec.Struct, tag="spawn", omit_defaults=True):
     grace: float = 0.0
     #: the user to run it as, when not the keeper's own (its output and scratch folder are given to it too)
     user: RunAs | None = None
+    #: the task's logical core IDs: it starts once no started task and no earlier waiting spawn uses any of
+    #: them, and a Began says when. None: started at once (a runner of an earlier release sends none)
+    cores: list[int] | None = None
+    #: seconds it may wait for its cores before the keeper hands it back (Exit.returned); None = no limit
+    wait_limit: float | None = None
 
 
 class Kill(msgspec.Struct, tag="kill"):
@@ -79,10 +90,22 @@ class Exit(msgspec.Struct, tag="exit", omit_defaults=True):
     cpu_user_seconds: float | None = None
     cpu_system_seconds: float | None = None
     max_rss_bytes: int | None = None
+    #: withdrawn before it started, its wait_limit run out (with not_started): the runner hands it back
+    returned: bool = False
+    #: wall time at which its process was started, for a Spawn that named `cores` and did start
+    started_at: float | None = None
+
+
+class Began(msgspec.Struct, tag="began"):
+    """A Spawn that named `cores` has been started: at once, or later once its cores freed."""
+
+    task_id: str
+    #: wall time (time.time())
+    started_at: float
 
 
 class State(msgspec.Struct, tag="state"):
-    """The keeper's answer to Hello: what it runs, and the exits the runner has not forgotten."""
+    """The keeper's answer to Hello: what it runs (started), what waits, and the exits the runner has not forgotten."""
 
     running: list[str]
     exits: list[Exit]
@@ -91,10 +114,14 @@ class State(msgspec.Struct, tag="state"):
     #: it runs a task as the user its Spawn names (one of an earlier release ignores `user`: it would run
     #: the task as itself, as root, so the runner does not give it such tasks)
     users: bool = False
+    #: it honours Spawn.cores and wait_limit and sends Began (one of an earlier release starts every Spawn at once)
+    queues: bool = False
+    #: run keys of spawns accepted and still waiting for their cores (not in `running`)
+    waiting: list[str] = msgspec.field(default_factory=list)
 
 
 ToKeeper = Hello | Spawn | Kill | Forget
-FromKeeper = State | Exit
+FromKeeper = State | Exit | Began
 _encode = msgspec.json.Encoder().encode
 
 

@@ -28,7 +28,7 @@ from hakuriver.core.model import run_key
 from hakuriver.runner import launch, task_files
 from hakuriver.runner.journal import TaskRecord
 from hakuriver.runner.keeper_link import KeeperGone, KeeperLink
-from hakuriver.runner.keeper_wire import Exit, Forget, Kill, Spawn, State
+from hakuriver.runner.keeper_wire import Began, Exit, Forget, Kill, Spawn, State
 from hakuriver.runner.outbox import Outbox
 from hakuriver.runner.spawn import RunAs
 
@@ -91,6 +91,11 @@ class Supervisor:
         self._keeper_users = True
         #: the Unix user of each attempt being launched, by run key: from `_prepare` to its journal record
         self._unix_users: dict[str, str] = {}
+        #: the keeper holds a launch whose cores are busy and says when it begins (core/ahead.py); False
+        #: for a keeper of an earlier release, which starts each at once: then nothing is queued ahead here
+        self.queues_ahead = False
+        #: launched, not begun: waiting in the keeper for their cores, or their Began not read yet
+        self._unbegun: set[str] = set()
 
     # ---- queries -------------------------------------------------------------------------
     def held(self) -> set[str]:
@@ -107,6 +112,11 @@ class Supervisor:
         with self._lock:
             return len(self._records)
 
+    def waiting_count(self) -> int:
+        """Launched tasks that have not begun: queued ahead behind a busy core (or about to begin)."""
+        with self._lock:
+            return len(self._unbegun)
+
     # ---- the keeper ----------------------------------------------------------------------
     def start(self) -> list[p.TaskStarted]:
         """Connect to this node's keeper (starting it if needed) and take over what an earlier
@@ -121,7 +131,7 @@ class Supervisor:
         the host without a hand-off between threads.
         """
         try:
-            exits = self.keeper.poll(timeout)
+            messages = self.keeper.poll(timeout)
         except KeeperGone as exc:
             log.error("%s; starting a new keeper", exc)
             try:
@@ -131,8 +141,24 @@ class Supervisor:
                 log.error("%s; retrying in a second", again)
                 time.sleep(1.0)
             return
+        exits = []
+        for msg in messages:  # in the keeper's order: a task's Began before its Exit
+            if isinstance(msg, Began):
+                self._began(msg)
+            else:
+                exits.append(msg)
         if exits:
             self._exited(exits)
+
+    def _began(self, msg: Began) -> None:
+        """A launch the keeper held (or started at once) has begun: now it is reported started."""
+        with self._lock:
+            rec = self._records.get(msg.task_id)
+            self._unbegun.discard(msg.task_id)
+            if rec is None:
+                return
+            rec.started_at = msg.started_at
+        self.on_started(self._started(rec))
 
     def wake(self) -> None:
         """Make a `pump` in progress return now (there is something to report)."""
@@ -148,18 +174,21 @@ class Supervisor:
                         "Unix users; such tasks fail until it is replaced (stop the runner until no task runs "
                         "here, then start it)")
         self._keeper_users = state.users
+        self.queues_ahead = state.queues
         if not state.limits:
             self._ensure_watch()
         self._exited(state.exits)
-        running = set(state.running)
+        waiting = set(state.waiting)  # queued ahead in the keeper: held here, reported once begun
+        running = set(state.running) | waiting
         with self._lock:
             live = [rec for rec in self._records.values() if rec.key in running]
             lost = [rec for rec in self._records.values() if rec.key not in running and rec.key not in self._orphans]
+            self._unbegun = waiting & set(self._records)
         self._send([Kill(rec.key, self.setup.kill_grace) for rec in live if rec.killing])
         adopted = live + [rec for rec in lost if self._adopt_orphan(rec)]
         if adopted:
-            log.info("took over %d running tasks", len(adopted))
-        return [self._started(rec) for rec in adopted]
+            log.info("took over %d tasks (%d of them waiting for their cores)", len(adopted), len(waiting))
+        return [self._started(rec) for rec in adopted if rec.key not in waiting]
 
     def _send(self, messages: list) -> None:  # noqa: ANN001 - keeper messages
         """To the keeper, with the exits it may forget riding along (see `flush_forgets`)."""
@@ -223,9 +252,11 @@ class Supervisor:
                                       attempt=order.attempt, time_limit=order.time_limit,
                                       unix_user=self._unix_users.pop(key)))
             spawns.append(spawn)
+        held = {spawn.task_id for spawn in spawns if spawn.cores is not None}  # may wait in the keeper for their cores
         with self._lock:
             self.journal.launched(records)  # before the keeper hears of them: never a second launch
-        started = [self._started(rec) for rec in records]  # before a short task's result may come in
+            self._unbegun.update(held)  # reported started on the keeper's Began, when each really begins
+        started = [self._started(rec) for rec in records if rec.key not in held]  # before a short task's result may come in
         self._send(spawns)
         for event in started:
             self.on_started(event)
@@ -254,8 +285,11 @@ class Supervisor:
         cpus = s.physical(order.core_ids)
         path, argv = launch.task_argv(program, order.command, order.args, cpus=cpus, numactl=s.numactl_path)
         limit = order.time_limit if self._keeper_limits else None  # else the runner's watch keeps it
+        # to a host that queues ahead here: the keeper keeps each core's tasks in order, one at a time
+        queued = self.queues_ahead and order.wait_limit is not None
         return Spawn(run_key(order.task_id, order.attempt), path, argv, env, cwd, paths.stdout, paths.stderr,
-                     paths.temp_dir, None if s.numactl_path else cpus, limit, s.kill_grace, user), ""
+                     paths.temp_dir, None if s.numactl_path else cpus, limit, s.kill_grace, user,
+                     cores=list(order.core_ids) if queued else None, wait_limit=order.wait_limit if queued else None), ""
 
     def _who(self, owner: str) -> tuple[launch.Account | None, RunAs | None, str]:
         """The account a task of `owner` runs as (None: the runner's own), the user the keeper is
@@ -286,6 +320,7 @@ class Supervisor:
         with self._lock:
             for ex in exits:
                 rec = self._records.get(ex.task_id)
+                self._unbegun.discard(ex.task_id)
                 if rec is not None:  # else journaled before a runner restart: only the keeper's copy was left
                     results.append(self._result(rec, ex))
         if results:
@@ -298,10 +333,11 @@ class Supervisor:
             self._timed_out.discard(rec.key)
             ex = msgspec.structs.replace(ex, killed=False, timed_out=True, error=_limit_reached(rec))
         return p.TaskFinished(rec.task_id, ex.ended_at, exit_code=ex.exit_code, signal=ex.signal, error=ex.error,
-                              killed=ex.killed, started_at=None if ex.not_started else rec.started_at,
+                              killed=ex.killed, started_at=None if ex.not_started else ex.started_at or rec.started_at,
                               stdout_path=rec.stdout, stderr_path=rec.stderr, cpu_user_seconds=ex.cpu_user_seconds,
                               cpu_system_seconds=ex.cpu_system_seconds, max_rss_bytes=ex.max_rss_bytes,
-                              timed_out=ex.timed_out, attempt=rec.attempt, unix_user=self._ran_as(rec))
+                              timed_out=ex.timed_out, attempt=rec.attempt, unix_user=self._ran_as(rec),
+                              returned=ex.returned)
 
     # ---- kill ----------------------------------------------------------------------------
     def kill(self, key: str) -> None:

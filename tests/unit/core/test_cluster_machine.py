@@ -89,6 +89,8 @@ from hakuriver.core.states import PROBLEM_STATES, RETRIED_STATES, TRANSITIONS, N
 
 T = TypeVar("T")
 TIMEOUT = 30.0
+#: seconds a task queued ahead may wait on its node (core/ahead.py)
+AHEAD_WAIT = 5.0
 NODES = ("a", "b", "c")
 ACTIVE = frozenset({TaskState.PENDING, TaskState.ASSIGNING, TaskState.RUNNING, TaskState.LOST})
 #: how a process can end on its own: (exit_code, signal, error)
@@ -130,7 +132,9 @@ class Runner:
     """A simulated runner: the attempts it holds by run key (launched, or ended with the result not yet delivered)."""
 
     cores: int
-    #: launched and not yet ended, with the order as it came over the wire
+    #: its keeper holds launches for busy cores: it may be given tasks queued ahead
+    ahead: bool = False
+    #: launched and not yet ended, with the order as it came over the wire (in that order)
     running: dict[str, Task] = field(default_factory=dict)
     started: set[str] = field(default_factory=set)
     killing: set[str] = field(default_factory=set)
@@ -146,8 +150,18 @@ class Runner:
         return frozenset(self.killing | set(self.results))
 
     def live(self) -> set[str]:
-        """Attempts whose process runs on and is not being killed."""
+        """Attempts whose process runs on (or waits for its cores) and is not being killed."""
         return set(self.running) - self.killing
+
+    def waiting(self) -> set[str]:
+        """Launched, not started: a core of theirs is used by an attempt launched before (queued ahead)."""
+        busy: set[int] = set()
+        waiting = set()
+        for key, task in self.running.items():
+            if busy & set(task.core_ids):
+                waiting.add(key)
+            busy |= set(task.core_ids)
+        return waiting
 
     def forget(self) -> None:
         """The machine rebooted: every process and undelivered result is gone."""
@@ -180,7 +194,7 @@ class ClusterMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.now = 0.0
-        self.cluster = Cluster(TIMEOUT)
+        self.cluster = Cluster(TIMEOUT, AHEAD_WAIT)
         self.runners: dict[str, Runner] = {}
         #: what the host would have persisted, from the effects alone
         self.store_tasks: dict[str, Task] = {}
@@ -269,7 +283,7 @@ class ClusterMachine(RuleBasedStateMachine):
     # ---- helpers -------------------------------------------------------------------------
     def heartbeat(self, name: str) -> None:
         r = self.runners[name]
-        report = NodeReport(name, tuple(range(r.cores)))
+        report = NodeReport(name, tuple(range(r.cores)), queues_ahead=r.ahead)
         node = self.cluster.nodes.get(name)
         was = node.state if node is not None else NodeState.OFFLINE
         self.apply(self.cluster.on_heartbeat(report, r.held(), self.now))
@@ -318,7 +332,8 @@ class ClusterMachine(RuleBasedStateMachine):
         return [(name, key) for name, r in self.runners.items() for key in getattr(r, attr)]
 
     def unreported(self) -> list[tuple[str, str]]:
-        unstarted = [(name, key) for name, key in self.runner_tasks("running") if key not in self.runners[name].started]
+        unstarted = [(name, key) for name, key in self.runner_tasks("running")
+                     if key not in self.runners[name].started and key not in self.runners[name].waiting()]
         return unstarted + self.runner_tasks("results")
 
     def offline_runners(self) -> list[str]:
@@ -346,15 +361,16 @@ class ClusterMachine(RuleBasedStateMachine):
                 assert node.state is NodeState.OFFLINE, f"{node.name} silent but online"
 
     # ---- runners -------------------------------------------------------------------------
-    @initialize(sizes=st.lists(cores, min_size=1, max_size=len(NODES)))
-    def register_nodes(self, sizes: list[int]) -> None:
-        for name, n_cores in zip(NODES, sizes):
+    @initialize(sizes=st.lists(cores, min_size=1, max_size=len(NODES)), ahead=st.lists(st.booleans(), min_size=3, max_size=3))
+    def register_nodes(self, sizes: list[int], ahead: list[bool]) -> None:
+        for name, n_cores, queues in zip(NODES, sizes, ahead):
+            self.runners[name] = Runner(n_cores, ahead=queues)
             self.register_or_heartbeat(name, n_cores, poll=False)
 
     @rule(name=st.sampled_from(NODES), n_cores=cores, poll=st.booleans())
     def register_or_heartbeat(self, name: str, n_cores: int, poll: bool) -> None:
         """Most heartbeats are long-polls that come back with orders, as HostService.heartbeat does."""
-        self.runners.setdefault(name, Runner(n_cores))
+        self.runners.setdefault(name, Runner(n_cores, ahead=True))
         self.heartbeat(name)
         if poll:
             self.take_orders(name)
@@ -405,8 +421,11 @@ class ClusterMachine(RuleBasedStateMachine):
         node = self.cluster.nodes.get(name)
         assert not orders or (node is not None and node.state is NodeState.ONLINE), f"orders for offline {name}"
         assert len(set(orders.kill)) == len(orders.kill), f"repeated kill orders {orders.kill}"
+        if orders.launch and not r.ahead:
+            assert orders.wait_limit is None, f"a wait limit for {name}, which queues nothing ahead"
         for task in orders.launch:
             assert task.run_key not in held, f"{task.run_key} launched again on {name}"
+            r.delivered.pop(task.run_key, None)  # a runner takes a launch only once its own result for it is acknowledged
             assert task.state is TaskState.ASSIGNING and task.node == name, f"{task.run_key} launched as {task.state.value}"
             assert set(task.core_ids) <= set(node.cores.all), f"{task.run_key} given cores {task.core_ids} not on {name}"
             r.running[task.run_key] = copy.deepcopy(task)
@@ -446,21 +465,41 @@ class ClusterMachine(RuleBasedStateMachine):
         elif before is TaskState.LOST:
             assert task.state in (TaskState.RUNNING, TaskState.LOST), f"lost {key} started but {task.state.value}"
 
-    @precondition(lambda self: self.runner_tasks("running"))
+    def exitable(self) -> list[tuple[str, str]]:
+        """Attempts whose process may end now: all but those waiting for their cores, unless being killed."""
+        return [(name, key) for name, key in self.runner_tasks("running")
+                if key not in self.runners[name].waiting() or key in self.runners[name].killing]
+
+    @precondition(lambda self: self.exitable())
     @rule(i=pick, outcome=outcome, deliver=st.booleans())
     def process_exits(self, i: int, outcome: str, deliver: bool) -> None:
         """A process ends, started or not, or runs out of time; its result is sent at once or waits in the outbox."""
-        name, key = chosen(self.runner_tasks("running"), i)
+        name, key = chosen(self.exitable(), i)
         self.process_ends(name, key, outcome)
+        if deliver:
+            self.report_finished(name, key)
+
+    def waiting_ones(self) -> list[tuple[str, str]]:
+        return [(name, key) for name, r in self.runners.items() for key in r.waiting() - r.killing]
+
+    @precondition(lambda self: self.waiting_ones())
+    @rule(i=pick, deliver=st.booleans())
+    def hand_back(self, i: int, deliver: bool) -> None:
+        """A launch queued ahead waited past its limit for its core: the node hands it back unrun."""
+        name, key = chosen(self.waiting_ones(), i)
+        r = self.runners[name]
+        order = r.running.pop(key)
+        r.results[key] = Finished(order.task_id, self.now, returned=True, attempt=order.attempt)
         if deliver:
             self.report_finished(name, key)
 
     def process_ends(self, name: str, key: str, outcome: str) -> None:
         r = self.runners[name]
+        waited = key in r.waiting()  # only when being killed: it ends unstarted
         order = r.running.pop(key)
         killed = key in r.killing
         code, sig, error = (None, 15, "killed by user") if killed else OUTCOMES[outcome]
-        began = self.now if key in r.started or outcome != "no-start" else None
+        began = self.now if key in r.started or (outcome != "no-start" and not waited) else None
         r.results[key] = Finished(order.task_id, self.now, code, sig, error, killed=killed,
                                   timed_out=not killed and outcome == "timeout", started_at=began, attempt=order.attempt)
         r.killing.discard(key)
@@ -487,11 +526,26 @@ class ClusterMachine(RuleBasedStateMachine):
         before = copy.deepcopy(self.cluster.tasks.get(event.task_id)), self.snapshot()
         self.apply(self.cluster.on_finished(name, event))
         after = self.cluster.tasks.get(event.task_id), self.snapshot()
+        if event.returned and before[0] is not None and before[0].node == name and before[0].attempt == event.attempt:
+            # placed here again meanwhile, not yet launched (the runner takes it only once this is acknowledged):
+            # handed back again, harmlessly, as it never ran
+            assert before[0].state in (TaskState.ASSIGNING, TaskState.LOST) and after[0].state is TaskState.PENDING, (
+                f"{key} handed back again: {before[0].state.value} -> {after[0].state.value}")
+            return
         assert after == before, f"{key}'s result, delivered again, changed {event.task_id}: {before[0]} -> {after[0]}"
 
     def check_attempt_ended(self, before: Task, event: Finished) -> None:
         """The attempt's result ends the task, or, with retries left, queues its next attempt."""
         tid, state = before.task_id, expected_state(event)
+        if event.returned:  # it never ran: the same attempt goes back to the queue (or ends, if killed)
+            task = self.cluster.tasks.get(tid)
+            if before.kill_requested:
+                assert task is None and self.history[tid][-1] is TaskState.KILLED, f"{tid} killed, handed back, not ended"
+            else:
+                assert task is not None and task.state is TaskState.PENDING and task.attempt == before.attempt, (
+                    f"{tid} handed back but {task}")
+                assert tid in self.cluster.queue or self.cluster.queue.is_parked(tid), f"handed back {tid} not queued"
+            return
         if state in RETRIED_STATES and before.retries_used < before.retries and not before.kill_requested:
             task = self.cluster.tasks[tid]
             assert task.state is TaskState.PENDING and task.attempt == before.attempt + 1, f"{tid} not retried after {state.value}"
@@ -505,6 +559,9 @@ class ClusterMachine(RuleBasedStateMachine):
     def check_late(self, before: Task, task: Task, event: Finished) -> None:
         """A result of an earlier attempt: the history notes it, the current attempt is untouched."""
         assert without_history(task) == without_history(before), f"late result of {event.task_id}.{event.attempt} changed the task"
+        if event.returned:  # that attempt never ran: its history stands
+            assert task.attempts == before.attempts, f"{event.task_id}.{event.attempt}, handed back late, rewrote the history"
+            return
         assert [a.attempt for a in task.attempts] == [a.attempt for a in before.attempts]
         for old, new in zip(before.attempts, task.attempts):
             if new.attempt == event.attempt:
@@ -517,21 +574,30 @@ class ClusterMachine(RuleBasedStateMachine):
     @rule(i=pick)
     def runner_reports(self, i: int) -> None:
         """A report with every start and result the runner has, answered with orders (HostService.report)."""
-        name = chosen(list(self.runners), i)
+        self.report_all(chosen(list(self.runners), i))
+
+    def report_all(self, name: str) -> None:
         r = self.runners[name]
-        for key in sorted(set(r.running) - r.started):
+        for key in sorted(set(r.running) - r.started - r.waiting()):
             self.report_started(name, key)
         for key in sorted(r.results):
             self.report_finished(name, key)
         self.take_orders(name)
 
     # ---- clients and scheduling ----------------------------------------------------------
-    @rule(specs=st.lists(st.tuples(task_cores, target, retries), min_size=1, max_size=5), deps=after,
+    @rule(specs=st.lists(st.tuples(task_cores, target, retries), min_size=1, max_size=12), deps=after,
           unknown=st.sampled_from((False,) * 9 + (True,)), limit=throttle, then_schedule=st.booleans())
     def submit(self, specs: list[tuple[int, str, int]], deps: list[tuple[bool, int]], unknown: bool, limit: int,
                then_schedule: bool) -> None:
         """A client submits; the host usually schedules right away (HostService.submit)."""
         self.submit_tasks(specs, deps, unknown, limit)
+        if then_schedule:
+            self.schedule()
+
+    @rule(n=st.integers(6, 16), retry=retries, then_schedule=st.booleans())
+    def submit_array(self, n: int, retry: int, then_schedule: bool) -> None:
+        """An array of one-core tasks for any node: once a few of them ran short, the rest may be queued ahead."""
+        self.submit_tasks([(1, "", retry)] * n, [], False, 0)
         if then_schedule:
             self.schedule()
 
@@ -597,7 +663,7 @@ class ClusterMachine(RuleBasedStateMachine):
         ids = {t.task_id for t in active}
         deps = sorted({d for t in active if t.state is TaskState.PENDING for d in t.after if d not in ids})
         outcomes = {d: s for d in deps if (s := self.stored_outcome(d)) is not None}  # HostService.restore
-        self.cluster = Cluster(TIMEOUT)
+        self.cluster = Cluster(TIMEOUT, AHEAD_WAIT)
         effects = self.cluster.restore(copy.deepcopy(list(self.store_nodes.values())), copy.deepcopy(active), self.now, outcomes)
         self.live.update(self.cluster.tasks)
         self.apply(effects)
@@ -698,6 +764,50 @@ class ClusterMachine(RuleBasedStateMachine):
 
 TestClusterMachine = ClusterMachine.TestCase
 TestClusterMachine.settings = settings(max_examples=500, stateful_step_count=100, deadline=None)
+
+
+class AheadMachine(ClusterMachine):
+    """The same machine where most work is arrays of one-core tasks for any node: their batches
+    turn short and their tasks are queued ahead behind busy cores, handed back, killed while
+    queued, lost with their node and restored by a host restart (core/ahead.py)."""
+
+    @rule(specs=st.lists(st.tuples(st.just(1), st.just(""), retries), min_size=4, max_size=16), deps=after,
+          unknown=st.just(False), limit=st.just(0), then_schedule=st.booleans())
+    def submit(self, specs: list[tuple[int, str, int]], deps: list[tuple[bool, int]], unknown: bool, limit: int,
+               then_schedule: bool) -> None:
+        super().submit(specs, deps, unknown, limit, then_schedule)
+
+    @precondition(lambda self: self.runners)
+    @rule(i=pick)
+    def wave(self, i: int) -> None:
+        """A node takes its orders, every process it can run ends well at once, and it reports and
+        takes its next orders: arrays go by."""
+        name = chosen(list(self.runners), i)
+        self.schedule()
+        self.take_orders(name)
+        for _, key in [(n, k) for n, k in self.exitable() if n == name]:
+            self.process_ends(name, key, "ok")
+        self.report_all(name)
+        self.queued_ahead += self.cluster.queued_ahead_total  # counted per cluster: a restart starts again
+        self.cluster.queued_ahead_total = 0
+
+    queued_ahead = 0
+
+    def teardown(self) -> None:
+        AHEAD_SEEN.append(self.queued_ahead + self.cluster.queued_ahead_total)
+
+
+AHEAD_SEEN: list[int] = []
+TestAheadMachine = AheadMachine.TestCase
+TestAheadMachine.settings = settings(max_examples=300, stateful_step_count=100, deadline=None)
+
+
+def test_the_ahead_machine_queues_ahead():
+    """The machine above is no test of queueing ahead if nothing was: one run in ten or so must have
+    queued some (a batch must first show short tasks, and be at the head of the queue with every core busy)."""
+    if not AHEAD_SEEN:
+        TestAheadMachine("runTest").runTest()
+    assert sum(1 for n in AHEAD_SEEN if n) >= len(AHEAD_SEEN) // 20, f"queued ahead in {AHEAD_SEEN}"
 
 
 # ---- what the machine found, as minimal reproductions -------------------------

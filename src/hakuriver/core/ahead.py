@@ -1,0 +1,89 @@
+"""Work queued on a node ahead of its free cores: which tasks may wait there, and behind which cores.
+
+A node never runs more tasks than it has cores, so with one report per finished core a runner
+sends a message per task or two, and each message costs the host and the runner about the
+same whatever it carries. A node whose keeper can hold a launch until its core frees
+(`queues_ahead`) may therefore be given up to DEPTH tasks per busy core beyond the one using
+it: the keeper starts each the moment its core frees, and a report carries tens of results.
+
+Only tasks for which waiting cannot hurt are queued ahead: one core, any node, no throttle,
+and a batch whose recent tasks were all short. A queued task that has not started within its
+launch's wait limit is handed back unrun (`returned`) and goes back to the queue, and its
+batch counts as long again until short tasks show otherwise.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import OrderedDict, deque
+from collections.abc import Iterable
+
+from hakuriver.core.model import Node, Task
+
+#: tasks queued behind each busy core, at most
+DEPTH = 8
+#: a batch is short while each of its last SAMPLES finished tasks ran at most SHORT seconds
+SHORT = 0.25
+SAMPLES = 8
+#: ... and at least MIN_DONE of its tasks have finished
+MIN_DONE = 3
+#: batches remembered (the most recently active)
+REMEMBERED = 1024
+#: seconds a task queued ahead waits for its core at most, before its node hands it back
+LONGEST_WAIT = 5.0
+
+
+def wait_limit(heartbeat_interval: float, timeout_factor: float) -> float:
+    """How long a task queued ahead may wait on its node; 0 = queue nothing ahead.
+
+    A task queued ahead must have started or been handed back before the host could declare its
+    node silent (at interval x factor after the node's last heartbeat, which may be up to an
+    interval older than the order): otherwise a node cut off from the host could start it after
+    it was given to another node. One interval is left spare for the round trip.
+    """
+    return max(0.0, min(LONGEST_WAIT, heartbeat_interval * (timeout_factor - 2)))
+
+
+class ShortBatches:
+    """How long the recent tasks of each active batch ran."""
+
+    def __init__(self) -> None:
+        self._runs: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def ran(self, batch_id: str, seconds: float) -> None:
+        runs = self._runs.get(batch_id)
+        if runs is None:
+            runs = self._runs[batch_id] = deque(maxlen=SAMPLES)
+            if len(self._runs) > REMEMBERED:
+                self._runs.popitem(last=False)
+        else:
+            self._runs.move_to_end(batch_id)
+        runs.append(seconds)
+
+    def returned(self, batch_id: str) -> None:
+        """A task of the batch waited too long behind a busy core: the batch is not short for now."""
+        self.ran(batch_id, float("inf"))
+
+    def is_short(self, batch_id: str) -> bool:
+        runs = self._runs.get(batch_id)
+        return runs is not None and len(runs) >= MIN_DONE and max(runs) <= SHORT
+
+
+def may_wait(task: Task, batches: ShortBatches) -> bool:
+    """Whether the task may be queued behind a busy core."""
+    return (task.cores == 1 and not task.target_node and not task.throttle and bool(task.batch_id)
+            and batches.is_short(task.batch_id))
+
+
+def open_slots(nodes: Iterable[Node]) -> list[tuple[int, str, int]]:
+    """(tasks queued, node, core) of every busy core with room in its queue, least queued first (a heap)."""
+    slots = [(node.queued.get(core, 0), node.name, core)
+             for node in nodes
+             for core in set(node.cores.offered).difference(node.cores.free_ids())
+             if node.queued.get(core, 0) < DEPTH]
+    heapq.heapify(slots)
+    return slots
+
+
+def room(slots: list[tuple[int, str, int]]) -> int:
+    return sum(DEPTH - queued for queued, _, _ in slots)
