@@ -3,16 +3,17 @@
 Each `on_*` method takes the current time as an argument, changes the in-memory records, and
 returns effects for the host's shell to carry out (persist a task or node, wake a runner's
 long-poll). Only tasks that can still change are kept here; final ones live in the store.
+What the runners say (heartbeats, starts, results, silence) is handled in runner_events.py, the
+other half of the class; work queued on a node ahead of its free cores is core/ahead.py's.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections import Counter
 from collections.abc import Iterable, Mapping
 
 from hakuriver.core import ahead
-from hakuriver.core.attempts import close_attempt, note_late
+from hakuriver.core.attempts import close_attempt
 from hakuriver.core.batches import BatchOutcomes
 from hakuriver.core.cores import CoreSet
 from hakuriver.core.depends import Dependencies
@@ -28,15 +29,16 @@ from hakuriver.core.events import (  # noqa: F401 - re-exported: the machine's v
     TaskChanged,
     UnknownTask,
 )
-from hakuriver.core.model import Node, Task, split_run_key
+from hakuriver.core.model import Node, Task
 from hakuriver.core.explain import why_pending
 from hakuriver.core.invariants import check_invariants
 from hakuriver.core.queue import RunQueue
+from hakuriver.core.runner_events import RunnerEvents
 from hakuriver.core.scheduler import Capacity, Request, plan
 from hakuriver.core.states import RETRIED_STATES, NodeState, TaskState, check_transition
 
 
-class Cluster:
+class Cluster(RunnerEvents):
     def __init__(self, heartbeat_timeout: float, ahead_wait: float = 0.0) -> None:
         self.heartbeat_timeout = heartbeat_timeout
         #: seconds a task queued ahead may wait on its node for its core (core/ahead.py); 0 = queue nothing ahead
@@ -184,183 +186,6 @@ class Cluster:
         task.kill_requested = True
         return [TaskChanged(task), OrdersReady(task.node)]
 
-    # ---- runner events -------------------------------------------------------------------
-    def on_heartbeat(self, report: NodeReport, held: set[str], now: float) -> list[Effect]:
-        """A runner is alive and holds `held` (run keys of the attempts it runs or has results for)."""
-        node = self.nodes.get(report.name)
-        effects: list[Effect] = []
-        if node is None:
-            node = Node(report.name, CoreSet(report.core_ids), report.memory_bytes, NodeState.ONLINE, now,
-                        queues_ahead=report.queues_ahead)
-            self.nodes[node.name] = node
-            return [NodeChanged(node)]
-        node.last_heartbeat = now
-        node.queues_ahead = report.queues_ahead
-        if node.cores.offered != tuple(sorted(set(report.core_ids))) or node.memory_bytes != report.memory_bytes:
-            self._resize(node, report)
-            effects.append(NodeChanged(node))
-        returning = node.state is NodeState.OFFLINE
-        if returning:
-            node.state = NodeState.ONLINE
-            effects.append(NodeChanged(node))
-        effects += self._recover_lost(node, held, now, returning)
-        return effects
-
-    def _resize(self, node: Node, report: NodeReport) -> None:
-        """A runner restarted with other cores; tasks still running on cores it no longer offers
-        keep them until they end (retiring), so no core is handed out twice."""
-        users = Counter(i for task_id in node.task_ids for i in self.tasks[task_id].core_ids)
-        offered = set(report.core_ids)
-        node.cores = CoreSet(offered | set(users))
-        node.memory_bytes = report.memory_bytes
-        node.cores.take_exact(users)
-        node.queued = {core: n - 1 for core, n in users.items() if n > 1}
-        node.cores.retire(set(users) - offered)
-
-    def _recover_lost(self, node: Node, held: set[str], now: float, returning: bool) -> list[Effect]:
-        """Lost tasks the node still holds are running again (their result follows). One it does
-        not hold on the heartbeat that brings it back, and that never started, is queued again:
-        its launch never reached the node (`held` counts launches under way too)."""
-        effects: list[Effect] = []
-        for task_id in sorted(self.lost.get(node.name, set())):
-            task = self.tasks[task_id]
-            if returning and task.run_key not in held and task.started_at is None:
-                effects += self._run_again(task, node, now)
-                continue
-            if task.run_key not in held or not node.cores.take_exact(task.core_ids):
-                continue  # gone, or its cores went elsewhere: stays lost, its result may still arrive
-            self.lost[node.name].discard(task_id)
-            check_transition(task.state, TaskState.RUNNING)
-            task.state = TaskState.RUNNING
-            task.error = ""
-            self._hold(task, node)
-            self.batches.lost_is_back(task)
-            effects.append(TaskChanged(task))
-        return effects
-
-    def _run_again(self, task: Task, node: Node, now: float) -> list[Effect]:
-        """A new attempt for a lost one that never started (it does not count against --retries)."""
-        self.batches.lost_is_back(task)
-        self.lost[node.name].discard(task.task_id)
-        check_transition(task.state, TaskState.PENDING)
-        close_attempt(task, TaskState.LOST, now, f"{task.error}; it had not started there, and {node.name} came "
-                                                 "back without it: queued again", delivered=False)
-        self._enqueue(task)
-        return [TaskChanged(task)]
-
-    def orders_for(
-        self, node_name: str, held: set[str], now: float, ending: frozenset[str] = frozenset()
-    ) -> tuple[Orders, list[Effect]]:
-        """What the node's runner should do next, given the attempts it holds and those already ending there."""
-        node = self.nodes.get(node_name)
-        orders, effects = Orders(), []
-        if node is None or node.state is NodeState.OFFLINE:
-            return orders, effects
-        if node.queues_ahead and self.ahead_wait > 0:
-            orders.wait_limit = self.ahead_wait
-        # in queue order: the node keeps that order among the tasks queued behind one core
-        for task_id in sorted(node.task_ids, key=self.rank.__getitem__):
-            task = self.tasks[task_id]
-            key = task.run_key
-            if task.kill_requested and key in held:
-                if key not in ending:
-                    orders.kill.append(key)
-            elif task.kill_requested and task.state is TaskState.ASSIGNING:
-                # never delivered: nothing runs, so it is killed right here
-                effects += self._finish(task, TaskState.KILLED, now, error="killed by user before it started")
-            elif task.state is TaskState.ASSIGNING and key not in held:
-                orders.launch.append(task)
-        return orders, effects
-
-    def strays(self, node_name: str, held: set[str], ending: frozenset[str]) -> list[str]:
-        """Attempts the node's runner still runs that are not the current attempt of an active
-        task: killed while the node was unreachable (before a host restart too: this needs no
-        memory of them), retried elsewhere meanwhile, or unknown. Run keys, O(held).
-
-        `held` must be what the runner itself just said: a launch the host sent since, or a
-        heartbeat's `held` grown stale while it waited, would count tasks that ended normally.
-        """
-        node = self.nodes.get(node_name)
-        if node is None or node.state is NodeState.OFFLINE:
-            return []
-        return sorted(k for k in held if k not in ending and not self._is_current(k))
-
-    def _is_current(self, key: str) -> bool:
-        task_id, attempt = split_run_key(key)
-        task = self.tasks.get(task_id)
-        return task is not None and task.attempt == attempt
-
-    def on_started(self, node_name: str, event: Started) -> list[Effect]:
-        task = self.tasks.get(event.task_id)
-        if (task is None or task.node != node_name or task.attempt != event.attempt
-                or task.state not in (TaskState.ASSIGNING, TaskState.LOST)):
-            return []
-        if task.state is TaskState.LOST and self.nodes[node_name].state is not NodeState.ONLINE:
-            # noted, but not reclaimed: nothing times out an offline node's tasks; its next heartbeat recovers it
-            _note_start(task, event)
-            return [TaskChanged(task)]
-        if task.state is TaskState.LOST and not self._reclaim(task):
-            return []
-        task.state = TaskState.RUNNING
-        _note_start(task, event)
-        return [TaskChanged(task)]
-
-    def on_finished(self, node_name: str, event: Finished) -> list[Effect]:
-        task = self.tasks.get(event.task_id)
-        if task is not None and task.attempt != event.attempt:
-            return [TaskChanged(task)] if note_late(task, event, event.state) else []
-        if task is None or task.node != node_name:
-            return []
-        if event.returned:
-            return self._handed_back(task, event.finished_at)
-        if task.state is TaskState.LOST:
-            self.lost.get(node_name, set()).discard(task.task_id)
-        _note_start(task, event)
-        if task.batch_id and task.started_at is not None and event.state is TaskState.COMPLETED:
-            self.short.ran(task.batch_id, event.finished_at - task.started_at)
-        task.exit_code, task.signal = event.exit_code, event.signal
-        task.cpu_user_seconds, task.cpu_system_seconds = event.cpu_user_seconds, event.cpu_system_seconds
-        task.max_rss_bytes = event.max_rss_bytes
-        return self._end_attempt(task, event.state, event.finished_at, event.error)
-
-    def _handed_back(self, task: Task, now: float) -> list[Effect]:
-        """Queued ahead, the task waited too long for its core there and never ran: back to the
-        queue in its place, the same attempt (it was not one), its batch no longer queued ahead."""
-        if task.state not in (TaskState.ASSIGNING, TaskState.RUNNING, TaskState.LOST):
-            return []
-        self.short.returned(task.batch_id)
-        if task.kill_requested:
-            return self._finish(task, TaskState.KILLED, now, error="killed by user before it started")
-        if task.state is TaskState.LOST:
-            self.lost.get(task.node, set()).discard(task.task_id)
-            self.batches.lost_is_back(task)
-        check_transition(task.state, TaskState.PENDING)
-        effects = [TaskChanged(task), *self._release(task)]
-        task.state, task.node, task.core_ids = TaskState.PENDING, "", ()
-        task.started_at, task.error = None, ""
-        self._enqueue(task)
-        return effects
-
-    def on_tick(self, now: float) -> list[Effect]:
-        """Nodes silent for longer than the heartbeat timeout go offline; their tasks are lost."""
-        effects: list[Effect] = []
-        for node in self.nodes.values():
-            if node.state is NodeState.ONLINE and now - node.last_heartbeat > self.heartbeat_timeout:
-                effects += self._node_went_silent(node, now)
-        return effects
-
-    def _node_went_silent(self, node: Node, now: float) -> list[Effect]:
-        node.state = NodeState.OFFLINE
-        effects: list[Effect] = [NodeChanged(node)]
-        why = f"node {node.name} stopped answering (no heartbeat for {self.heartbeat_timeout:g}s)"
-        for task_id in sorted(node.task_ids):
-            task = self.tasks[task_id]
-            if task.kill_requested:  # final now; if the node comes back with it, it is a stray
-                effects += self._finish(task, TaskState.KILLED, now, error=f"killed by user; {why}")
-            else:
-                effects += self._end_attempt(task, TaskState.LOST, now, why)
-        return effects
-
     # ---- scheduling ----------------------------------------------------------------------
     def schedule(self) -> list[Effect]:
         """Place queued tasks on online nodes and pick their exact core IDs."""
@@ -486,15 +311,6 @@ class Cluster:
                 free.append(core)
         return free
 
-    def _reclaim(self, task: Task) -> bool:
-        node = self.nodes[task.node]
-        if not node.cores.take_exact(task.core_ids):
-            return False
-        self.lost.get(node.name, set()).discard(task.task_id)
-        self._hold(task, node)
-        self.batches.lost_is_back(task)
-        return True
-
     def _end_attempt(self, task: Task, state: TaskState, now: float, error: str) -> list[Effect]:
         """The current attempt ended in `state`: the task ends so too, or, with retries left, goes back to the queue."""
         if state not in RETRIED_STATES or task.retries_used >= task.retries or task.kill_requested:
@@ -558,13 +374,3 @@ class Cluster:
     def check_invariants(self) -> None:
         """Raise AssertionError if the bookkeeping is broken (see invariants.py); for tests."""
         check_invariants(self)
-
-
-def _note_start(task: Task, event: Started | Finished) -> None:
-    """Where, when and as whom the attempt ran, from its start report or (a short task) its finish."""
-    if event.started_at is not None and (task.started_at is None or isinstance(event, Started)):
-        task.started_at = event.started_at
-    if event.stdout_path:
-        task.stdout_path, task.stderr_path = event.stdout_path, event.stderr_path
-    if event.unix_user:
-        task.unix_user = event.unix_user
