@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from hakuriver.core.model import Node, Task
 
@@ -65,7 +65,7 @@ class ShortBatches:
         self.ran(batch_id, float("inf"))
 
     def is_short(self, batch_id: str) -> bool:
-        runs = self._runs.get(batch_id)
+        runs = self._runs.get(batch_id) if batch_id else None
         return runs is not None and len(runs) >= MIN_DONE and max(runs) <= SHORT
 
 
@@ -75,12 +75,20 @@ def may_wait(task: Task, batches: ShortBatches) -> bool:
             and batches.is_short(task.batch_id))
 
 
-def open_slots(nodes: Iterable[Node]) -> list[tuple[int, str, int]]:
-    """(tasks queued, node, core) of every busy core with room in its queue, least queued first (a heap)."""
-    slots = [(node.queued.get(core, 0), node.name, core)
-             for node in nodes
-             for core in set(node.cores.offered).difference(node.cores.free_ids())
-             if node.queued.get(core, 0) < DEPTH]
+def open_slots(nodes: Iterable[Node], tasks: Mapping[str, Task], batches: ShortBatches) -> list[tuple[int, str, int]]:
+    """(tasks queued, node, core) of every busy core with room in its queue, least queued first
+    (a heap). Only behind cores whose every task is of a short batch: behind a long task a queued
+    one would wait out its limit while other cores idle. A node whose queues are full costs O(1)."""
+    slots = []
+    for node in nodes:
+        busy = len(node.cores.offered) - node.cores.free_count
+        if node.queued.total >= DEPTH * busy:
+            continue
+        long_cores = {core for task_id in node.task_ids if not batches.is_short((task := tasks[task_id]).batch_id)
+                      for core in task.core_ids}
+        slots += [(node.queued.behind(core), node.name, core)
+                  for core in set(node.cores.offered).difference(node.cores.free_ids(), long_cores)
+                  if node.queued.behind(core) < DEPTH]
     heapq.heapify(slots)
     return slots
 

@@ -10,12 +10,13 @@ other half of the class; work queued on a node ahead of its free cores is core/a
 from __future__ import annotations
 
 import heapq
+from collections import Counter
 from collections.abc import Iterable, Mapping
 
 from hakuriver.core import ahead
 from hakuriver.core.attempts import close_attempt
 from hakuriver.core.batches import BatchOutcomes
-from hakuriver.core.cores import CoreSet
+from hakuriver.core.cores import CoreQueues, CoreSet
 from hakuriver.core.depends import Dependencies
 from hakuriver.core.events import (  # noqa: F401 - re-exported: the machine's vocabulary
     Effect,
@@ -75,12 +76,21 @@ class Cluster(RunnerEvents):
         """
         for node in nodes:
             node.last_heartbeat = now
-            node.task_ids, node.queued = set(), {}
-            node.cores = CoreSet(node.cores.all)  # ownership is rebuilt from the tasks below
+            node.task_ids = set()
             self.nodes[node.name] = node
         restored = sorted(tasks, key=lambda t: t.submitted_at)
         for task in restored:
-            self._restore_task(task)
+            self._add_task(task)
+            if task.state is TaskState.LOST:
+                self.lost.setdefault(task.node, set()).add(task.task_id)
+        holding: dict[str, list[Task]] = {}
+        for task in restored:
+            node = self.nodes.get(task.node)
+            if task.state.holds_cores and node is not None and set(task.core_ids) <= set(node.cores.all):
+                holding.setdefault(node.name, []).append(task)
+        for node in self.nodes.values():
+            self._occupy(node, CoreSet(node.cores.all), holding.get(node.name, []))
+            node.queues_ahead = node.queued.total > 0  # its keeper queued ahead before: it can (its heartbeat says anew)
         effects: list[Effect] = []
         known = dict(outcomes or {})
         for task in restored:  # in submission order: every dependency before the tasks after it
@@ -90,14 +100,15 @@ class Cluster(RunnerEvents):
                     known[task.task_id] = task.state
         return effects
 
-    def _restore_task(self, task: Task) -> None:
-        self._add_task(task)
-        if task.state.holds_cores:
-            node = self.nodes.get(task.node)
-            if node is not None and (node.cores.take_exact(task.core_ids) or self._queue_behind(task, node)):
+    def _occupy(self, node: Node, cores: CoreSet, tasks: list[Task]) -> None:
+        """Give the node these cores, held by these tasks: a core used by several has all but one
+        of them queued ahead behind it (a restart, a runner back with other cores)."""
+        users = Counter(core for task in tasks for core in task.core_ids)
+        cores.take_exact(users)
+        node.cores, node.queued = cores, CoreQueues({core: n - 1 for core, n in users.items()})
+        for task in tasks:
+            if task.task_id not in node.task_ids:
                 self._hold(task, node)
-        elif task.state is TaskState.LOST:
-            self.lost.setdefault(task.node, set()).add(task.task_id)
 
     # ---- client events -------------------------------------------------------------------
     def check_submit(self, tasks: list[Task], outcomes: Mapping[str, TaskState] | None = None) -> None:
@@ -226,7 +237,8 @@ class Cluster(RunnerEvents):
         head = self.tasks[next(iter(self.queue))]
         if not ahead.may_wait(head, self.short):
             return []
-        slots = ahead.open_slots(n for n in self.nodes.values() if n.queues_ahead and n.state is NodeState.ONLINE)
+        nodes = (n for n in self.nodes.values() if n.queues_ahead and n.state is NodeState.ONLINE)
+        slots = ahead.open_slots(nodes, self.tasks, self.short)
         picked: list[Task] = []
         room = ahead.room(slots)
         for task_id in self.queue:
@@ -241,7 +253,7 @@ class Cluster(RunnerEvents):
             self.queue.remove(task.task_id)
             check_transition(task.state, TaskState.ASSIGNING)
             task.state, task.node, task.core_ids = TaskState.ASSIGNING, name, (core,)
-            node.queued[core] = queued + 1
+            node.queued.add(core)
             self._hold(task, node)
             if queued + 1 < ahead.DEPTH:
                 heapq.heappush(slots, (queued + 1, name, core))
@@ -289,27 +301,10 @@ class Cluster(RunnerEvents):
         node.cores.give_back(self._vacate(node, task.core_ids))
         return [NodeChanged(node)] if node.total_cores != total else []  # it held cores its node no longer offers
 
-    def _queue_behind(self, task: Task, node: Node) -> bool:
-        """Restoring a one-core task whose core another task uses: it was queued ahead behind it."""
-        if len(task.core_ids) != 1 or task.core_ids[0] not in node.cores.offered:
-            return False
-        core = task.core_ids[0]
-        node.queued[core] = node.queued.get(core, 0) + 1
-        return True
-
     @staticmethod
     def _vacate(node: Node, core_ids: tuple[int, ...]) -> list[int]:
         """A task leaves these cores: those with a task queued behind stay taken (by it); the rest are free."""
-        free = []
-        for core in core_ids:
-            behind = node.queued.get(core, 0)
-            if behind > 1:
-                node.queued[core] = behind - 1
-            elif behind:
-                del node.queued[core]
-            else:
-                free.append(core)
-        return free
+        return [core for core in core_ids if not node.queued.leave(core)]
 
     def _end_attempt(self, task: Task, state: TaskState, now: float, error: str) -> list[Effect]:
         """The current attempt ended in `state`: the task ends so too, or, with retries left, goes back to the queue."""

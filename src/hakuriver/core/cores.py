@@ -64,6 +64,38 @@ class CoreSet:
         self._free |= returned - gone
 
 
+class CoreQueues:
+    """Per busy core of one node, how many tasks are queued ahead behind the one using it
+    (core/ahead.py): such a core is given back only when its last task leaves it."""
+
+    def __init__(self, counts: dict[int, int] | None = None) -> None:
+        self._behind = {core: n for core, n in (counts or {}).items() if n > 0}
+        #: tasks queued ahead on the node, all cores together
+        self.total = sum(self._behind.values())
+
+    def behind(self, core: int) -> int:
+        return self._behind.get(core, 0)
+
+    def add(self, core: int) -> None:
+        self._behind[core] = self._behind.get(core, 0) + 1
+        self.total += 1
+
+    def leave(self, core: int) -> bool:
+        """A task leaves `core`: True if one was queued behind it (which now has the core)."""
+        behind = self._behind.get(core, 0)
+        if not behind:
+            return False
+        if behind > 1:
+            self._behind[core] = behind - 1
+        else:
+            del self._behind[core]
+        self.total -= 1
+        return True
+
+    def as_dict(self) -> dict[int, int]:
+        return dict(self._behind)
+
+
 def format_core_ids(ids: Iterable[int]) -> str:
     """(2, 3) -> "2,3", the form of HAKURIVER_CORES and numactl --physcpubind."""
     return ",".join(str(i) for i in ids)

@@ -28,7 +28,9 @@ def check_invariants(c: Cluster) -> None:
                 running[task.batch_id] = running.get(task.batch_id, 0) + 1
         # a core is shared only by the tasks queued ahead behind the one using it (core/ahead.py)
         shared = {core: n - 1 for core, n in users.items() if n > 1}
-        assert shared == node.queued, f"cores shared {shared}, but {node.queued} queued ahead on {node.name}"
+        queued = node.queued.as_dict()
+        assert shared == queued, f"cores shared {shared}, but {queued} queued ahead on {node.name}"
+        assert node.queued.total == sum(queued.values()), f"queued-ahead total broken on {node.name}"
         assert all(n <= DEPTH for n in shared.values()), f"a core's queue on {node.name} is past its bound"
         used = set(users)
         assert len(used) + node.free_cores == node.total_cores, f"core count broken on {node.name}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from hakuriver.core.cores import CoreSet
+from hakuriver.core.cores import CoreQueues, CoreSet
 from hakuriver.core.states import NodeState, TaskState
 
 
@@ -107,7 +107,7 @@ class Node:
     #: IDs of the tasks holding cores here (assigning or running), those queued ahead too
     task_ids: set[str] = field(default_factory=set)
     #: per busy core, the tasks queued behind the one using it (core/ahead.py); absent = none
-    queued: dict[int, int] = field(default_factory=dict)
+    queued: CoreQueues = field(default_factory=CoreQueues)
     #: its keeper holds launches for busy cores: tasks may be queued ahead here
     queues_ahead: bool = False
 
@@ -122,4 +122,4 @@ class Node:
     @property
     def running_tasks(self) -> int:
         """Tasks using cores here now, not counting those queued behind them."""
-        return len(self.task_ids) - sum(self.queued.values())
+        return len(self.task_ids) - self.queued.total

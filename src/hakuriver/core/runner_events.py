@@ -7,8 +7,6 @@ steps defined there (`_hold`, `_release`, `_end_attempt`, `_finish`, `_enqueue`)
 
 from __future__ import annotations
 
-from collections import Counter
-
 from hakuriver.core.attempts import close_attempt, note_late
 from hakuriver.core.cores import CoreSet
 from hakuriver.core.events import Effect, Finished, NodeChanged, NodeReport, Orders, Started, TaskChanged
@@ -23,6 +21,7 @@ class RunnerEvents:
     nodes: dict[str, Node]
     tasks: dict[str, Task]
     lost: dict[str, set[str]]
+    rank: dict[str, int]
 
     # ---- runner events -------------------------------------------------------------------
     def on_heartbeat(self, report: NodeReport, held: set[str], now: float) -> list[Effect]:
@@ -49,25 +48,24 @@ class RunnerEvents:
     def _resize(self, node: Node, report: NodeReport) -> None:
         """A runner restarted with other cores; tasks still running on cores it no longer offers
         keep them until they end (retiring), so no core is handed out twice."""
-        users = Counter(i for task_id in node.task_ids for i in self.tasks[task_id].core_ids)
+        tasks = [self.tasks[task_id] for task_id in node.task_ids]
+        used = {core for task in tasks for core in task.core_ids}
         offered = set(report.core_ids)
-        node.cores = CoreSet(offered | set(users))
+        self._occupy(node, CoreSet(offered | used), tasks)
         node.memory_bytes = report.memory_bytes
-        node.cores.take_exact(users)
-        node.queued = {core: n - 1 for core, n in users.items() if n > 1}
-        node.cores.retire(set(users) - offered)
+        node.cores.retire(used - offered)
 
     def _recover_lost(self, node: Node, held: set[str], now: float, returning: bool) -> list[Effect]:
         """Lost tasks the node still holds are running again (their result follows). One it does
         not hold on the heartbeat that brings it back, and that never started, is queued again:
         its launch never reached the node (`held` counts launches under way too)."""
         effects: list[Effect] = []
-        for task_id in sorted(self.lost.get(node.name, set())):
+        for task_id in sorted(self.lost.get(node.name, set()), key=self.rank.__getitem__):
             task = self.tasks[task_id]
             if returning and task.run_key not in held and task.started_at is None:
                 effects += self._run_again(task, node, now)
                 continue
-            if task.run_key not in held or not node.cores.take_exact(task.core_ids):
+            if task.run_key not in held or not self._take_back(task, node):
                 continue  # gone, or its cores went elsewhere: stays lost, its result may still arrive
             self.lost[node.name].discard(task_id)
             check_transition(task.state, TaskState.RUNNING)
@@ -152,7 +150,7 @@ class RunnerEvents:
         if task is None or task.node != node_name:
             return []
         if event.returned:
-            return self._handed_back(task, event.finished_at)
+            return self._handed_back(task, node_name, event.finished_at)
         if task.state is TaskState.LOST:
             self.lost.get(node_name, set()).discard(task.task_id)
         _note_start(task, event)
@@ -163,9 +161,11 @@ class RunnerEvents:
         task.max_rss_bytes = event.max_rss_bytes
         return self._end_attempt(task, event.state, event.finished_at, event.error)
 
-    def _handed_back(self, task: Task, now: float) -> list[Effect]:
+    def _handed_back(self, task: Task, node_name: str, now: float) -> list[Effect]:
         """Queued ahead, the task waited too long for its core there and never ran: back to the
-        queue in its place, the same attempt (it was not one), its batch no longer queued ahead."""
+        queue in its place, as a new attempt that does not count against --retries (so that
+        anything still naming the old one, a report sent again or a launch on its way, is only
+        history), and its batch is no longer queued ahead for now."""
         if task.state not in (TaskState.ASSIGNING, TaskState.RUNNING, TaskState.LOST):
             return []
         self.short.returned(task.batch_id)
@@ -176,8 +176,9 @@ class RunnerEvents:
             self.batches.lost_is_back(task)
         check_transition(task.state, TaskState.PENDING)
         effects = [TaskChanged(task), *self._release(task)]
-        task.state, task.node, task.core_ids = TaskState.PENDING, "", ()
-        task.started_at, task.error = None, ""
+        task.started_at = None
+        close_attempt(task, TaskState.LOST, now, f"queued ahead on {node_name}, it waited past its limit for a busy core "
+                                                 "and was handed back unrun: queued again", delivered=False)
         self._enqueue(task)
         return effects
 
@@ -201,9 +202,21 @@ class RunnerEvents:
                 effects += self._end_attempt(task, TaskState.LOST, now, why)
         return effects
 
+    @staticmethod
+    def _take_back(task: Task, node: Node) -> bool:
+        """A lost task is back on its node: its cores again, or, for a one-core task whose core another
+        task of the node uses (they were queued ahead one behind the other), a place behind it."""
+        if node.cores.take_exact(task.core_ids):
+            return True
+        core = task.core_ids[0] if len(task.core_ids) == 1 else -1
+        if core not in node.cores.offered or core in node.cores.free_ids():
+            return False
+        node.queued.add(core)
+        return True
+
     def _reclaim(self, task: Task) -> bool:
         node = self.nodes[task.node]
-        if not node.cores.take_exact(task.core_ids):
+        if not self._take_back(task, node):
             return False
         self.lost.get(node.name, set()).discard(task.task_id)
         self._hold(task, node)

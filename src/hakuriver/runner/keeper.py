@@ -214,9 +214,8 @@ class Keeper:
 
     def _spawn(self, msg: Spawn) -> None:
         key = msg.task_id
-        if key in self.pids or key in self.killing or key in self.lines or (key in self.exits and not self.exits[key].returned):
-            return  # a repeated order: never a second run
-        self.exits_log.drop(key)  # a spawn handed back, now given to this node again: a new run
+        if key in self.pids or key in self.killing or key in self.lines or key in self.exits:
+            return  # a repeated order: never a second run (a task handed back comes again as a new attempt)
         if self.lines.add(msg, time.monotonic()):
             self._settle([], [msg])
 

@@ -28,8 +28,6 @@ class ExitsLog:
         self.path = os.path.join(state_dir, EXITS_NAME)
         #: the exits the runner has not forgotten yet, by run key
         self.exits: dict[str, Exit] = {}
-        #: run keys with a `returned` exit in the log file, forgotten or not (see `drop`)
-        self._returned: set[str] = set()
         self._lines = 0
         self._fd = -1
         self._load()
@@ -43,28 +41,12 @@ class ExitsLog:
             log.error("cannot append to %s (%s): these exits live in memory only", self.path, exc.strerror)
         for ex in exits:
             self.exits[ex.task_id] = ex
-            if ex.returned:
-                self._returned.add(ex.task_id)
-            else:  # a later line wins on load
-                self._returned.discard(ex.task_id)
         self._compact_if_due()
-
-    def returned(self, task_id: str) -> bool:
-        """Whether the log holds a `returned` exit of that run key (one the runner may have forgotten)."""
-        return task_id in self._returned
 
     def forget(self, task_ids: Iterable[str]) -> None:
         for task_id in task_ids:
             self.exits.pop(task_id, None)
         self._compact_if_due()
-
-    def drop(self, task_id: str) -> None:
-        """Its exit no longer stands (a returned spawn given to this node again). Unlike `forget`,
-        the log is rewritten at once: were this keeper to die while the new run goes on, the next
-        one would otherwise load the old exit, and the runner would hand back a task that runs."""
-        self.exits.pop(task_id, None)
-        if task_id in self._returned:
-            self._rewrite()
 
     def _compact_if_due(self) -> None:
         if self._lines > len(self.exits) + EXITS_LOG_SLACK:
@@ -92,4 +74,3 @@ class ExitsLog:
             os.close(self._fd)
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         self._lines = len(self.exits)
-        self._returned = {key for key, ex in self.exits.items() if ex.returned}

@@ -93,7 +93,7 @@ class Supervisor:
         self._unix_users: dict[str, str] = {}
         #: the keeper holds a launch whose cores are busy and says when it begins (core/ahead.py); False
         #: for a keeper of an earlier release, which starts each at once: then nothing is queued ahead here
-        self.queues_ahead = False
+        self._keeper_queues = False
         #: launched, not begun: waiting in the keeper for their cores, or their Began not read yet
         self._unbegun: set[str] = set()
 
@@ -111,6 +111,12 @@ class Supervisor:
     def running_count(self) -> int:
         with self._lock:
             return len(self._records)
+
+    @property
+    def queues_ahead(self) -> bool:
+        """Whether tasks may be queued ahead here: the keeper can, and it knows every core in use (a
+        task whose keeper was lost runs on a core the new keeper does not know of)."""
+        return self._keeper_queues and not self._orphans
 
     def waiting_count(self) -> int:
         """Launched tasks that have not begun: queued ahead behind a busy core (or about to begin)."""
@@ -174,7 +180,7 @@ class Supervisor:
                         "Unix users; such tasks fail until it is replaced (stop the runner until no task runs "
                         "here, then start it)")
         self._keeper_users = state.users
-        self.queues_ahead = state.queues
+        self._keeper_queues = state.queues
         if not state.limits:
             self._ensure_watch()
         self._exited(state.exits)
@@ -183,9 +189,16 @@ class Supervisor:
         with self._lock:
             live = [rec for rec in self._records.values() if rec.key in running]
             lost = [rec for rec in self._records.values() if rec.key not in running and rec.key not in self._orphans]
+            # queued ahead in a keeper that was lost, and never begun: no output file means never started
+            unrun = {rec.key: rec for rec in lost if rec.key in self._unbegun and not os.path.exists(rec.stdout)}
             self._unbegun = waiting & set(self._records)
+        if unrun:
+            log.warning("the keeper was lost with %d tasks queued ahead that never started: handed back", len(unrun))
+            self.outbox.add([p.TaskFinished(rec.task_id, time.time(), error="its keeper was lost before it started: "
+                                            "handed back unrun", stdout_path=rec.stdout, stderr_path=rec.stderr,
+                                            attempt=rec.attempt, returned=True) for rec in unrun.values()])
         self._send([Kill(rec.key, self.setup.kill_grace) for rec in live if rec.killing])
-        adopted = live + [rec for rec in lost if self._adopt_orphan(rec)]
+        adopted = live + [rec for rec in lost if rec.key not in unrun and self._adopt_orphan(rec)]
         if adopted:
             log.info("took over %d tasks (%d of them waiting for their cores)", len(adopted), len(waiting))
         return [self._started(rec) for rec in adopted if rec.key not in waiting]
@@ -239,7 +252,7 @@ class Supervisor:
             paths = task_files.task_paths(order, self.setup.output_dir, self.setup.local_temp_dir)
             key = run_key(order.task_id, order.attempt)
             try:
-                spawn, problem = self._prepare(order, paths, cwds) if not scratch_problem else (None, scratch_problem)
+                spawn, problem = self._prepare(order, paths, cwds, now) if not scratch_problem else (None, scratch_problem)
             except OSError as exc:
                 spawn, problem = None, f"could not start: {exc.strerror or exc}"
             if spawn is None:
@@ -263,7 +276,8 @@ class Supervisor:
         if failed:
             self.outbox.add(failed)
 
-    def _prepare(self, order: p.LaunchOrder, paths: launch.TaskPaths, cwds: dict[str, str]) -> tuple[Spawn | None, str]:
+    def _prepare(self, order: p.LaunchOrder, paths: launch.TaskPaths, cwds: dict[str, str],
+                 received: float) -> tuple[Spawn | None, str]:
         """What the keeper is to start, or why the task cannot start."""
         s = self.setup
         account, user, problem = self._who(order.owner)
@@ -285,11 +299,13 @@ class Supervisor:
         cpus = s.physical(order.core_ids)
         path, argv = launch.task_argv(program, order.command, order.args, cpus=cpus, numactl=s.numactl_path)
         limit = order.time_limit if self._keeper_limits else None  # else the runner's watch keeps it
-        # to a host that queues ahead here: the keeper keeps each core's tasks in order, one at a time
+        # to a host that queues ahead here: the keeper keeps each core's tasks in order, one at a time; the
+        # wait limit counts from the order's arrival (the host's rule for it allows no more)
         queued = self.queues_ahead and order.wait_limit is not None
+        wait_limit = max(0.0, order.wait_limit - (time.time() - received)) if queued else None
         return Spawn(run_key(order.task_id, order.attempt), path, argv, env, cwd, paths.stdout, paths.stderr,
                      paths.temp_dir, None if s.numactl_path else cpus, limit, s.kill_grace, user,
-                     cores=list(order.core_ids) if queued else None, wait_limit=order.wait_limit if queued else None), ""
+                     cores=list(order.core_ids) if queued else None, wait_limit=wait_limit), ""
 
     def _who(self, owner: str) -> tuple[launch.Account | None, RunAs | None, str]:
         """The account a task of `owner` runs as (None: the runner's own), the user the keeper is
