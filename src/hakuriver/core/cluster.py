@@ -46,8 +46,9 @@ class Cluster(RunnerEvents):
         self.ahead_wait = ahead_wait
         #: how long the recent tasks of each batch ran: which batches may be queued ahead
         self.short = ahead.ShortBatches()
-        #: tasks queued ahead so far (a metric)
+        #: tasks queued ahead so far, and those of them handed back unrun (metrics)
         self.queued_ahead_total = 0
+        self.handed_back_total = 0
         self.nodes: dict[str, Node] = {}
         #: every task that can still change, by ID
         self.tasks: dict[str, Task] = {}

@@ -22,6 +22,7 @@ class RunnerEvents:
     tasks: dict[str, Task]
     lost: dict[str, set[str]]
     rank: dict[str, int]
+    handed_back_total: int
 
     # ---- runner events -------------------------------------------------------------------
     def on_heartbeat(self, report: NodeReport, held: set[str], now: float) -> list[Effect]:
@@ -176,6 +177,7 @@ class RunnerEvents:
             self.batches.lost_is_back(task)
         check_transition(task.state, TaskState.PENDING)
         effects = [TaskChanged(task), *self._release(task)]
+        self.handed_back_total += 1
         task.started_at = None
         close_attempt(task, TaskState.LOST, now, f"queued ahead on {node_name}, it waited past its limit for a busy core "
                                                  "and was handed back unrun: queued again", delivered=False)

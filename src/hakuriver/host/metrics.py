@@ -79,7 +79,7 @@ class Metrics:
         nodes = [(n.name, n.total_cores, n.total_cores - n.free_cores, n.state is NodeState.ONLINE)
                  for n in self.cluster.nodes.values()]
         return {"active": active, "nodes": nodes, "queue": len(self.cluster.queue),
-                "queued_ahead": self.cluster.queued_ahead_total}
+                "queued_ahead": self.cluster.queued_ahead_total, "handed_back": self.cluster.handed_back_total}
 
     def render(self, sample: dict[str, Any]) -> bytes:
         """The text of a scrape (a worker thread's job: it may read the database)."""
@@ -98,7 +98,7 @@ _IN_MEMORY = frozenset(s for s in TaskState if not s.is_final or s is TaskState.
 
 class _Gauges(Collector):
     def __init__(self) -> None:
-        self.sample: dict[str, Any] = {"active": {}, "nodes": [], "queue": 0, "queued_ahead": 0, "finals": {}}
+        self.sample: dict[str, Any] = {"active": {}, "nodes": [], "queue": 0, "queued_ahead": 0, "handed_back": 0, "finals": {}}
 
     def describe(self) -> list[Any]:
         return []  # read at collect time only: nothing to check at registration
@@ -113,6 +113,8 @@ class _Gauges(Collector):
         yield GaugeMetricFamily("hakuriver_queue_length", "Tasks waiting for cores", value=s["queue"])
         yield CounterMetricFamily("hakuriver_tasks_queued_ahead", "Tasks queued on a node behind a busy core since "
                                   "the host started", value=s["queued_ahead"])
+        yield CounterMetricFamily("hakuriver_tasks_handed_back", "Tasks queued ahead that waited past their limit "
+                                  "and were handed back unrun, since the host started", value=s["handed_back"])
         total = GaugeMetricFamily("hakuriver_node_cores", "Cores a node offers", labels=["node"])
         used = GaugeMetricFamily("hakuriver_node_cores_used", "Cores of a node held by tasks", labels=["node"])
         for name, cores, taken, _ in s["nodes"]:
