@@ -5,7 +5,7 @@ that a runner crash can never lead to a second launch of the same task. The keep
 tasks and keeps their exits until the runner has journaled them: a restarted runner connects to
 the same keeper and picks up where the last one stopped. A task whose keeper was lost (killed)
 is found again by the HAKURIVER_TASK_ID in its environment and watched until it ends, without
-an exit status. Results go to the journal before the keeper may forget them, so a crash between
+an exit status (orphans.py). Results go to the journal before the keeper may forget them, so a crash between
 the two repeats a report but never loses one.
 
 A root runner runs each task as the Unix user named like its owner (SPEC §12), and refuses one
@@ -29,13 +29,12 @@ from hakuriver.runner import launch, task_files
 from hakuriver.runner.journal import TaskRecord
 from hakuriver.runner.keeper_link import KeeperGone, KeeperLink
 from hakuriver.runner.keeper_wire import Began, Exit, Forget, Kill, Spawn, State
+from hakuriver.runner.orphans import OrphanWatch, limit_reached
 from hakuriver.runner.outbox import Outbox
 from hakuriver.runner.spawn import RunAs
 
 log = logging.getLogger("hakuriver.runner")
 
-#: seconds between checks of a task whose keeper was lost
-ORPHAN_POLL = 0.25
 
 
 @dataclass(frozen=True)
@@ -59,7 +58,7 @@ class NodeSetup:
         return os.path.join(self.shared_dir, "task_outputs")
 
 
-class Supervisor:
+class Supervisor(OrphanWatch):
     def __init__(self, setup: NodeSetup, outbox: Outbox, on_started: Callable[[p.TaskStarted], None]) -> None:
         self.setup = setup
         self.outbox = outbox
@@ -347,7 +346,7 @@ class Supervisor:
     def _result(self, rec: TaskRecord, ex: Exit) -> p.TaskFinished:
         if ex.killed and rec.key in self._timed_out:  # the runner had it killed for its time limit
             self._timed_out.discard(rec.key)
-            ex = msgspec.structs.replace(ex, killed=False, timed_out=True, error=_limit_reached(rec))
+            ex = msgspec.structs.replace(ex, killed=False, timed_out=True, error=limit_reached(rec))
         return p.TaskFinished(rec.task_id, ex.ended_at, exit_code=ex.exit_code, signal=ex.signal, error=ex.error,
                               killed=ex.killed, started_at=None if ex.not_started else ex.started_at or rec.started_at,
                               stdout_path=rec.stdout, stderr_path=rec.stderr, cpu_user_seconds=ex.cpu_user_seconds,
@@ -368,74 +367,3 @@ class Supervisor:
             threading.Thread(target=self._kill_orphan, args=(rec,), name=f"kill-{key[:8]}", daemon=True).start()
         else:
             self._send([Kill(key, self.setup.kill_grace)])
-
-    # ---- tasks whose keeper was lost -----------------------------------------------------
-    def _adopt_orphan(self, rec: TaskRecord) -> bool:
-        """Watch a task the keeper does not know; False (and its result) if it is not running."""
-        leader = launch.find_task_leader(rec.task_id, rec.attempt)
-        if leader is None:
-            self._finish_orphan(rec, "ended without an exit status: it never started, or its keeper was killed")
-            return False
-        rec.pid, rec.start_time = leader
-        with self._lock:
-            self._orphans.add(rec.key)
-        self._ensure_watch()
-        if rec.killing:
-            threading.Thread(target=self._kill_orphan, args=(rec,), daemon=True).start()
-        return True
-
-    def _ensure_watch(self) -> None:
-        with self._lock:
-            if self._watch is None:
-                self._watch = threading.Thread(target=self._watch_loop, name="watch", daemon=True)
-                self._watch.start()
-
-    def _watch_loop(self) -> None:
-        """Tasks whose keeper was lost, and time limits an old keeper does not keep."""
-        while True:
-            time.sleep(ORPHAN_POLL)
-            self._watch_orphans()
-            if not self._keeper_limits:
-                self._watch_limits()
-
-    def _watch_limits(self) -> None:
-        now = time.time()
-        with self._lock:
-            due = [rec.key for key, rec in self._records.items() if key not in self._orphans and not rec.killing
-                   and rec.time_limit is not None and now >= rec.started_at + rec.time_limit]
-            self._timed_out.update(due)
-        for key in due:
-            log.info("task %s reached its time limit", key)
-            self.kill(key)
-
-    def _watch_orphans(self) -> None:
-        with self._lock:
-            watched = [self._records[t] for t in self._orphans if t in self._records]
-        for rec in watched:
-            if rec.killing:
-                continue
-            if not launch.is_alive(rec.pid, rec.start_time):
-                self._finish_orphan(rec, "ended after its keeper was killed: no exit status")
-            elif rec.time_limit is not None and time.time() >= rec.started_at + rec.time_limit:
-                rec.killing = True  # the keeper that held its deadline is gone: the runner keeps it
-                threading.Thread(target=self._kill_orphan, args=(rec, True), daemon=True).start()
-
-    def _kill_orphan(self, rec: TaskRecord, timed_out: bool = False) -> None:
-        if launch.is_alive(rec.pid, rec.start_time):
-            launch.kill_tree(rec.pid, self.setup.kill_grace)
-        if timed_out:
-            self._finish_orphan(rec, _limit_reached(rec), timed_out=True)
-        else:
-            self._finish_orphan(rec, "killed by user", killed=True)
-
-    def _finish_orphan(self, rec: TaskRecord, error: str, killed: bool = False, timed_out: bool = False) -> None:
-        with self._lock:
-            self._orphans.discard(rec.key)
-        self.outbox.add([p.TaskFinished(rec.task_id, time.time(), error=error, killed=killed, started_at=rec.started_at,
-                                        stdout_path=rec.stdout, stderr_path=rec.stderr, timed_out=timed_out,
-                                        attempt=rec.attempt, unix_user=self._ran_as(rec))])
-        task_files.remove_folder(rec.temp_dir)
-
-
-def _limit_reached(rec: TaskRecord) -> str:
-    return p.limit_reached(rec.time_limit or 0)
