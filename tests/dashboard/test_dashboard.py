@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -132,9 +132,11 @@ def wait_idle(cluster: LocalCluster) -> None:
 
 # ---- the page's side -------------------------------------------------------------------------
 def until(driver: WebDriver, cond: Callable[[WebDriver], Any], what: str, timeout: float = LIVE) -> Any:
-    """The first truthy value of `cond`; fail naming `what` after `timeout` seconds."""
+    """The first truthy value of `cond`; fail naming `what` after `timeout` seconds. A live page
+    re-renders while `cond` reads it: an element gone stale meanwhile means "ask again"."""
     try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.05).until(cond)
+        return WebDriverWait(driver, timeout, poll_frequency=0.05,
+                             ignored_exceptions=(StaleElementReferenceException,)).until(cond)
     except TimeoutException:
         raise AssertionError(f"timed out after {timeout}s waiting for {what} (page at {driver.current_url})") from None
 
@@ -412,11 +414,13 @@ def test_the_tasks_page_filters_by_state_newest_first(admin, cluster):
         return [r["task_id"] for r in cluster.query(
             "SELECT task_id FROM tasks WHERE state = 'failed' ORDER BY rowid DESC LIMIT 50")]
 
-    def listed(d: WebDriver) -> list[str]:
-        return [row.get_attribute("data-task") for row in css(d, "#task-table tr[data-task]")]
+    def listed(d: WebDriver) -> list[str]:  # read in one go: the live page may re-render between two reads
+        return d.execute_script("return Array.from(document.querySelectorAll('#task-table tr[data-task]'), "
+                                "r => r.getAttribute('data-task'))")
 
     until(driver, lambda d: listed(d) == expected(), "exactly the failed tasks, newest first")
-    states = {badge.get_attribute("data-state") for badge in css(driver, "#task-table tr[data-task] .badge")}
+    states = set(driver.execute_script("return Array.from(document.querySelectorAll('#task-table tr[data-task] .badge'), "
+                                       "b => b.getAttribute('data-state'))"))
     assert states == {"failed"}
     submitted = [cluster.task(t)["submitted_at"] for t in listed(driver)]
     assert submitted == sorted(submitted, reverse=True)
