@@ -466,3 +466,37 @@ def test_a_task_of_another_user_gets_none_of_the_runners_secrets(walkable, monke
         sup.keeper.close()
         for proc in keepers_below(str(walkable)):
             proc.kill()
+
+
+def queued(task_id: str, *argv: str, wait_limit: float = 30.0) -> p.LaunchOrder:
+    """A launch for core 0 from a host that queues ahead on this node."""
+    return p.LaunchOrder(task_id, argv[0], list(argv[1:]), {}, [0], wait_limit=wait_limit)
+
+
+def test_a_task_queued_behind_a_busy_core_begins_when_it_frees_and_is_reported_started_then(node):
+    setup, sup, outbox, started = node
+    assert sup.queues_ahead  # this release's keeper holds launches for busy cores
+    gate = os.path.join(setup.shared_dir, "gate")
+    sup.launch([queued("first", "sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.02; done"), queued("behind", "true")])
+    wait_until(lambda: [s.task_id for s in started] == ["first"], 10, "the first task started")
+    assert sup.waiting_count() == 1 and not Path(setup.output_dir, "behind.out").exists()  # it waits for core 0
+    open(gate, "w").close()
+    assert result(outbox, "behind").exit_code == 0
+    assert [s.task_id for s in started] == ["first", "behind"] and sup.waiting_count() == 0
+
+
+def test_a_keeper_lost_with_a_task_queued_in_it_hands_that_task_back_and_queues_nothing_while_its_tasks_run(node):
+    setup, sup, outbox, _ = node
+    gate = os.path.join(setup.shared_dir, "gate")
+    sup.launch([queued("first", "sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.02; done"), queued("behind", "true")])
+    wait_until(lambda: launch.find_task_leader("first"), 10, "the first task to run")
+    [keeper] = keepers_below(setup.state_dir)
+    keeper.kill()  # its line for core 0 goes with it; the pump starts a new keeper, which knows nothing of "first"
+    back = result(outbox, "behind")
+    assert back.returned and back.started_at is None and not Path(setup.output_dir, "behind.out").exists()
+    wait_until(lambda: not sup.queues_ahead, 10, "the node to stop queueing ahead while the orphan runs")
+    sup.launch([queued("next", "true")])  # a queued launch now would start beside the orphan: handed back instead
+    assert result(outbox, "next").returned and not Path(setup.output_dir, "next.out").exists()
+    open(gate, "w").close()
+    result(outbox, "first")
+    wait_until(lambda: sup.queues_ahead, 10, "queueing ahead again once the orphan ended")

@@ -77,15 +77,16 @@ def may_wait(task: Task, batches: ShortBatches) -> bool:
 
 def open_slots(nodes: Iterable[Node], tasks: Mapping[str, Task], batches: ShortBatches) -> list[tuple[int, str, int]]:
     """(tasks queued, node, core) of every busy core with room in its queue, least queued first
-    (a heap). Only behind cores whose every task is of a short batch: behind a long task a queued
-    one would wait out its limit while other cores idle. A node whose queues are full costs O(1)."""
+    (a heap). Only behind cores whose every task is a one-core task of a short batch: behind a long
+    task a queued one would wait out its limit while other cores idle. A node whose queues are full costs O(1)."""
     slots = []
     for node in nodes:
         busy = len(node.cores.offered) - node.cores.free_count
         if node.queued.total >= DEPTH * busy:
             continue
-        long_cores = {core for task_id in node.task_ids if not batches.is_short((task := tasks[task_id]).batch_id)
-                      for core in task.core_ids}
+        # (nor behind a task of several cores: only one-core tasks share a core, so each comes back alone)
+        long_cores = {core for task_id in node.task_ids
+                      if (task := tasks[task_id]).cores > 1 or not batches.is_short(task.batch_id) for core in task.core_ids}
         slots += [(node.queued.behind(core), node.name, core)
                   for core in set(node.cores.offered).difference(node.cores.free_ids(), long_cores)
                   if node.queued.behind(core) < DEPTH]

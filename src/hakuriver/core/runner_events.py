@@ -95,7 +95,7 @@ class RunnerEvents:
         orders, effects = Orders(), []
         if node is None or node.state is NodeState.OFFLINE:
             return orders, effects
-        if node.queues_ahead and self.ahead_wait > 0:
+        if (node.queues_ahead or node.queued.total) and self.ahead_wait > 0:  # (it may stop queueing with work queued)
             orders.wait_limit = self.ahead_wait
         # in queue order: the node keeps that order among the tasks queued behind one core
         for task_id in sorted(node.task_ids, key=self.rank.__getitem__):

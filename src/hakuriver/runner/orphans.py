@@ -9,6 +9,7 @@ methods use the supervisor's records, lock and outbox.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 
@@ -37,8 +38,15 @@ class OrphanWatch:
     def _adopt_orphan(self, rec: TaskRecord) -> bool:
         """Watch a task the keeper does not know; False (and its result) if it is not running."""
         leader = launch.find_task_leader(rec.task_id, rec.attempt)
+        if leader is None and not os.path.exists(rec.stdout):
+            # the keeper makes a task's output files before it starts it: this one never started
+            # (queued ahead behind a busy core, or the Spawn never reached the keeper)
+            self.outbox.add([p.TaskFinished(rec.task_id, time.time(), error="its keeper was lost before it started it: "
+                                            "handed back unrun", stdout_path=rec.stdout, stderr_path=rec.stderr,
+                                            attempt=rec.attempt, returned=True)])
+            return False
         if leader is None:
-            self._finish_orphan(rec, "ended without an exit status: it never started, or its keeper was killed")
+            self._finish_orphan(rec, "ended without an exit status: its keeper was killed")
             return False
         rec.pid, rec.start_time = leader
         with self._lock:

@@ -188,16 +188,9 @@ class Supervisor(OrphanWatch):
         with self._lock:
             live = [rec for rec in self._records.values() if rec.key in running]
             lost = [rec for rec in self._records.values() if rec.key not in running and rec.key not in self._orphans]
-            # queued ahead in a keeper that was lost, and never begun: no output file means never started
-            unrun = {rec.key: rec for rec in lost if rec.key in self._unbegun and not os.path.exists(rec.stdout)}
             self._unbegun = waiting & set(self._records)
-        if unrun:
-            log.warning("the keeper was lost with %d tasks queued ahead that never started: handed back", len(unrun))
-            self.outbox.add([p.TaskFinished(rec.task_id, time.time(), error="its keeper was lost before it started: "
-                                            "handed back unrun", stdout_path=rec.stdout, stderr_path=rec.stderr,
-                                            attempt=rec.attempt, returned=True) for rec in unrun.values()])
         self._send([Kill(rec.key, self.setup.kill_grace) for rec in live if rec.killing])
-        adopted = live + [rec for rec in lost if rec.key not in unrun and self._adopt_orphan(rec)]
+        adopted = live + [rec for rec in lost if self._adopt_orphan(rec)]
         if adopted:
             log.info("took over %d tasks (%d of them waiting for their cores)", len(adopted), len(waiting))
         return [self._started(rec) for rec in adopted if rec.key not in waiting]
@@ -250,6 +243,13 @@ class Supervisor(OrphanWatch):
         for order in new:
             paths = task_files.task_paths(order, self.setup.output_dir, self.setup.local_temp_dir)
             key = run_key(order.task_id, order.attempt)
+            if order.wait_limit is not None and not self.queues_ahead:
+                # it may be queued behind a busy core, which this node cannot do now (tasks of a lost keeper
+                # run on cores the new one does not know): handed back unrun, the host places it anew
+                failed.append(p.TaskFinished(order.task_id, time.time(), error=f"node {self.setup.node} could not queue "
+                                             "it behind a busy core: handed back unrun", stdout_path=paths.stdout,
+                                             stderr_path=paths.stderr, attempt=order.attempt, returned=True))
+                continue
             try:
                 spawn, problem = self._prepare(order, paths, cwds, now) if not scratch_problem else (None, scratch_problem)
             except OSError as exc:

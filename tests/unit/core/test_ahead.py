@@ -148,3 +148,16 @@ def test_the_wait_limit_leaves_the_host_an_interval_to_spare_before_a_node_count
     assert ahead.wait_limit(1, 3) == 1.0
     assert ahead.wait_limit(0.5, 8) == 3.0
     assert ahead.wait_limit(1, 2) == 0.0 and ahead.wait_limit(1, 1) == 0.0  # no room: nothing queued ahead
+
+
+def test_nothing_is_queued_behind_a_task_of_several_cores_so_that_each_lost_task_comes_back_alone():
+    c = cluster(cores=3)
+    for _ in range(3):
+        c.short.ran("b", 0.01)
+    c.on_submit([Task(task_id="two", command="true", args=[], env={}, cores=2, submitted_at=0.0, batch_id="b"),
+                 *array(10, at=1.0, first=10)])
+    c.schedule()
+    two = c.tasks["two"]
+    assert len(two.core_ids) == 2 and not any(c.nodes["n"].queued.behind(core) for core in two.core_ids)
+    assert c.nodes["n"].queued.total > 0  # behind the one-core task's core only
+    c.check_invariants()
