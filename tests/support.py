@@ -334,3 +334,23 @@ def authed_client(app: Any, token: str):  # noqa: ANN201
             return super().request(method, url, **kw)
 
     return AuthedClient(app)
+
+
+def start_namespaced(cluster: LocalCluster, netlab: Any, *names: str, cores: int = 2) -> None:
+    """A host on every address and a runner per name in its own network namespace (tests/netlab.py),
+    each named after its namespace's hostname, host-<name>; back once all are online."""
+    cluster.start_host(bind_ip="0.0.0.0")
+    for name in names:
+        netlab.add_host(name)
+        # node_name "" : the runner names itself after the hostname of its own UTS namespace
+        cluster.start_runner(name, cores, prefix=netlab.prefix(name, f"host-{name}"), node_name="",
+                             host_address=netlab.gateway)
+    cluster.wait_online(*(f"host-{n}" for n in names))
+
+
+def start_a_and_b(cluster: LocalCluster) -> None:
+    """The shared test cluster's shape: a host, runner `a` with 4 cores and runner `b` with 2, online."""
+    cluster.start_host()
+    cluster.start_runner("a", 4)
+    cluster.start_runner("b", 2)
+    cluster.wait_online("a", "b")

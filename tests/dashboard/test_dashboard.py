@@ -27,7 +27,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
-from support import LocalCluster, cluster_running, program, wait_until
+from support import LocalCluster, cluster_running, program, start_a_and_b, wait_until
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -48,10 +48,7 @@ LIVE = 10
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
     with cluster_running(tmp_path_factory.mktemp("dashboard"), request) as c:
-        c.start_host()
-        c.start_runner("a", 4)
-        c.start_runner("b", 2)
-        c.wait_online("a", "b")
+        start_a_and_b(c)
         yield c
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from support import keepers_below, wait_until
+from support import keepers_below, start_namespaced, wait_until
 
 #: writes its marker (its pid), then runs until the gate file `$0`, or its attempt's own `$0.N`, appears
 GATED = 'echo $$ > "$HAKURIVER_SHARED_DIR/$HAKURIVER_TASK_ID.$HAKURIVER_ATTEMPT"; ' \
@@ -227,18 +227,9 @@ def test_an_attempt_lost_with_its_node_is_retried_on_another_node(cluster, comes
 
 
 # ---- 3. a partition that heals while the retried attempt runs elsewhere --------------------------
-def start_namespaced(cluster, netlab, *names: str, cores: int = 1) -> None:  # noqa: ANN001
-    cluster.start_host(bind_ip="0.0.0.0")
-    for name in names:
-        netlab.add_host(name)
-        cluster.start_runner(name, cores, prefix=netlab.prefix(name, f"host-{name}"), node_name="",
-                             host_address=netlab.gateway)
-    cluster.wait_online(*(f"host-{n}" for n in names))
-
-
 def test_the_old_attempt_is_killed_when_its_node_returns(cluster, netlab):
     c = cluster  # heartbeat timeout 2 s
-    start_namespaced(c, netlab, "a", "b")
+    start_namespaced(c, netlab, "a", "b", cores=1)
     task = gated(c, "gate", "--retries", "1")
     first = c.wait_state(task, "running")
     node_a = first["node"]
@@ -275,7 +266,7 @@ def test_the_old_attempt_is_killed_when_its_node_returns(cluster, netlab):
 
 def test_an_old_attempt_that_ended_during_the_cut_is_history_only(cluster, netlab):
     c = cluster  # heartbeat timeout 2 s
-    start_namespaced(c, netlab, "a", "b")
+    start_namespaced(c, netlab, "a", "b", cores=1)
     task = gated(c, "gate", "--retries", "1")
     node_a = c.wait_state(task, "running")["node"]
     node_b = ({"host-a", "host-b"} - {node_a}).pop()
@@ -303,7 +294,7 @@ def test_an_old_attempt_that_ended_during_the_cut_is_history_only(cluster, netla
 
 def test_the_old_attempt_is_killed_when_its_node_returns_to_a_restarted_host(cluster, netlab):
     c = cluster  # heartbeat timeout 2 s
-    start_namespaced(c, netlab, "a", "b")
+    start_namespaced(c, netlab, "a", "b", cores=1)
     task = gated(c, "gate", "--retries", "1")
     node_a = c.wait_state(task, "running")["node"]
     node_b = ({"host-a", "host-b"} - {node_a}).pop()

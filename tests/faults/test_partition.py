@@ -5,20 +5,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from support import wait_until
+from support import start_namespaced, wait_until
 
 GATED = 'echo run >> "$HAKURIVER_SHARED_DIR/$HAKURIVER_TASK_ID.runs"; ' \
         'while [ ! -e "$HAKURIVER_SHARED_DIR/$0" ]; do sleep 0.05; done; exit "$1"'
-
-
-def start_namespaced(cluster, netlab, *names: str) -> None:  # noqa: ANN001
-    cluster.start_host(bind_ip="0.0.0.0")
-    for name in names:
-        netlab.add_host(name)
-        # node_name "" : the runner names itself after the hostname of its own UTS namespace
-        cluster.start_runner(name, 2, prefix=netlab.prefix(name, f"host-{name}"), node_name="",
-                             host_address=netlab.gateway)
-    cluster.wait_online(*(f"host-{n}" for n in names))
 
 
 def submit_gated(cluster, node: str, gate: str, code: int) -> str:  # noqa: ANN001

@@ -19,7 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from hakuriver import protocol as p
-from support import wait_until
+from support import start_namespaced, wait_until
 
 #: one line per run, then a short nap: short enough to be queued ahead (< 0.25 s), long enough that
 #: a 200-task array on four cores lasts a few seconds, so there is time to break something mid-array
@@ -152,15 +152,6 @@ def test_a_host_restarted_mid_array_loses_nothing_and_runs_nothing_twice(cluster
 
 
 # ---- 4. a node's link cut mid-array ----------------------------------------------------------------
-def start_namespaced(cluster, netlab, *names: str) -> None:  # noqa: ANN001
-    cluster.start_host(bind_ip="0.0.0.0")
-    for name in names:
-        netlab.add_host(name)
-        cluster.start_runner(name, 2, prefix=netlab.prefix(name, f"host-{name}"), node_name="",
-                             host_address=netlab.gateway)
-    cluster.wait_online(*(f"host-{n}" for n in names))
-
-
 def lost_when(cluster, batch_id: str, node: str) -> dict[tuple[str, int], float]:  # noqa: ANN001
     """(task ID, attempt) -> when the host declared that attempt on `node` lost (the attempt's end),
     for every attempt of the batch, current or past, lost there now."""

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from support import cluster_running, make_cluster
+from support import cluster_running, make_cluster, start_a_and_b
 
 pytestmark = pytest.mark.integration
 
@@ -11,10 +11,7 @@ pytestmark = pytest.mark.integration
 def cluster(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest):  # noqa: ANN201
     """A host with two runners: `a` (4 cores) and `b` (2 cores), shared by a module's tests."""
     with cluster_running(tmp_path_factory.mktemp("cluster"), request) as c:
-        c.start_host()
-        c.start_runner("a", 4)
-        c.start_runner("b", 2)
-        c.wait_online("a", "b")
+        start_a_and_b(c)
         yield c
 
 

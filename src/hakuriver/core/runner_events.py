@@ -79,13 +79,21 @@ class RunnerEvents:
 
     def _run_again(self, task: Task, node: Node, now: float) -> list[Effect]:
         """A new attempt for a lost one that never started (it does not count against --retries)."""
-        self.batches.lost_is_back(task)
-        self.lost[node.name].discard(task.task_id)
+        return self._queue_again_undelivered(task, now, f"{task.error}; it had not started there, and {node.name} "
+                                                        "came back without it: queued again")
+
+    def _queue_again_undelivered(self, task: Task, now: float, error: str) -> list[Effect]:
+        """The attempt never ran on its node: closed as not delivered (no retry used), and the task
+        queued again in its place as a new attempt, so anything still naming the old one is history."""
+        if task.state is TaskState.LOST:
+            self.lost.get(task.node, set()).discard(task.task_id)
+            self.batches.lost_is_back(task)
         check_transition(task.state, TaskState.PENDING)
-        close_attempt(task, TaskState.LOST, now, f"{task.error}; it had not started there, and {node.name} came "
-                                                 "back without it: queued again", delivered=False)
+        effects = [TaskChanged(task), *self._release(task)]
+        task.started_at = None
+        close_attempt(task, TaskState.LOST, now, error, delivered=False)
         self._enqueue(task)
-        return [TaskChanged(task)]
+        return effects
 
     def orders_for(
         self, node_name: str, held: set[str], now: float, ending: frozenset[str] = frozenset()
@@ -172,17 +180,9 @@ class RunnerEvents:
         self.short.returned(task.batch_id)
         if task.kill_requested:
             return self._finish(task, TaskState.KILLED, now, error="killed by user before it started")
-        if task.state is TaskState.LOST:
-            self.lost.get(task.node, set()).discard(task.task_id)
-            self.batches.lost_is_back(task)
-        check_transition(task.state, TaskState.PENDING)
-        effects = [TaskChanged(task), *self._release(task)]
         self.handed_back_total += 1
-        task.started_at = None
-        close_attempt(task, TaskState.LOST, now, f"queued ahead on {node_name}, it waited past its limit for a busy core "
-                                                 "and was handed back unrun: queued again", delivered=False)
-        self._enqueue(task)
-        return effects
+        return self._queue_again_undelivered(task, now, f"queued ahead on {node_name}, it waited past its limit for a "
+                                                        "busy core and was handed back unrun: queued again")
 
     def on_tick(self, now: float) -> list[Effect]:
         """Nodes silent for longer than the heartbeat timeout go offline; their tasks are lost."""

@@ -34,8 +34,11 @@ def run_short(c: Cluster, task_id: str, at: float) -> None:
     c.on_finished("n", Finished(task_id, at + 0.01, exit_code=0, started_at=at))
 
 
-def state_of(c: Cluster) -> dict[str, tuple[str, tuple[int, ...]]]:
-    return {t.task_id: (t.state.value, t.core_ids) for t in c.tasks.values()}
+def warm_up(c: Cluster) -> None:
+    """Tasks b0 to b2 of batch "b" run short one after the other: the batch may now be queued ahead."""
+    for i in range(3):
+        run_short(c, f"b{i}", 1.0)
+        c.schedule()
 
 
 def test_a_short_batch_is_queued_behind_busy_cores_up_to_the_depth_and_only_then():
@@ -59,9 +62,7 @@ def test_a_node_whose_keeper_cannot_queue_gets_nothing_ahead():
     c = cluster(queues=False)
     c.on_submit(array(20))
     c.schedule()
-    for i in range(3):
-        run_short(c, f"b{i}", 1.0)
-        c.schedule()
+    warm_up(c)
     assert c.nodes["n"].queued.total == 0
     orders, _ = c.orders_for("n", set(), now=3.0)
     assert orders.wait_limit is None
@@ -72,9 +73,7 @@ def test_nothing_is_queued_behind_a_long_task_or_past_a_head_that_may_not_wait()
     c.on_submit([Task(task_id="long", command="sleep", args=["1h"], env={}, cores=1, submitted_at=0.0)])
     c.on_submit(array(20, at=1.0))
     c.schedule()
-    for i in range(3):
-        run_short(c, f"b{i}", 1.0)
-        c.schedule()
+    warm_up(c)
     long_core = c.tasks["long"].core_ids[0]
     assert c.nodes["n"].queued.behind(long_core) == 0 and c.nodes["n"].queued.total > 0
     c.check_invariants()
@@ -93,9 +92,7 @@ def test_a_hand_back_is_a_new_attempt_that_uses_no_retry_and_a_repeat_of_it_chan
     c = cluster(cores=1)
     c.on_submit(array(20))
     c.schedule()
-    for i in range(3):
-        run_short(c, f"b{i}", 1.0)
-        c.schedule()
+    warm_up(c)
     queued = [t for t in c.tasks.values() if t.state is TaskState.ASSIGNING][-1]
     back = Finished(queued.task_id, 9.0, returned=True, error="handed back", attempt=1)
     c.on_finished("n", back)
@@ -127,9 +124,7 @@ def test_lost_tasks_sharing_a_core_come_back_together_and_the_core_stays_taken_u
     c = cluster(cores=1)
     c.on_submit(array(12))
     c.schedule()
-    for i in range(3):
-        run_short(c, f"b{i}", 1.0)
-        c.schedule()
+    warm_up(c)
     on_core = sorted(t.task_id for t in c.tasks.values() if t.state is TaskState.ASSIGNING)
     c.on_tick(now=100.0)
     assert all(c.tasks[t].state is TaskState.LOST for t in on_core)
