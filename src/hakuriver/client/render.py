@@ -125,7 +125,8 @@ def usage_lines(t: p.TaskView) -> list[tuple[str, str]]:
         used = cpu / wall
         text = f"{efficiency:.0%} (used {used:.1f} of {t.cores} cores on average over {_duration(wall)})"
         if efficiency < 0.5 and t.cores > 1:
-            text += f"; --cores {max(1, math.ceil(used))} would do"
+            # the hint agrees with the average shown: 1.004 cores "used 1.0" is one core, not two
+            text += f"; --cores {max(1, math.ceil(round(used, 1)))} would do"
         lines.append(("CPU efficiency", text))
     return lines
 

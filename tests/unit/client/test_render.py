@@ -49,3 +49,14 @@ def test_everything_after_the_double_dash_is_the_command():
     args = parse(["--cores", "2", "--", "python", "--cores", "3", "--", "-V"])
     assert args.cores == 2 and args.command == ["python", "--cores", "3", "--", "-V"]
     assert parse(["--wait", "echo", "hi"]).command == ["echo", "hi"]
+
+
+def test_the_sizing_hint_agrees_with_the_average_shown():
+    def hint(cpu: float) -> str:
+        [line] = [v for k, v in render.usage_lines(view(cores=4, started_at=0.0, finished_at=2.0, cpu_user_seconds=cpu,
+                                                          cpu_system_seconds=0.0)) if k == "CPU efficiency"]
+        return line
+    assert hint(2.008).endswith("(used 1.0 of 4 cores on average over 2.00s); --cores 1 would do")  # CI saw "2" here
+    assert hint(2.2).endswith("used 1.1 of 4 cores on average over 2.00s); --cores 2 would do")
+    assert hint(0.1).endswith("--cores 1 would do")
+    assert "would do" not in hint(6.0)
