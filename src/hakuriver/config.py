@@ -91,7 +91,7 @@ class TasksConfig:
 
     @property
     def default_time_limit_seconds(self) -> float | None:
-        from hakuriver.protocol import parse_duration
+        from hakuriver.durations import parse_duration
 
         return parse_duration(self.default_time_limit) if self.default_time_limit else None
 
@@ -146,7 +146,7 @@ _RULES: dict[tuple[str, str], tuple[Any, str]] = {
 
 
 def _is_duration(text: str) -> bool:
-    from hakuriver.protocol import parse_duration
+    from hakuriver.durations import parse_duration
 
     try:
         parse_duration(text)

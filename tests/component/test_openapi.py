@@ -1,4 +1,4 @@
-"""The route table (protocol.ROUTES) is what the host serves, and its OpenAPI document describes
+"""The route table (routes.ROUTES) is what the host serves, and its OpenAPI document describes
 every route, derived from the messages themselves; a live host is fuzzed against it by
 tests/integration/test_api_fuzz.py."""
 
@@ -8,6 +8,7 @@ import pytest
 from starlette.routing import Route as StarletteRoute
 
 from hakuriver import protocol as p
+from hakuriver.host import routes
 from hakuriver.host.store import Store
 from support import authed_client, in_process_app
 
@@ -22,7 +23,7 @@ def app(tmp_path):  # noqa: ANN001, ANN201
 def test_the_host_serves_exactly_the_route_table(app):
     app, _ = app
     served = {(m, r.path) for r in app.routes if isinstance(r, StarletteRoute) for m in r.methods - {"HEAD"}}
-    assert served == {(r.method, r.path) for r in p.ROUTES}
+    assert served == {(r.method, r.path) for r in routes.ROUTES}
 
 
 def test_the_document_describes_every_route_with_its_messages(app):
@@ -31,7 +32,7 @@ def test_the_document_describes_every_route_with_its_messages(app):
         doc = client.get(p.OPENAPI).json()
     assert doc["openapi"].startswith("3.1")
     described = {(m.upper(), path) for path, ops in doc["paths"].items() for m in ops}
-    assert described == {(r.method, r.path) for r in p.ROUTES}
+    assert described == {(r.method, r.path) for r in routes.ROUTES}
     schemas = doc["components"]["schemas"]
     assert set(schemas["TaskView"]["properties"]) == set(p.TaskView._fields)  # a new field shows up by itself
     assert set(schemas["TaskSpec"]["properties"]) == set(p.TaskSpec._fields)

@@ -23,6 +23,7 @@ from schemathesis import experimental  # noqa: E402
 from schemathesis.specs.openapi.checks import negative_data_rejection  # noqa: E402
 
 from hakuriver import protocol as p  # noqa: E402
+from hakuriver.host import routes  # noqa: E402
 from support import LocalCluster, cluster_running  # noqa: E402
 
 experimental.OPEN_API_3_1.enable()
@@ -63,8 +64,8 @@ def without_token(live):  # noqa: ANN001, ANN201
     # Every route but the public ones (the health check, the dashboard's page and files, logging
     # in and out); the runners' routes too: refused before the body is read.
     schema = _schema(live)
-    for route in p.ROUTES:
-        if route.access == p.PUBLIC:
+    for route in routes.ROUTES:
+        if route.access == routes.PUBLIC:
             schema = schema.exclude(path=route.path, method=route.method)
     return schema
 

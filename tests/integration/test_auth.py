@@ -34,6 +34,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from hakuriver import protocol as p
+from hakuriver.host import routes
 from hakuriver.host.store import Store
 from support import CLUSTER_KEY, LocalCluster, Proc, in_process_app, program, wait_until, write_toml
 
@@ -129,7 +130,7 @@ def wait_batch_state(cluster: LocalCluster, batch_id: str, *states: str, count: 
 
 
 # ---- the access sweep: every route, every kind of caller ------------------------------------
-_TABLE = {(r.method, r.path): r.access for r in p.ROUTES}
+_TABLE = {(r.method, r.path): r.access for r in routes.ROUTES}
 #: valid bodies, so that an allowed caller gets a real answer (the guard runs before any body is read)
 _BODIES = {
     ("POST", p.TASKS): p.encode(p.SubmitRequest(tasks=[p.TaskSpec("true")])),
@@ -141,8 +142,8 @@ _QUERY = {p.TASK_WAIT: "?timeout=0", p.BATCH_WAIT: "?timeout=0", p.EVENTS: "?onc
 
 
 def table_routes() -> list[tuple[str, str]]:
-    """(method, path) of every route of protocol.ROUTES, with the HEAD that each GET also answers."""
-    return [(m, r.path) for r in p.ROUTES for m in ((r.method, "HEAD") if r.method == "GET" else (r.method,))]
+    """(method, path) of every route of routes.ROUTES, with the HEAD that each GET also answers."""
+    return [(m, r.path) for r in routes.ROUTES for m in ((r.method, "HEAD") if r.method == "GET" else (r.method,))]
 
 
 def served_routes(app: Any) -> list[tuple[str, str]]:
@@ -186,7 +187,7 @@ def _cases(access: str | None, method: str, tokens: dict[str, str], cluster_key:
            runner_calls: bool) -> list[tuple[str, str | None, bool, str]]:
     """(who, Authorization header, short ID?, the answer wanted) for a route of this access;
     a route the table does not know (access None) is checked as locked."""
-    if access == p.PUBLIC:
+    if access == routes.PUBLIC:
         return [("no token", None, False, "allowed")]
     token_id, secret = tokens["alice"].split(".", 1)
     wrong = {
@@ -206,14 +207,14 @@ def _cases(access: str | None, method: str, tokens: dict[str, str], cluster_key:
         return cases
     user = {who: f"Bearer {tokens[who]}" for who in ("admin", "alice", "bob")}
     key = f"Bearer {cluster_key}"
-    if access == p.RUNNER:
+    if access == routes.RUNNER:
         cases += [("the admin's token", user["admin"], False, "403"), ("alice's token", user["alice"], False, "403")]
         cases += [("the cluster key", key, False, "allowed")] if runner_calls else []
         return cases
     cases.append(("the cluster key", key, False, "403"))
-    if access == p.OWNER:
+    if access == routes.OWNER:
         cases += [("bob's token", user["bob"], short, "403 naming the owner") for short in (False, True)]
-    allowed = ("admin", "alice", "bob") if access in (p.USER, p.METRICS_ACCESS) else ("admin", "alice")
+    allowed = ("admin", "alice", "bob") if access in (routes.USER, routes.METRICS_ACCESS) else ("admin", "alice")
     return cases + [(f"{who}'s token", user[who], False, "allowed") for who in allowed]
 
 

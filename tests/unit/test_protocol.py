@@ -4,6 +4,7 @@ import pytest
 
 from hakuriver import codec
 from hakuriver import protocol as p
+from hakuriver.durations import format_duration, parse_duration
 
 
 @pytest.mark.parametrize(
@@ -146,14 +147,14 @@ def test_threads_decoding_at_once_on_a_fresh_codec_all_succeed(monkeypatch):
                                            ("1:30:00", 5400.0), ("5:00", 300.0), ("0.5", 0.5), (" 2H ", 7200.0),
                                            ("1h30m", 5400.0), ("1m30s", 90.0), ("2d12h", 216000.0)])
 def test_durations_in_every_form(text, seconds):
-    assert p.parse_duration(text) == seconds
-    assert p.parse_duration(p.format_duration(seconds)) == seconds
+    assert parse_duration(text) == seconds
+    assert parse_duration(format_duration(seconds)) == seconds
 
 
 @pytest.mark.parametrize("text", ["", "0", "soon", "1:60", "-5", "1m30", "1.5.2s", "0:00:00", "1:75:00"])
 def test_a_malformed_duration_is_refused(text):
     with pytest.raises(ValueError, match="duration"):
-        p.parse_duration(text)
+        parse_duration(text)
 
 
 @pytest.mark.parametrize("field, value, words", [

@@ -11,6 +11,7 @@ from hakuriver.cli_common import EXIT_USAGE, OneLineParser, add_config_flag, con
 from hakuriver.client.api import ApiError, HostClient, HostUnreachable
 from hakuriver.client.commands import PROG, dispatch
 from hakuriver.credentials import CredentialError, read_secret
+from hakuriver.durations import parse_duration
 
 # annotations only: importing typing would cost the client ~3 ms of start-up
 TYPE_CHECKING = False
@@ -58,7 +59,7 @@ def _count(flag: str) -> Callable[[str], int]:
 
 def _time_limit(text: str) -> float:
     try:
-        return p.parse_duration(text)
+        return parse_duration(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"--time-limit: {exc}") from None
 

@@ -7,6 +7,7 @@ import shlex
 import time
 
 from hakuriver import protocol as p
+from hakuriver.durations import format_duration
 
 
 def _when(ts: float | None) -> str:
@@ -156,7 +157,7 @@ def task_record(t: p.TaskView, now: float | None = None) -> str:
         ("Stderr", t.stderr_path or "-"),
         ("Working dir", t.cwd or "-"),
         ("Environment", " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(t.env.items())) or "-"),
-        ("Time limit", "-" if t.time_limit is None else p.format_duration(t.time_limit)),
+        ("Time limit", "-" if t.time_limit is None else format_duration(t.time_limit)),
         ("Retries", f"{t.retries} (this is attempt {t.attempt} of at most {t.retries + 1})" if t.retries else "0"),
     ]
     if t.after:

@@ -19,7 +19,7 @@ from hakuriver import protocol as p
 from hakuriver.core.cluster import SubmitRefused
 from hakuriver.core.model import Task
 from hakuriver.core.states import TaskState
-from hakuriver.host import logs
+from hakuriver.host import logs, routes
 from hakuriver.host.http import BadRequest, error_response, json_response, read_body
 from hakuriver.host.auth import Authenticator, Forbidden, Identity, Unauthorized, allowed, check_owner
 from hakuriver.host.convert import node_view, task_view
@@ -229,7 +229,7 @@ def _encoded_views(tasks: list[Task]) -> bytes:
 
 
 def build_app(service: HostService, auth: Authenticator, secure_cookie: bool = False) -> Starlette:
-    """One Starlette route per entry of protocol.ROUTES, each behind `_guard`."""
+    """One Starlette route per entry of routes.ROUTES, each behind `_guard`."""
     api = _Api(service)
     web = Web(service, auth, secure_cookie)
     handlers = {
@@ -241,7 +241,7 @@ def build_app(service: HostService, auth: Authenticator, secure_cookie: bool = F
         ("POST", p.RUNNER_HEARTBEAT): api.heartbeat, ("POST", p.RUNNER_REPORT): api.report,
         ("GET", p.HEALTH): api.health, ("GET", p.OPENAPI): api.openapi, **web.handlers(),
     }
-    guarded = {(r.method, r.path): _guard(handlers[(r.method, r.path)], r, auth, service) for r in p.ROUTES}
+    guarded = {(r.method, r.path): _guard(handlers[(r.method, r.path)], r, auth, service) for r in routes.ROUTES}
     return _App([Route(path, handler, methods=[method]) for (method, path), handler in guarded.items()],
                 {key: handler for key, handler in guarded.items() if "{" not in key[1]})
 
@@ -289,11 +289,11 @@ def _caller(request: Request) -> Identity:
     return request.state.identity
 
 
-def _check_access(request: Request, route: p.Route, auth: Authenticator, service: HostService) -> None:
+def _check_access(request: Request, route: routes.Route, auth: Authenticator, service: HostService) -> None:
     """Who is asking, and may they: Unauthorized (401) or Forbidden (403) if not."""
     if route.method == "POST" and route.path == p.LOGIN and not _same_origin(request, required=False):
         raise Forbidden("a login from another origin is refused")
-    if route.access == p.PUBLIC or (route.access == p.METRICS_ACCESS and auth.metrics_public):
+    if route.access == routes.PUBLIC or (route.access == routes.METRICS_ACCESS and auth.metrics_public):
         return
     header = request.headers.get("authorization")
     cookie = None if header else request.cookies.get(p.TOKEN_COOKIE)
@@ -304,7 +304,7 @@ def _check_access(request: Request, route: p.Route, auth: Authenticator, service
     who = auth.identify(header or (f"Bearer {cookie}" if cookie else None))
     allowed(route.access, who)
     request.state.identity = who
-    if route.access == p.OWNER and not who.admin:
+    if route.access == routes.OWNER and not who.admin:
         kinds = ("batch",) if "batch_id" in request.path_params else \
             ("task", "batch") if route.path == p.TASK_RETRY else ("task",)
         some_id = _id(request, "batch_id" if kinds == ("batch",) else "task_id")
@@ -321,8 +321,8 @@ def _check_query(request: Request, takes: set[str]) -> None:
         raise BadRequest(f"query parameter {empty} is empty: give a value or leave it out")
 
 
-def _guard(handler: Handler, route: p.Route, auth: Authenticator, service: HostService) -> Handler:
-    """Check who is asking (p.Route.access); refuse query parameters the route does not take (a
+def _guard(handler: Handler, route: routes.Route, auth: Authenticator, service: HostService) -> Handler:
+    """Check who is asking (routes.Route.access); refuse query parameters the route does not take (a
     typo is an error, not ignored); turn every failure into one JSON error line. An unexpected
     failure is logged, never fatal."""
     takes = {name for name, _ in route.query}
@@ -333,7 +333,7 @@ def _guard(handler: Handler, route: p.Route, auth: Authenticator, service: HostS
             _check_query(request, takes)
             return await handler(request)
         except Unauthorized as exc:
-            if route.access == p.RUNNER:
+            if route.access == routes.RUNNER:
                 auth.refused_runner(request.client.host if request.client else "?")
             return json_response(p.ErrorReply(error=str(exc)), 401, {"WWW-Authenticate": "Bearer"})
         except Forbidden as exc:

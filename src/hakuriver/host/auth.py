@@ -1,6 +1,6 @@
 """Who is asking: the cluster key (runners) and users' tokens (people), checked at every request.
 
-Every route of protocol.ROUTES names its access (`public`, `user`, `owner`, `runner`); the
+Every route of routes.ROUTES names its access (`public`, `user`, `owner`, `runner`); the
 app's guard asks `Authenticator.identify` for the caller and `allowed` whether that caller may
 use the route. A missing or wrong credential is a 401, a valid one without the right a 403.
 On its first start the host makes what a one-machine cluster needs (`first_start`), so the

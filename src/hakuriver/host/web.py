@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from hakuriver import protocol as p
+from hakuriver.host import routes
 from hakuriver.host.auth import Authenticator, Unauthorized
 from hakuriver.host.http import BadRequest, read_body
 from hakuriver.host.metrics import CONTENT_TYPE
@@ -111,7 +112,7 @@ class Web:
             return True
 
         stream = self.service.live.stream(follow, once, logs, still_valid)
-        return StreamingResponse(stream, media_type=p.EVENT_STREAM, headers=headers)
+        return StreamingResponse(stream, media_type=routes.EVENT_STREAM, headers=headers)
 
     async def metrics(self, request: Request) -> Response:
         metrics = self.service.metrics

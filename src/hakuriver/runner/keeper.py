@@ -54,7 +54,7 @@ _to_keeper = msgspec.json.Decoder(ToKeeper).decode
 
 
 def _limit_reached(limit: float) -> str:
-    from hakuriver.protocol import limit_reached  # loaded only by a keeper whose task ran out of time
+    from hakuriver.durations import limit_reached  # loaded only by a keeper whose task ran out of time
 
     return limit_reached(limit)
 

@@ -13,6 +13,7 @@ import os
 import threading
 import time
 
+from hakuriver import durations
 from hakuriver import protocol as p
 from hakuriver.runner import launch, task_files
 from hakuriver.runner.journal import TaskRecord
@@ -110,4 +111,4 @@ class OrphanWatch:
 
 
 def limit_reached(rec: TaskRecord) -> str:
-    return p.limit_reached(rec.time_limit or 0)
+    return durations.limit_reached(rec.time_limit or 0)
