@@ -39,10 +39,10 @@ import time
 
 import msgspec
 
+from hakuriver.runner.keeper_conn import RunnerConn
 from hakuriver.runner.keeper_exits import ExitsLog
 from hakuriver.runner.keeper_lines import CoreLines
-from hakuriver.runner.keeper_wire import (RECV_SIZE, Began, Exit, Forget, Hello, Kill, Spawn, State, ToKeeper,
-                                          encode_lines, exit_of, socket_address)
+from hakuriver.runner.keeper_wire import Began, Exit, Forget, Hello, Kill, Spawn, State, exit_of, socket_address
 from hakuriver.runner.spawn import Starter, base_env, hand_over, open_outputs
 
 log = logging.getLogger("hakuriver.keeper")
@@ -50,7 +50,6 @@ log = logging.getLogger("hakuriver.keeper")
 LOCK_NAME = "keeper.lock"
 #: seconds the keeper stays with no runner connected and no task left (a restarting runner comes back sooner)
 IDLE_EXIT = 5.0
-_to_keeper = msgspec.json.Decoder(ToKeeper).decode
 
 
 def _limit_reached(limit: float) -> str:
@@ -64,6 +63,9 @@ class Keeper:
     """One thread does everything (the runner's connection, starting tasks, reaping them), so
     the keeper's state needs no lock; only a kill runs on a thread of its own, and posts its
     result back to the loop."""
+
+    #: the runner's connection (none, or one at a time), made by serve
+    runner: RunnerConn
 
     def __init__(self, state_dir: str) -> None:
         self.state_dir = state_dir
@@ -89,11 +91,6 @@ class Keeper:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self.conn: socket.socket | None = None
-        self._inbox = b""
-        self._outbox = bytearray()
-        #: while the messages of one read are handled: what they cause goes out in one write, after
-        self._batching = False
         self.exits_log = ExitsLog(state_dir)
         #: exits the runner has not forgotten yet (the log's, in memory)
         self.exits = self.exits_log.exits
@@ -101,18 +98,16 @@ class Keeper:
 
     # ---- the loop ----------------------------------------------------------------------------
     def serve(self, listener: socket.socket) -> None:
-        self.listener = listener
-        listener.setblocking(False)
+        self.runner = RunnerConn(self.sel, listener, self._handle, self._greeting)
         # SIGCHLD only wakes the loop (through the wake-up socket); reaping happens in the loop
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
-        self.sel.register(listener, selectors.EVENT_READ, self._accept)
         self.sel.register(self._wake_r, selectors.EVENT_READ, self._woken)
         idle_since = time.monotonic()
         while True:
             self._reap()
             self._collect_posted()
-            if self.conn is not None or self.pids or self.killing or self.lines:
+            if self.runner.connected or self.pids or self.killing or self.lines:
                 idle_since = time.monotonic()
             elif time.monotonic() - idle_since >= IDLE_EXIT and not select.select([listener], [], [], 0)[0]:
                 # (a runner that connected just now is served first, not left with a closed socket)
@@ -120,6 +115,11 @@ class Keeper:
                 return
             for key, mask in self.sel.select(timeout=min(self._expire_due(), self._withdraw_due())):
                 key.data(mask)
+
+    def _greeting(self) -> list[msgspec.Struct]:
+        """What a runner that connects is told first: the running tasks, the exits it has not forgotten."""
+        return [State(running=list(self.pids), exits=list(self.exits.values()), limits=True, users=True, queues=True,
+                      waiting=self.lines.waiting)]
 
     def _woken(self, _mask: int) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -130,76 +130,6 @@ class Keeper:
         self._posted.put(ex)
         with contextlib.suppress(OSError):
             self._wake_w.send(b"x")
-
-    def _accept(self, _mask: int) -> None:
-        try:
-            conn, _ = self.listener.accept()
-        except BlockingIOError:
-            return
-        conn.setblocking(False)
-        self.conn, self._inbox, self._outbox = conn, b"", bytearray()
-        # one runner at a time: the next is accepted once this one is gone and fully read
-        self.sel.unregister(self.listener)
-        self.sel.register(conn, selectors.EVENT_READ, self._on_conn)
-        self._send([State(running=list(self.pids), exits=list(self.exits.values()), limits=True, users=True,
-                          queues=True, waiting=self.lines.waiting)])
-
-    def _on_conn(self, mask: int) -> None:
-        if mask & selectors.EVENT_WRITE:
-            self._flush()
-        if not mask & selectors.EVENT_READ or self.conn is None:
-            return
-        try:
-            data = self.conn.recv(RECV_SIZE)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self._drop_conn()
-            return
-        lines = (self._inbox + data).split(b"\n")
-        self._inbox = lines.pop()
-        self._batching = True
-        for line in lines:
-            try:
-                self._handle(_to_keeper(line))
-            except msgspec.DecodeError:
-                log.warning("ignoring a malformed message from the runner")
-            except Exception:  # the keeper parents every task of the node: it must not die of one message
-                log.exception("could not handle a message from the runner")
-        self._batching = False
-        if self._outbox and self.conn is not None:
-            self._flush()
-
-    def _drop_conn(self) -> None:
-        if self.conn is None:
-            return
-        self.sel.unregister(self.conn)
-        self.conn.close()
-        self.conn = None
-        self.sel.register(self.listener, selectors.EVENT_READ, self._accept)
-
-    def _send(self, messages: list[msgspec.Struct]) -> None:
-        if self.conn is None:
-            return  # kept in self.exits and the log: the next runner gets them in State
-        self._outbox += encode_lines(messages)
-        if not self._batching:
-            self._flush()
-
-    def _flush(self) -> None:
-        assert self.conn is not None
-        try:
-            sent = self.conn.send(self._outbox)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            self._drop_conn()
-            return
-        del self._outbox[:sent]
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self._outbox else 0)
-        if events != self.sel.get_key(self.conn).events:  # usually all is sent: no epoll call then
-            self.sel.modify(self.conn, events, self._on_conn)
 
     # ---- messages ----------------------------------------------------------------------------
     def _handle(self, msg: msgspec.Struct) -> None:
@@ -379,7 +309,7 @@ class Keeper:
         if exits:
             self.exits_log.append(exits)  # on local disk first: the runner may be gone
         if exits or began:
-            self._send([*exits, *began])
+            self.runner.send([*exits, *began])
 
 
 def main(argv: list[str] | None = None) -> None:
