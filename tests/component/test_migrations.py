@@ -18,7 +18,8 @@ from hakuriver.core.model import Task
 from hakuriver.core.states import TaskState
 from hakuriver.host.convert import task_view
 from hakuriver.host.migrations import MIGRATIONS
-from hakuriver.host.store import TASK_COLUMNS, Store, StoreError, TaskFilter
+from hakuriver.host.rows import TASK_COLUMNS
+from hakuriver.host.store import Store, StoreError, TaskFilter
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 

@@ -1,8 +1,8 @@
-"""The SQLite store: schema and its migrations, every SQL statement, and row <-> model conversion.
+"""The SQLite store: the schema's migrations applied, and every SQL statement.
 
 The only module that imports sqlite3. It decides nothing: no state transitions, no scheduling.
-Each task column is named once, in `TASK_COLUMNS`; every statement and the row <-> `Task`
-mapping are derived from that list by name. The schema grows only by appending to
+Each task column is named once, in `TASK_COLUMNS` (rows.py, with the row <-> `Task` mapping);
+every statement is derived from that list by name. The schema grows only by appending to
 `MIGRATIONS` (`PRAGMA user_version` counts those applied). WAL mode with one transaction per
 batch of changes keeps writes cheap; reads for big queries run on other threads, each with its
 own connection (`reader`), so the host's event loop never waits on them.
@@ -10,86 +10,22 @@ own connection (`reader`), so the host's event loop never waits on them.
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from operator import attrgetter
 from typing import Any, NamedTuple
 
-import msgspec
-
-from hakuriver.core.cores import CoreSet, format_core_ids, parse_core_ids
-from hakuriver.core.model import Attempt, Node, Task
-from hakuriver.core.states import PROBLEM_STATES, NodeState, TaskState
+from hakuriver.core.model import Node, Task
+from hakuriver.core.states import PROBLEM_STATES, TaskState
 from hakuriver.host.migrations import MIGRATIONS
-
-
-def _same(value: Any) -> Any:
-    return value
-
-
-def _json_text(value: object) -> str:
-    return msgspec.json.encode(value).decode()  # several times faster than json.dumps: a batch holds thousands
-
-
-def _attempts_from_db(text: str) -> list[Attempt]:
-    return [Attempt(**{**a, "state": TaskState(a["state"]), "core_ids": tuple(a["core_ids"])}) for a in json.loads(text)]
-
-
-@dataclass(frozen=True)
-class Column:
-    name: str
-    #: model value -> what SQLite stores, and back
-    to_db: Callable[[Any], Any] = _same
-    from_db: Callable[[Any], Any] = _same
-    #: may change after submission (written by updates; the rest only by the insert)
-    changes: bool = True
-
-
-#: every column of `tasks`, named as the `Task` field it holds (a test checks both against the migrated schema)
-TASK_COLUMNS: tuple[Column, ...] = (
-    Column("task_id", changes=False),
-    Column("batch_id", changes=False),
-    Column("state", attrgetter("value"), TaskState),
-    Column("command", changes=False),
-    Column("args", _json_text, json.loads, changes=False),
-    Column("env", _json_text, json.loads, changes=False),
-    Column("cores", changes=False),
-    Column("cwd", changes=False),
-    Column("target_node", changes=False),
-    Column("node"),
-    Column("core_ids", format_core_ids, parse_core_ids),
-    Column("exit_code"),
-    Column("signal"),
-    Column("error"),
-    Column("submitted_at", changes=False),
-    Column("started_at"),
-    Column("finished_at"),
-    Column("stdout_path"),
-    Column("stderr_path"),
-    Column("kill_requested", int, bool),
-    Column("name", changes=False),
-    Column("owner", changes=False),
-    Column("cpu_user_seconds"),
-    Column("cpu_system_seconds"),
-    Column("max_rss_bytes"),
-    Column("time_limit", changes=False),
-    Column("retries", changes=False),
-    Column("after", _json_text, json.loads, changes=False),
-    Column("throttle", changes=False),
-    Column("attempt"),
-    Column("attempts", _json_text, _attempts_from_db),
-    Column("unix_user"),
-)
-_NODE_COLUMNS = ("name", "core_ids", "memory_bytes", "state", "last_heartbeat")
+from hakuriver.host.rows import (CHANGING, NODE_COLUMNS, TASK_COLUMNS, change_row, node_from_row, node_row,
+                                 task_from_row, task_row)
 
 _ALL = ", ".join(c.name for c in TASK_COLUMNS)
-_CHANGING = [c for c in TASK_COLUMNS if c.changes]
 _INSERT_TASK = f"INSERT INTO tasks ({_ALL}) VALUES ({', '.join('?' * len(TASK_COLUMNS))})"
-_UPDATE_TASK = f"UPDATE tasks SET {', '.join(f'{c.name} = ?' for c in _CHANGING)} WHERE task_id = ?"
+_UPDATE_TASK = f"UPDATE tasks SET {', '.join(f'{c.name} = ?' for c in CHANGING)} WHERE task_id = ?"
 _SELECT = f"SELECT {_ALL} FROM tasks"
 _GET_TASK = f"{_SELECT} WHERE task_id = ?"
 ACTIVE_STATES = tuple(s.value for s in TaskState if not s.is_final or s is TaskState.LOST)
@@ -106,8 +42,8 @@ _BATCH_PROBLEMS = (
 _TASKS_BY_PREFIX = "SELECT task_id FROM tasks WHERE task_id >= ? AND task_id < ? ORDER BY task_id LIMIT ?"
 _FIRST_BATCH = "SELECT batch_id FROM tasks WHERE batch_id >= ? AND batch_id < ? AND batch_id != '' ORDER BY batch_id LIMIT 1"
 _NEXT_BATCH = "SELECT batch_id FROM tasks WHERE batch_id > ? AND batch_id < ? AND batch_id != '' ORDER BY batch_id LIMIT 1"
-_NODE_ALL = ", ".join(_NODE_COLUMNS)
-_UPSERT_NODE = f"INSERT OR REPLACE INTO nodes ({_NODE_ALL}) VALUES ({', '.join('?' * len(_NODE_COLUMNS))})"
+_NODE_ALL = ", ".join(NODE_COLUMNS)
+_UPSERT_NODE = f"INSERT OR REPLACE INTO nodes ({_NODE_ALL}) VALUES ({', '.join('?' * len(NODE_COLUMNS))})"
 _ALL_NODES = f"SELECT {_NODE_ALL} FROM nodes ORDER BY name"
 _USER_COLUMNS = ("name", "admin", "token_id", "token_hash", "created_at")
 
@@ -202,11 +138,11 @@ class Store:
     # ---- writes ----------------------------------------------------------------------------
     def insert(self, tasks: Iterable[Task]) -> None:
         """Write new tasks in one transaction; returns once committed."""
-        self._write([(_INSERT_TASK, [_task_row(t) for t in tasks])])
+        self._write([(_INSERT_TASK, [task_row(t) for t in tasks])])
 
     def save(self, changed: Iterable[Task] = (), nodes: Iterable[Node] = ()) -> None:
         """Write changes to known tasks, and nodes, in one transaction; returns once committed."""
-        self._write([(_UPDATE_TASK, [_change_row(t) for t in changed]), (_UPSERT_NODE, [_node_row(n) for n in nodes])])
+        self._write([(_UPDATE_TASK, [change_row(t) for t in changed]), (_UPSERT_NODE, [node_row(n) for n in nodes])])
 
     def _write(self, statements: list[tuple[str, list[Any]]]) -> None:
         statements = [(sql, rows) for sql, rows in statements if rows]
@@ -228,7 +164,7 @@ class Store:
     # ---- reads (the event loop's connection: small, indexed lookups only) -------------------
     def get_task(self, task_id: str) -> Task | None:
         row = self._db.execute(_GET_TASK, (task_id,)).fetchone()
-        return _task_from_row(row) if row else None
+        return task_from_row(row) if row else None
 
     def task_ids_with_prefix(self, prefix: str, limit: int) -> list[str]:
         return [r[0] for r in self._db.execute(_TASKS_BY_PREFIX, (prefix, prefix + "~", limit))]
@@ -245,10 +181,10 @@ class Store:
         return found
 
     def active_tasks(self) -> list[Task]:
-        return [_task_from_row(r) for r in self._db.execute(_ACTIVE_TASKS)]
+        return [task_from_row(r) for r in self._db.execute(_ACTIVE_TASKS)]
 
     def nodes(self) -> list[Node]:
-        return [_node_from_row(r) for r in self._db.execute(_ALL_NODES)]
+        return [node_from_row(r) for r in self._db.execute(_ALL_NODES)]
 
     def batch_owner(self, batch_id: str) -> str | None:
         """The owner of a batch's tasks (one request submits a batch: one owner); None if no such batch."""
@@ -320,7 +256,7 @@ class Store:
         rows = self.reader().execute(
             f"SELECT rowid, {_ALL} FROM tasks{sql} ORDER BY rowid DESC LIMIT ? OFFSET ?", [*params, limit, offset]
         ).fetchall()
-        return [_task_from_row(r[1:]) for r in rows], (rows[-1][0] if rows else None)
+        return [task_from_row(r[1:]) for r in rows], (rows[-1][0] if rows else None)
 
     def count_tasks(self, where: TaskFilter) -> tuple[int, bool]:
         """How many tasks match, and whether that is exact: counting stops past COUNT_LIMIT.
@@ -342,7 +278,7 @@ class Store:
         return tasks, *self.count_tasks(where)
 
     def batch_tasks(self, batch_id: str) -> list[Task]:
-        return [_task_from_row(r) for r in self.reader().execute(_BATCH_TASKS, (batch_id,))]
+        return [task_from_row(r) for r in self.reader().execute(_BATCH_TASKS, (batch_id,))]
 
     def state_counts(self) -> dict[str, int]:
         """Tasks by state, over the whole history (a worker thread's job: an index scan)."""
@@ -371,43 +307,3 @@ def migrate(db: sqlite3.Connection, path: str) -> None:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise StoreError(f"cannot upgrade database {path} to schema version {number}: {exc}") from None
-
-
-_task_values = attrgetter(*(c.name for c in TASK_COLUMNS))
-_change_values = attrgetter(*(c.name for c in _CHANGING), "task_id")
-_TO_DB = [(i, c.to_db) for i, c in enumerate(TASK_COLUMNS) if c.to_db is not _same]
-_CHANGE_TO_DB = [(i, c.to_db) for i, c in enumerate(_CHANGING) if c.to_db is not _same]
-_FROM_DB = [(i, c.from_db) for i, c in enumerate(TASK_COLUMNS) if c.from_db is not _same]
-_TASK_FIELDS = tuple(c.name for c in TASK_COLUMNS)
-
-
-def _converted(values: tuple[Any, ...], converters: list[tuple[int, Callable[[Any], Any]]]) -> list[Any]:
-    row = list(values)
-    for i, convert in converters:
-        row[i] = convert(row[i])
-    return row
-
-
-def _task_row(t: Task) -> list[Any]:
-    return _converted(_task_values(t), _TO_DB)
-
-
-def _change_row(t: Task) -> list[Any]:
-    return _converted(_change_values(t), _CHANGE_TO_DB)
-
-
-def _task_from_row(r: tuple[Any, ...]) -> Task:
-    return Task(**dict(zip(_TASK_FIELDS, _converted(r, _FROM_DB))))
-
-
-def _node_row(n: Node) -> list[Any]:
-    """The node's values in _NODE_COLUMNS order: its cores are stored as the IDs it has."""
-    values = {"name": n.name, "core_ids": format_core_ids(n.cores.all), "memory_bytes": n.memory_bytes,
-              "state": n.state.value, "last_heartbeat": n.last_heartbeat}
-    return [values[c] for c in _NODE_COLUMNS]
-
-
-def _node_from_row(r: tuple[Any, ...]) -> Node:
-    row = dict(zip(_NODE_COLUMNS, r))
-    return Node(name=row["name"], cores=CoreSet(parse_core_ids(row["core_ids"])), memory_bytes=row["memory_bytes"],
-                state=NodeState(row["state"]), last_heartbeat=row["last_heartbeat"])
