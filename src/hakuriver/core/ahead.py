@@ -3,8 +3,11 @@
 A node never runs more tasks than it has cores, so with one report per finished core a runner
 sends a message per task or two, and each message costs the host and the runner about the
 same whatever it carries. A node whose keeper can hold a launch until its core frees
-(`queues_ahead`) may therefore be given up to DEPTH tasks per busy core beyond the one using
-it: the keeper starts each the moment its core frees, and a report carries tens of results.
+(`queues_ahead`) may therefore be given tasks to hold behind its busy cores: the keeper starts
+each the moment its core frees, and a report carries tens of results. How many a core holds
+follows how long the batch's tasks run: about QUEUED_WORK seconds of them, at most DEPTH. Tiny
+tasks get deep queues, so the node never runs dry while results and new orders travel; tasks
+near SHORT get a few, so a node never holds much more work than another could take over.
 
 Only tasks for which waiting cannot hurt are queued ahead: one core, any node, no throttle,
 and a batch whose recent tasks were all short. A queued task that has not started within its
@@ -21,7 +24,9 @@ from collections.abc import Iterable, Mapping
 from hakuriver.core.model import Node, Task
 
 #: tasks queued behind each busy core, at most
-DEPTH = 8
+DEPTH = 32
+#: seconds of a batch's work (as its recent tasks ran) queued behind each busy core
+QUEUED_WORK = 0.5
 #: a batch is short while each of its last SAMPLES finished tasks ran at most SHORT seconds
 SHORT = 0.25
 SAMPLES = 8
@@ -68,6 +73,11 @@ class ShortBatches:
         runs = self._runs.get(batch_id) if batch_id else None
         return runs is not None and len(runs) >= MIN_DONE and max(runs) <= SHORT
 
+    def depth(self, batch_id: str) -> int:
+        """How many of this short batch's tasks one core may hold: about QUEUED_WORK seconds of them."""
+        longest = max(self._runs[batch_id])
+        return DEPTH if longest * DEPTH <= QUEUED_WORK else max(1, int(QUEUED_WORK / longest))
+
 
 def may_wait(task: Task, batches: ShortBatches) -> bool:
     """Whether the task may be queued behind a busy core."""
@@ -92,7 +102,3 @@ def open_slots(nodes: Iterable[Node], tasks: Mapping[str, Task], batches: ShortB
                   if node.queued.behind(core) < DEPTH]
     heapq.heapify(slots)
     return slots
-
-
-def room(slots: list[tuple[int, str, int]]) -> int:
-    return sum(DEPTH - queued for queued, _, _ in slots)

@@ -240,24 +240,26 @@ class Cluster(RunnerEvents):
             return []
         nodes = (n for n in self.nodes.values() if n.queues_ahead and n.state is NodeState.ONLINE)
         slots = ahead.open_slots(nodes, self.tasks, self.short)
-        picked: list[Task] = []
-        room = ahead.room(slots)
-        for task_id in self.queue:
+        picked: list[tuple[Task, str, int]] = []
+        for task_id in self.queue:  # in queue order, until one may not wait or finds no room
             task = self.tasks[task_id]
-            if len(picked) == room or not ahead.may_wait(task, self.short):
+            if not slots or not ahead.may_wait(task, self.short):
                 break
-            picked.append(task)
-        effects: list[Effect] = []
-        for task in picked:
+            depth = self.short.depth(task.batch_id)
+            if slots[0][0] >= depth:  # the least queued core holds enough of this batch's work already
+                break
             queued, name, core = heapq.heappop(slots)
+            picked.append((task, name, core))
+            if queued + 1 < depth:
+                heapq.heappush(slots, (queued + 1, name, core))
+        effects: list[Effect] = []
+        for task, name, core in picked:
             node = self.nodes[name]
             self.queue.remove(task.task_id)
             check_transition(task.state, TaskState.ASSIGNING)
             task.state, task.node, task.core_ids = TaskState.ASSIGNING, name, (core,)
             node.queued.add(core)
             self._hold(task, node)
-            if queued + 1 < ahead.DEPTH:
-                heapq.heappush(slots, (queued + 1, name, core))
             effects.append(TaskChanged(task))
             woken.add(name)
         self.queued_ahead_total += len(picked)

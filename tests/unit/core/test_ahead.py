@@ -43,7 +43,7 @@ def warm_up(c: Cluster) -> None:
 
 def test_a_short_batch_is_queued_behind_busy_cores_up_to_the_depth_and_only_then():
     c = cluster()
-    c.on_submit(array(40))
+    c.on_submit(array(100))
     c.schedule()  # b0, b1 on the two cores; nothing is known of the batch yet: nothing queued ahead
     assert c.nodes["n"].queued.total == 0
     for i in range(2):
@@ -56,6 +56,21 @@ def test_a_short_batch_is_queued_behind_busy_cores_up_to_the_depth_and_only_then
     assert c.nodes["n"].queued.as_dict() == {0: ahead.DEPTH, 1: ahead.DEPTH}
     assert c.queued_ahead_total == 2 * ahead.DEPTH
     assert c.nodes["n"].running_tasks == 2
+
+
+def test_a_core_holds_about_queued_work_seconds_of_a_batch():
+    c = cluster()
+    c.on_submit(array(40))
+    c.schedule()
+    for i in range(3):  # each ran 0.2 s: two of them are QUEUED_WORK = 0.5 s at most
+        c.on_started("n", Started(f"b{i}", 1.0))
+        c.on_finished("n", Finished(f"b{i}", 1.2, exit_code=0, started_at=1.0))
+        c.schedule()
+    c.check_invariants()
+    assert ahead.QUEUED_WORK == 0.5 and c.nodes["n"].queued.as_dict() == {0: 2, 1: 2}
+    run_short(c, "b3", 2.0)  # a quicker one does not deepen it while the 0.2 s runs are among the last SAMPLES
+    c.schedule()
+    assert c.nodes["n"].queued.as_dict() == {0: 2, 1: 2}
 
 
 def test_a_node_whose_keeper_cannot_queue_gets_nothing_ahead():

@@ -765,11 +765,17 @@ class AheadMachine(ClusterMachine):
     turn short and their tasks are queued ahead behind busy cores, handed back, killed while
     queued, lost with their node and restored by a host restart (core/ahead.py)."""
 
-    @rule(specs=st.lists(st.tuples(st.sampled_from((1, 1, 1, 2)), st.just(""), retries), min_size=4, max_size=16), deps=after,
+    @rule(specs=st.lists(st.tuples(st.sampled_from((1, 1, 1, 1, 1, 2)), st.just(""), retries), min_size=6, max_size=24),
+          deps=after,
           unknown=st.just(False), limit=st.just(0), then_schedule=st.booleans())
     def submit(self, specs: list[tuple[int, str, int]], deps: list[tuple[bool, int]], unknown: bool, limit: int,
                then_schedule: bool) -> None:
         super().submit(specs, deps, unknown, limit, then_schedule)
+
+    @rule(dt=st.one_of(st.sampled_from((0.0, 0.05, 0.2)), pause), then_tick=st.booleans())
+    def advance(self, dt: float, then_tick: bool) -> None:
+        """Time passes: often less than a short task's run (SHORT), so that batches turn short."""
+        super().advance(dt, then_tick)
 
     @precondition(lambda self: self.runners)
     @rule(i=pick)
