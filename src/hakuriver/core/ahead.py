@@ -5,9 +5,11 @@ sends a message per task or two, and each message costs the host and the runner 
 same whatever it carries. A node whose keeper can hold a launch until its core frees
 (`queues_ahead`) may therefore be given tasks to hold behind its busy cores: the keeper starts
 each the moment its core frees, and a report carries tens of results. How many a core holds
-follows how long the batch's tasks run: about QUEUED_WORK seconds of them, at most DEPTH. Tiny
-tasks get deep queues, so the node never runs dry while results and new orders travel; tasks
-near SHORT get a few, so a node never holds much more work than another could take over.
+follows how long the batch's tasks run: about QUEUED_WORK seconds of them (and a quarter of the
+wait limit at most), at most DEPTH, and a node holds NODE_DEPTH at most, as its keeper starts
+them one at a time. Tiny tasks get deep queues, so the node never runs dry while results and
+new orders travel; tasks near SHORT get a few, so a node never holds much more work than another
+could take over, and a queued task starts well within its wait limit.
 
 Only tasks for which waiting cannot hurt are queued ahead: one core, any node, no throttle,
 and a batch whose recent tasks were all short. A queued task that has not started within its
@@ -25,6 +27,8 @@ from hakuriver.core.model import Node, Task
 
 #: tasks queued behind each busy core, at most
 DEPTH = 32
+#: tasks queued on one node, at most (its keeper starts a few thousand a second, one at a time)
+NODE_DEPTH = 256
 #: seconds of a batch's work (as its recent tasks ran) queued behind each busy core
 QUEUED_WORK = 0.5
 #: a batch is short while each of its last SAMPLES finished tasks ran at most SHORT seconds
@@ -73,10 +77,14 @@ class ShortBatches:
         runs = self._runs.get(batch_id) if batch_id else None
         return runs is not None and len(runs) >= MIN_DONE and max(runs) <= SHORT
 
-    def depth(self, batch_id: str) -> int:
-        """How many of this short batch's tasks one core may hold: about QUEUED_WORK seconds of them."""
+    def depth(self, batch_id: str, wait_limit: float) -> int:
+        """How many of this batch's tasks one core may hold: about QUEUED_WORK seconds of them, and
+        a quarter of the wait limit at most (0 if the batch is not short)."""
+        if not self.is_short(batch_id):
+            return 0
         longest = max(self._runs[batch_id])
-        return DEPTH if longest * DEPTH <= QUEUED_WORK else max(1, int(QUEUED_WORK / longest))
+        work = min(QUEUED_WORK, wait_limit / 4)
+        return DEPTH if longest * DEPTH <= work else max(1, int(work / longest + 1e-9))
 
 
 def may_wait(task: Task, batches: ShortBatches) -> bool:
@@ -85,20 +93,22 @@ def may_wait(task: Task, batches: ShortBatches) -> bool:
             and batches.is_short(task.batch_id))
 
 
-def open_slots(nodes: Iterable[Node], tasks: Mapping[str, Task], batches: ShortBatches) -> list[tuple[int, str, int]]:
-    """(tasks queued, node, core) of every busy core with room in its queue, least queued first
-    (a heap). Only behind cores whose every task is a one-core task of a short batch: behind a long
-    task a queued one would wait out its limit while other cores idle. A node whose queues are full costs O(1)."""
+def open_slots(nodes: Iterable[Node], tasks: Mapping[str, Task], batches: ShortBatches,
+               depth: int) -> list[tuple[int, str, int]]:
+    """(tasks queued, node, core) of every busy core with fewer than `depth` queued (the depth of
+    the batch at the head of the queue), least queued first (a heap). Only behind cores whose
+    every task is a one-core task of a short batch: behind a long task a queued one would wait out
+    its limit while other cores idle. A node whose queues are full costs O(1)."""
     slots = []
     for node in nodes:
         busy = len(node.cores.offered) - node.cores.free_count
-        if node.queued.total >= DEPTH * busy:
+        if node.queued.total >= min(depth * busy, NODE_DEPTH):
             continue
         # (nor behind a task of several cores: only one-core tasks share a core, so each comes back alone)
         long_cores = {core for task_id in node.task_ids
                       if (task := tasks[task_id]).cores > 1 or not batches.is_short(task.batch_id) for core in task.core_ids}
         slots += [(node.queued.behind(core), node.name, core)
                   for core in set(node.cores.offered).difference(node.cores.free_ids(), long_cores)
-                  if node.queued.behind(core) < DEPTH]
+                  if node.queued.behind(core) < depth]
     heapq.heapify(slots)
     return slots

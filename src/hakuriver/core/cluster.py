@@ -239,18 +239,22 @@ class Cluster(RunnerEvents):
         if not ahead.may_wait(head, self.short):
             return []
         nodes = (n for n in self.nodes.values() if n.queues_ahead and n.state is NodeState.ONLINE)
-        slots = ahead.open_slots(nodes, self.tasks, self.short)
+        slots = ahead.open_slots(nodes, self.tasks, self.short, self.short.depth(head.batch_id, self.ahead_wait))
+        room = {name: ahead.NODE_DEPTH - self.nodes[name].queued.total for _, name, _ in slots}
         picked: list[tuple[Task, str, int]] = []
         for task_id in self.queue:  # in queue order, until one may not wait or finds no room
             task = self.tasks[task_id]
-            if not slots or not ahead.may_wait(task, self.short):
+            if not ahead.may_wait(task, self.short):
                 break
-            depth = self.short.depth(task.batch_id)
-            if slots[0][0] >= depth:  # the least queued core holds enough of this batch's work already
+            while slots and room[slots[0][1]] <= 0:  # that node holds all it may
+                heapq.heappop(slots)
+            # (the least queued core holds enough of this batch's work already: so do the others)
+            if not slots or slots[0][0] >= self.short.depth(task.batch_id, self.ahead_wait):
                 break
             queued, name, core = heapq.heappop(slots)
             picked.append((task, name, core))
-            if queued + 1 < depth:
+            room[name] -= 1
+            if queued + 1 < ahead.DEPTH:  # (a deeper batch behind this one may still use it)
                 heapq.heappush(slots, (queued + 1, name, core))
         effects: list[Effect] = []
         for task, name, core in picked:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING
 
-from hakuriver.core.ahead import DEPTH
+from hakuriver.core.ahead import DEPTH, NODE_DEPTH
 from hakuriver.core.states import TaskState
 
 if TYPE_CHECKING:
@@ -32,6 +32,7 @@ def check_invariants(c: Cluster) -> None:
         assert shared == queued, f"cores shared {shared}, but {queued} queued ahead on {node.name}"
         assert node.queued.total == sum(queued.values()), f"queued-ahead total broken on {node.name}"
         assert all(n <= DEPTH for n in shared.values()), f"a core's queue on {node.name} is past its bound"
+        assert node.queued.total <= NODE_DEPTH, f"{node.name} holds {node.queued.total} tasks queued ahead"
         used = set(users)
         assert len(used) + node.free_cores == node.total_cores, f"core count broken on {node.name}"
         assert not used & set(node.cores.free_ids()), f"taken cores listed free on {node.name}"

@@ -64,9 +64,6 @@ class Keeper:
     the keeper's state needs no lock; only a kill runs on a thread of its own, and posts its
     result back to the loop."""
 
-    #: the runner's connection (none, or one at a time), made by serve
-    runner: RunnerConn
-
     def __init__(self, state_dir: str) -> None:
         self.state_dir = state_dir
         #: the environment tasks start from: the runner's (Hello), until then the keeper's own
@@ -95,10 +92,12 @@ class Keeper:
         #: exits the runner has not forgotten yet (the log's, in memory)
         self.exits = self.exits_log.exits
         self.sel = selectors.DefaultSelector()
+        #: the runner's connection: none, or one at a time, once `serve` listens
+        self.runner = RunnerConn(self.sel, self._handle, self._greeting)
 
     # ---- the loop ----------------------------------------------------------------------------
     def serve(self, listener: socket.socket) -> None:
-        self.runner = RunnerConn(self.sel, listener, self._handle, self._greeting)
+        self.runner.listen(listener)
         # SIGCHLD only wakes the loop (through the wake-up socket); reaping happens in the loop
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)

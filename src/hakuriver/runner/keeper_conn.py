@@ -21,17 +21,22 @@ _to_keeper = msgspec.json.Decoder(ToKeeper).decode
 
 
 class RunnerConn:
-    def __init__(self, sel: selectors.BaseSelector, listener: socket.socket,
-                 handle: Callable[[msgspec.Struct], None], greeting: Callable[[], list[msgspec.Struct]]) -> None:
-        self.sel, self.listener = sel, listener
+    def __init__(self, sel: selectors.BaseSelector, handle: Callable[[msgspec.Struct], None],
+                 greeting: Callable[[], list[msgspec.Struct]]) -> None:
+        self.sel = sel
         self._handle, self._greeting = handle, greeting
+        self.listener: socket.socket | None = None
         self.conn: socket.socket | None = None
         self._inbox = b""
         self._outbox = bytearray()
         #: while the messages of one read are handled: what they cause goes out in one write, after
         self._batching = False
+
+    def listen(self, listener: socket.socket) -> None:
+        """Accept runners on this socket from now on (until then, `send` keeps nothing)."""
+        self.listener = listener
         listener.setblocking(False)
-        sel.register(listener, selectors.EVENT_READ, self._accept)
+        self.sel.register(listener, selectors.EVENT_READ, self._accept)
 
     @property
     def connected(self) -> bool:
@@ -45,6 +50,7 @@ class RunnerConn:
             self._flush()
 
     def _accept(self, _mask: int) -> None:
+        assert self.listener is not None
         try:
             conn, _ = self.listener.accept()
         except BlockingIOError:
@@ -89,7 +95,8 @@ class RunnerConn:
         self.sel.unregister(self.conn)
         self.conn.close()
         self.conn = None
-        self.sel.register(self.listener, selectors.EVENT_READ, self._accept)
+        if self.listener is not None:
+            self.sel.register(self.listener, selectors.EVENT_READ, self._accept)
 
     def _flush(self) -> None:
         assert self.conn is not None

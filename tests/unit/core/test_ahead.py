@@ -73,6 +73,47 @@ def test_a_core_holds_about_queued_work_seconds_of_a_batch():
     assert c.nodes["n"].queued.as_dict() == {0: 2, 1: 2}
 
 
+def short(c: Cluster, batch: str, seconds: float) -> None:
+    """Batch `batch` has shown MIN_DONE runs of `seconds` each."""
+    for _ in range(ahead.MIN_DONE):
+        c.short.ran(batch, seconds)
+
+
+def test_a_deep_batch_behind_a_shallow_one_fills_the_cores_in_the_same_pass():
+    c = cluster()
+    c.on_submit(array(2, batch="x"))
+    c.schedule()  # x0, x1 on the two cores
+    short(c, "x", 0.01)
+    c.on_submit(array(3, batch="s", at=1.0) + array(80, batch="d", at=2.0))
+    short(c, "s", 0.2)  # two per core (0.5 s of work)
+    short(c, "d", 0.001)  # DEPTH per core
+    c.schedule()
+    c.check_invariants()
+    assert all(c.tasks[f"s{i}"].state is TaskState.ASSIGNING for i in range(3))
+    assert c.nodes["n"].queued.as_dict() == {0: ahead.DEPTH, 1: ahead.DEPTH}
+
+
+def test_a_node_holds_at_most_node_depth_tasks_queued():
+    c = cluster(cores=16)
+    c.on_submit(array(16 + 2 * ahead.NODE_DEPTH))
+    c.schedule()
+    short(c, "b", 0.001)
+    c.schedule()
+    c.check_invariants()
+    assert 16 * ahead.DEPTH > ahead.NODE_DEPTH and c.nodes["n"].queued.total == ahead.NODE_DEPTH
+
+
+def test_queued_work_is_a_quarter_of_the_wait_limit_at_most():
+    c = Cluster(TIMEOUT, ahead_wait=1.0)
+    c.on_heartbeat(NodeReport("n", (0, 1), queues_ahead=True), set(), now=0.0)
+    c.on_submit(array(40))
+    c.schedule()
+    short(c, "b", 0.1)  # 0.25 s of work: two each (0.5 s would be five)
+    c.schedule()
+    assert c.nodes["n"].queued.as_dict() == {0: 2, 1: 2}
+    assert c.short.depth("b", 1.0) == 2 and c.short.depth("b", 5.0) == 5 and c.short.depth("unknown", 5.0) == 0
+
+
 def test_a_node_whose_keeper_cannot_queue_gets_nothing_ahead():
     c = cluster(queues=False)
     c.on_submit(array(20))
