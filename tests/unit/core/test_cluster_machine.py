@@ -772,6 +772,12 @@ class AheadMachine(ClusterMachine):
                then_schedule: bool) -> None:
         super().submit(specs, deps, unknown, limit, then_schedule)
 
+    @initialize(sizes=st.lists(st.integers(1, 4), min_size=1, max_size=len(NODES)),
+                ahead=st.lists(st.sampled_from((True, True, True, False)), min_size=3, max_size=3))
+    def register_nodes(self, sizes: list[int], ahead: list[bool]) -> None:
+        """Small nodes, most of which queue ahead: arrays fill them, and their batches turn short."""
+        super().register_nodes(sizes, ahead)
+
     @rule(dt=st.one_of(st.sampled_from((0.0, 0.05, 0.2)), pause), then_tick=st.booleans())
     def advance(self, dt: float, then_tick: bool) -> None:
         """Time passes: often less than a short task's run (SHORT), so that batches turn short."""
@@ -791,6 +797,14 @@ class AheadMachine(ClusterMachine):
         self.queued_ahead += self.cluster.queued_ahead_total  # counted per cluster: a restart starts again
         self.cluster.queued_ahead_total = 0
 
+    @precondition(lambda self: self.runners)
+    @rule(i=pick)
+    def waves(self, i: int) -> None:
+        """Three waves on every node in turn: an array turns short and the rest of it queues ahead."""
+        for _ in range(3):
+            for k in range(len(self.runners)):
+                self.wave(i + k)
+
     queued_ahead = 0
 
     def teardown(self) -> None:
@@ -803,11 +817,12 @@ TestAheadMachine.settings = settings(max_examples=300, stateful_step_count=100, 
 
 
 def test_the_ahead_machine_queues_ahead():
-    """The machine above is no test of queueing ahead if nothing was: one run in ten or so must have
-    queued some (a batch must first show short tasks, and be at the head of the queue with every core busy)."""
+    """The machine above is no test of queueing ahead if nothing was: one run in ten at least must have
+    queued some (a batch must first show short tasks, and be at the head of the queue with every core
+    busy; `waves` makes that common: a quarter to a third of the runs queue some)."""
     if not AHEAD_SEEN:
         TestAheadMachine("runTest").runTest()
-    assert sum(1 for n in AHEAD_SEEN if n) >= len(AHEAD_SEEN) // 20, f"queued ahead in {AHEAD_SEEN}"
+    assert sum(1 for n in AHEAD_SEEN if n) >= len(AHEAD_SEEN) // 10, f"queued ahead in {AHEAD_SEEN}"
 
 
 # ---- what the machine found, as minimal reproductions -------------------------
