@@ -71,6 +71,9 @@ def test_list_filters_names_and_paging(cluster):
 
 @pytest.mark.parametrize("flags, problem", [
     (["--list", "--state", "sleeping"], "unknown state 'sleeping'"),
+    (["--list", "--state", "failed, killed"], None),  # spaces after commas are fine
+    (["--progress", "--", "true"], "--progress goes with --wait"),
+    (["--status", "12345678", "--progress"], "--progress goes with --wait"),
     (["--list", "--limit", "-1"], "--limit must be a whole number >= 0"),
     (["--state", "running"], "--state goes with --list"),
     (["--tail", "3", "--status", "12345678"], "--tail goes with --logs"),
@@ -88,6 +91,7 @@ def test_bad_read_flags_are_one_line_errors(cluster, flags, problem):
         assert res.returncode == 0, res.stderr
         return
     assert res.returncode in (1, 2) and problem in res.stderr and res.stderr.count("\n") == 1, res.stderr
+    assert res.returncode == 2 or "no batch" in problem  # a usage error, caught before any request
 
 
 def test_json_on_every_read_and_submission(cluster):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 
@@ -31,3 +32,21 @@ def test_status_of_an_unknown_task_is_one_line(cluster):
     res = cluster.client("--status", unknown)
     assert res.returncode == 1
     assert res.stderr.strip() == f"hakuriver.client: error: no task or batch with ID {unknown}"
+
+
+def test_status_wait_waits_for_a_task_or_batch_submitted_earlier(cluster):
+    task_id = cluster.client("--", "sh", "-c", "sleep 1; exit 3").stdout.strip()
+    assert cluster.task(task_id)["finished_at"] is None  # still to run when the wait starts
+    res = cluster.client("--status", task_id[:8], "--wait")
+    assert res.returncode == 3, res.stderr  # the task's own exit code, as with a submission's --wait
+    fields = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in res.stdout.splitlines())}
+    assert fields["State"] == "failed" and fields["Exit code"] == "3"
+    assert cluster.task(task_id)["state"] == "failed"
+
+    batch_id = cluster.client("--array", "1-3", "--", "sh", "-c", "sleep 1; [ {} -ne 2 ]").stdout.strip()
+    res = cluster.client("--status", batch_id, "--wait", "--json")
+    assert res.returncode == 1, res.stderr  # one task of the batch did not complete
+    view = json.loads(res.stdout)
+    assert view["done"] and view["counts"] == {"completed": 2, "failed": 1}
+    done = cluster.client("--status", batch_id, "--wait")  # already done: answers at once, same exit code
+    assert done.returncode == 1 and "failed" in done.stdout

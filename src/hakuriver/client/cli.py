@@ -79,6 +79,15 @@ def _after(text: str) -> list[str]:
     return ids
 
 
+def _states(text: str) -> str:
+    """--state S[,S...]: known states only (checked here, so that a typo is a usage error), spaces allowed."""
+    states = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = next((s for s in states if s not in p.STATES), None)
+    if unknown is not None:
+        raise argparse.ArgumentTypeError(f"--state: unknown state {unknown!r} (states: {', '.join(p.STATES)})")
+    return ",".join(states)
+
+
 def _name(text: str) -> str:
     problem = p.name_problem(text) if text else None  # "" is the default: no name
     if problem:
@@ -88,10 +97,12 @@ def _name(text: str) -> str:
 
 #: flags that only mean something with one action, and that action's flag
 _ONLY_WITH = {"state": "list", "batch": "list", "user": "list", "limit": "list",
-              "stderr": "logs", "tail": "logs", "follow": "logs"}
+              "stderr": "logs", "tail": "logs", "follow": "logs", "progress": "wait"}
 #: the read actions; the submission flags mean nothing with them (--node and --name also filter --list)
 _READS = ("list_nodes", "list", "status", "logs", "kill", "retry_failed")
 _SUBMIT_ONLY = ("cores", "env", "wait", "array", "file", "progress", "time_limit", "retries", "after")
+#: ... but `--status ID --wait` waits for a task or batch already submitted (as `pueue wait`, `hq job wait`)
+_WAIT_ON_STATUS = ("wait", "progress")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,10 +143,12 @@ def _submit_flags(parser: argparse.ArgumentParser) -> None:
                         help="label the task (1-128 characters; {} becomes the --array index or --file line); "
                              "with --list: a shell-style pattern, e.g. 'sweep-*'")
     parser.add_argument("--wait", action="store_true",
-                        help="wait for the task to end; exit with its exit code (124 if it ran out of time)")
+                        help="wait for the task (or batch) to end; exit with its exit code (124 if it ran out of "
+                             "time); with --status ID: wait for that task or batch, submitted earlier")
     parser.add_argument("--time-limit", metavar="T", type=_time_limit, default=None,
                         help="end the task if it still runs after T (90, 90s, 15m, 2h, 1d, 1:30:00): SIGTERM, "
-                             "then SIGKILL after kill_grace; it ends timeout (default: [tasks] default_time_limit)")
+                             "then SIGKILL after kill_grace; it ends timeout (default: the host's "
+                             "[tasks] default_time_limit)")
     parser.add_argument("--retries", metavar="N", type=_retries, default=0,
                         help="run it again, up to N more times, when an attempt ends failed, timeout or lost")
     parser.add_argument("--after", metavar="ID[,ID...]", type=_after, default=[],
@@ -152,7 +165,7 @@ def _submit_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _read_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--state", metavar="S[,S...]", default="",
+    parser.add_argument("--state", metavar="S[,S...]", type=_states, default="",
                         help="with --list: only tasks in these states (pending, running, completed, failed, ...)")
     parser.add_argument("--batch", metavar="ID", type=_task_id, help="with --list: only this batch's tasks")
     parser.add_argument("--user", metavar="NAME", default="", help="with --list: only tasks this user submitted")
@@ -195,7 +208,7 @@ def _check_combination(args: argparse.Namespace, parser: argparse.ArgumentParser
     if args.command:
         fail(PROG, f"{shown} takes no command after '--'", EXIT_USAGE)
     for flag in _SUBMIT_ONLY + (() if read == "list" else ("node", "name")):
-        if given(flag):
+        if given(flag) and not (read == "status" and flag in _WAIT_ON_STATUS):
             fail(PROG, f"--{flag} goes with a submission, not with {shown} (see {PROG} --help)", EXIT_USAGE)
 
 

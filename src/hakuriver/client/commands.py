@@ -63,12 +63,15 @@ def cmd_list(args: argparse.Namespace, client: HostClient) -> int:
 
 
 def cmd_status(args: argparse.Namespace, client: HostClient) -> int:
+    """A task's record or a batch's counts; with --wait, once it has ended, exiting as --wait does."""
     found = _task_else_batch(client, args.status, client.task, lambda view: view)
     if isinstance(found, p.BatchView):
-        emit(args, found, lambda: render.batch_summary(found))
-    else:
-        emit(args, found, lambda: render.task_record(found, time.time()))
-    return 0
+        view = _wait_batch(client, found.batch_id, args.progress or sys.stderr.isatty()) if args.wait else found
+        emit(args, view, lambda: render.batch_summary(view))
+        return batch_exit_code(view) if args.wait else 0
+    task = _wait(client, found.task_id) if args.wait else found
+    emit(args, task, lambda: render.task_record(task, time.time()))
+    return exit_code_of(task) if args.wait else 0
 
 
 def cmd_kill(args: argparse.Namespace, client: HostClient) -> int:
@@ -175,7 +178,7 @@ def cmd_submit_batch(args: argparse.Namespace, client: HostClient) -> int:
         return 0
     view = _wait_batch(client, reply.batch_id, args.progress or sys.stderr.isatty())
     emit(args, view, lambda: render.batch_summary(view))
-    return 0 if view.counts.get("completed", 0) == view.total else 1
+    return batch_exit_code(view)
 
 
 def _read_lines(path: str) -> list[str]:
@@ -224,6 +227,11 @@ def _wait(client: HostClient, task_id: str) -> p.TaskView:
         task = client.wait(task_id, WAIT_SLICE)
         if task.state in p.FINAL_STATES:
             return task
+
+
+def batch_exit_code(view: p.BatchView) -> int:
+    """0 if every task of the batch completed, else 1."""
+    return 0 if view.counts.get("completed", 0) == view.total else 1
 
 
 def exit_code_of(task: p.TaskView) -> int:
