@@ -268,6 +268,7 @@ def test_retry_failed_on_one_task_and_on_nothing_to_retry(cluster):
     assert new_id["command"] == "sleep" and new_id["time_limit"] == 1.0
     ok = cluster.submit("--wait", "--", "true")
     _one_line_error(cluster.client("--retry-failed", ok), "no failed, killed, lost or timed-out task to retry")
+    _one_line_error(cluster.client("--retry-failed", "00000000"), "no task or batch with ID 00000000")
 
 
 # ---- why pending ---------------------------------------------------------------------------

@@ -86,7 +86,7 @@ def cmd_retry_failed(args: argparse.Namespace, client: HostClient) -> int:
         emit(args, {"batch_id": reply.batch_id, "task_ids": reply.task_ids}, None)
     else:
         print(reply.batch_id)
-    print(f"resubmitted {len(reply.task_ids)} tasks as batch {reply.batch_id}", file=sys.stderr, flush=True)
+    print(f"resubmitted {render.count(len(reply.task_ids), 'task')} as batch {reply.batch_id}", file=sys.stderr, flush=True)
     return 0
 
 
@@ -171,7 +171,7 @@ def cmd_submit_batch(args: argparse.Namespace, client: HostClient) -> int:
     reply = client.submit(specs, batch=True)
     if not args.json:
         print(reply.batch_id, flush=True)
-    print(f"submitted {len(reply.task_ids)} tasks as batch {reply.batch_id}", file=sys.stderr, flush=True)
+    print(f"submitted {render.count(len(reply.task_ids), 'task')} as batch {reply.batch_id}", file=sys.stderr, flush=True)
     if not args.wait:
         if args.json:
             emit(args, {"batch_id": reply.batch_id, "task_ids": reply.task_ids}, None)

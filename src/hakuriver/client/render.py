@@ -104,6 +104,11 @@ def outcome(t: p.TaskView) -> str:
     return t.state + (f" ({'; '.join(parts)})" if parts else "")
 
 
+def count(n: int, noun: str) -> str:
+    """'1 task', '3 tasks'."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def final_line(t: p.TaskView) -> str:
     where = f" on {t.node}" if t.node else ""
     took = ""

@@ -169,7 +169,11 @@ class HostService:
             tasks = [self.get_task(self.resolve_task(some_id))]
             kind = "task"
         except NotFound:
-            stored = await self.batch_tasks(self.resolve_batch(some_id))
+            try:
+                batch_id = self.resolve_batch(some_id)
+            except NotFound:
+                raise NotFound("task or batch", some_id) from None
+            stored = await self.batch_tasks(batch_id)
             tasks = [self.cluster.tasks.get(t.task_id) or self.commits.tasks.get(t.task_id) or t for t in stored]
             kind = "batch"
         retried = [t for t in tasks if t.state in PROBLEM_STATES]
