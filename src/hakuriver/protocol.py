@@ -250,6 +250,9 @@ class NodeInfo(Message):
     #: its keeper holds a launch whose core is still busy and starts it when the core frees:
     #: the host may queue short batch tasks there ahead of free cores
     queues_ahead: bool = False
+    #: the runner's own ID, kept in its state folder (the same after a restart): while a node is
+    #: online, the host refuses another runner under its name ("" = not said: not checked)
+    runner_id: str = ""
 
 
 class Heartbeat(Message):

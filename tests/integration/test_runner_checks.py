@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from support import program
+from support import program, wait_until
 
 
 def _start(cluster, name: str, **paths: str) -> subprocess.CompletedProcess:  # noqa: ANN001
@@ -108,3 +108,18 @@ def test_a_wrapper_at_numactl_path_runs_every_task(fresh_cluster, tmp_path):
         assert res.returncode == 0, res.stderr
         rows.append(c.task(res.stdout.splitlines()[0]))
     assert calls.read_text().splitlines() == [f"--physcpubind={row['core_ids']}" for row in rows]
+
+
+def test_a_second_runner_under_an_online_nodes_name_is_refused_and_runs_nothing(cluster):
+    """Two runners with one node_name (a copied config) must not split that node's tasks."""
+    dup = cluster.start_runner("a-dup", 1, node_name="a")
+    log = cluster.root / "runner-a-dup.log"
+    try:
+        wait_until(lambda: "node a is served by another runner" in log.read_text(), 20, f"the refusal in {log}")
+        ids = [cluster.submit("--node", "a", "--wait", "--", "sh", "-c", "echo $HAKURIVER_LOCAL_TEMP_DIR") for _ in range(4)]
+        ran_in = {cluster.client("--logs", task_id).stdout for task_id in ids}
+        assert all(str(cluster.root / "tmp-a" / "") in text for text in ran_in), ran_in  # all on the first runner
+        assert dup.alive  # it keeps asking, so that it can take over once the first runner is gone for good
+        assert cluster.nodes()["a"]["core_ids"] == "0,1,2,3"  # the node kept its own runner's cores
+    finally:
+        dup.stop()

@@ -23,6 +23,7 @@ from hakuriver.core.events import (  # noqa: F401 - re-exported: the machine's v
     Finished,
     NodeChanged,
     NodeReport,
+    NodeTaken,
     Orders,
     OrdersReady,
     Started,

@@ -35,6 +35,10 @@ class SubmitRefused(Exception):
     """The submission can never run here (too many cores, unknown node or dependency); nothing was queued."""
 
 
+class NodeTaken(Exception):
+    """A second runner under the name of an online node; the node keeps the runner it has."""
+
+
 class UnknownTask(Exception):
     """No active task has this ID (it may be final, then the store knows it)."""
 
@@ -48,6 +52,8 @@ class NodeReport:
     memory_bytes: int = 0
     #: its keeper holds launches for busy cores (core/ahead.py)
     queues_ahead: bool = False
+    #: the runner's own ID ("" = not said)
+    runner_id: str = ""
 
 
 @dataclass(frozen=True)

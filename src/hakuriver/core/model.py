@@ -110,6 +110,8 @@ class Node:
     queued: CoreQueues = field(default_factory=CoreQueues)
     #: its keeper holds launches for busy cores: tasks may be queued ahead here
     queues_ahead: bool = False
+    #: the ID of the runner serving it (not stored: after a host restart, the first to heartbeat)
+    runner_id: str = ""
 
     @property
     def total_cores(self) -> int:

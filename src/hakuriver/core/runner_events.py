@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from hakuriver.core.attempts import close_attempt, note_late
 from hakuriver.core.cores import CoreSet
-from hakuriver.core.events import Effect, Finished, NodeChanged, NodeReport, Orders, Started, TaskChanged
+from hakuriver.core.events import Effect, Finished, NodeChanged, NodeReport, NodeTaken, Orders, Started, TaskChanged
 from hakuriver.core.model import Node, Task, split_run_key
 from hakuriver.core.states import NodeState, TaskState, check_transition
 
@@ -31,9 +31,15 @@ class RunnerEvents:
         effects: list[Effect] = []
         if node is None:
             node = Node(report.name, CoreSet(report.core_ids), report.memory_bytes, NodeState.ONLINE, now,
-                        queues_ahead=report.queues_ahead)
+                        queues_ahead=report.queues_ahead, runner_id=report.runner_id)
             self.nodes[node.name] = node
             return [NodeChanged(node)]
+        if node.state is NodeState.ONLINE and report.runner_id and node.runner_id not in ("", report.runner_id):
+            raise NodeTaken(
+                f"node {node.name} is served by another runner: two runners have this name (give each its own "
+                f"[runner] node_name); a runner that replaces it is accepted once {node.name} has been silent "
+                f"for {self.heartbeat_timeout:g}s")
+        node.runner_id = report.runner_id or node.runner_id
         node.last_heartbeat = now
         node.queues_ahead = report.queues_ahead
         if node.cores.offered != tuple(sorted(set(report.core_ids))) or node.memory_bytes != report.memory_bytes:

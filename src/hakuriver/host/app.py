@@ -16,7 +16,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from hakuriver import protocol as p
-from hakuriver.core.cluster import SubmitRefused
+from hakuriver.core.cluster import NodeTaken, SubmitRefused
 from hakuriver.core.model import Task
 from hakuriver.core.states import TaskState
 from hakuriver.host import logs, routes
@@ -342,7 +342,7 @@ def _guard(handler: Handler, route: routes.Route, auth: Authenticator, service: 
             return error_response(str(exc), exc.status)
         except NotFound as exc:
             return error_response(str(exc), 404)
-        except (KillRefused, AmbiguousId) as exc:
+        except (KillRefused, AmbiguousId, NodeTaken) as exc:
             return error_response(str(exc), 409)
         except logs.LogUnavailable as exc:
             return error_response(str(exc), 404)

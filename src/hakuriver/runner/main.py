@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     setup, node = _check_node(config)
     lock = _lock_state_dir(setup.state_dir, node.name)
+    node = node.replace(runner_id=_runner_id(setup.state_dir))
     outbox = Outbox(Journal(os.path.join(setup.state_dir, "journal")))
     agent_ref: list[Agent] = []
     supervisor = Supervisor(setup, outbox, on_started=lambda e: agent_ref[0].task_started(e))
@@ -96,6 +97,26 @@ def _numactl_to_exec(path: str) -> str:
                  "numactl --physcpubind does, without executing it per task", path)
         return ""
     return path
+
+
+def _runner_id(state_dir: str) -> str:
+    """This runner's ID: made once, kept in its state folder, so that a restart is the same runner
+    to the host and a second runner under the same node name is not."""
+    path = os.path.join(state_dir, "runner-id")
+    try:
+        with open(path, encoding="ascii") as fh:
+            text = fh.read().strip()
+        if text:
+            return text
+    except (OSError, UnicodeDecodeError):
+        pass
+    text = os.urandom(16).hex()
+    try:
+        with open(path, "w", encoding="ascii") as fh:
+            fh.write(text + "\n")
+    except OSError as exc:
+        fail(PROG, f"cannot write {path}: {exc.strerror}; check that the state folder is writable")
+    return text
 
 
 def _lock_state_dir(state_dir: str, name: str):  # noqa: ANN202 - the open lock file

@@ -9,6 +9,7 @@ from hakuriver.core.cluster import (
     Finished,
     NodeChanged,
     NodeReport,
+    NodeTaken,
     OrdersReady,
     Started,
     SubmitRefused,
@@ -247,4 +248,24 @@ def test_no_repeated_kill_order_for_a_task_already_ending():
     c.on_kill("t1", now=2)
     orders, _ = c.orders_for("a", {"t1"}, now=2, ending=frozenset({"t1"}))
     assert not orders
+    c.check_invariants()
+
+
+def test_a_second_runner_under_an_online_nodes_name_is_refused_until_the_node_goes_silent():
+    c = Cluster(TIMEOUT)
+    c.on_heartbeat(NodeReport("a", (0, 1), runner_id="first"), set(), now=0.0)
+    c.on_submit([task(1)])
+    c.schedule()
+    before = (c.nodes["a"].last_heartbeat, c.nodes["a"].cores.offered, c.tasks["t1"].state)
+    with pytest.raises(NodeTaken, match="node a is served by another runner"):
+        c.on_heartbeat(NodeReport("a", (0, 1, 2, 3), runner_id="second"), set(), now=1.0)
+    assert (c.nodes["a"].last_heartbeat, c.nodes["a"].cores.offered, c.tasks["t1"].state) == before  # nothing changed
+    c.on_heartbeat(NodeReport("a", (0, 1), runner_id="first"), {"t1"}, now=2.0)  # the same runner, restarted
+    c.on_heartbeat(NodeReport("a", (0, 1)), {"t1"}, now=3.0)  # a runner of an earlier release says no ID
+    c.on_tick(now=3.0 + TIMEOUT + 1)  # the first runner went silent: the node is offline, its task lost
+    assert c.nodes["a"].state is NodeState.OFFLINE
+    c.on_heartbeat(NodeReport("a", (0, 1, 2, 3), runner_id="second"), set(), now=40.0)  # a replacement
+    assert c.nodes["a"].state is NodeState.ONLINE and c.nodes["a"].runner_id == "second"
+    with pytest.raises(NodeTaken):
+        c.on_heartbeat(NodeReport("a", (0, 1), runner_id="first"), {"t1"}, now=41.0)
     c.check_invariants()
