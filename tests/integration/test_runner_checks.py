@@ -119,7 +119,7 @@ def test_a_second_runner_under_an_online_nodes_name_is_refused_and_runs_nothing(
         ids = [cluster.submit("--node", "a", "--wait", "--", "sh", "-c", "echo $HAKURIVER_LOCAL_TEMP_DIR") for _ in range(4)]
         ran_in = {cluster.client("--logs", task_id).stdout for task_id in ids}
         assert all(str(cluster.root / "tmp-a" / "") in text for text in ran_in), ran_in  # all on the first runner
-        assert dup.alive  # it keeps asking, so that it can take over once the first runner is gone for good
+        assert dup.alive()  # it keeps asking, so that it can take over once the first runner is gone for good
         assert cluster.nodes()["a"]["core_ids"] == "0,1,2,3"  # the node kept its own runner's cores
     finally:
         dup.stop()

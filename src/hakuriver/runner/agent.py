@@ -75,8 +75,8 @@ class ClusterKey:
     def refused(self, exc: ApiError) -> None:
         with self._lock:
             if self._value is not None:
-                self._say(f"the host refused this runner's cluster key from {self.path} ({exc}): copy the host's "
-                          f"[auth] cluster_key_file to {self.path}; retrying until it matches")
+                self._say(f"the host refused this runner's cluster key from {self.path} (HTTP {exc.status}): copy "
+                          f"the host's [auth] cluster_key_file to {self.path}; retrying until it matches")
             self._value = None  # read again before the next try
 
     def accepted(self) -> None:
