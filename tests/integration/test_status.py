@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import uuid
+
+from support import program, wait_until
 
 
 def test_status_shows_every_field_of_the_record(cluster):
@@ -50,3 +53,22 @@ def test_status_wait_waits_for_a_task_or_batch_submitted_earlier(cluster):
     assert view["done"] and view["counts"] == {"completed": 2, "failed": 1}
     done = cluster.client("--status", batch_id, "--wait")  # already done: answers at once, same exit code
     assert done.returncode == 1 and "failed" in done.stdout
+
+
+def test_stopping_the_host_under_open_long_polls_logs_no_error(fresh_cluster):
+    c = fresh_cluster
+    c.start_host()
+    c.start_runner("a", 1)
+    c.wait_online("a")
+    task_id = c.submit("--", "sleep", "30")
+    waiting = subprocess.Popen(program("client") + ["--config", str(c.config), "--status", task_id, "--wait"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: c.task(task_id)["state"] == "running", 20, "the task to run")
+        c.host.stop()  # the runner's heartbeat and the client's wait are long-polls still open
+    finally:
+        waiting.kill()
+        waiting.wait()
+    text = (c.root / "host.log").read_text()
+    assert " ERROR" not in text and "ERROR:" not in text, text
+    assert "long-polls (waiting runners and clients) cut short" in text  # the stop did meet them

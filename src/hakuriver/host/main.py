@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     managing = args.add_user is not None or args.list_users or args.remove_user is not None
     ssl = {} if managing else _tls_options(config)  # before anything is made: a bad setting changes nothing
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("uvicorn.error").addFilter(_long_polls_cut_short)
     try:
         store = Store(config.database.db_file)
     except StoreError as exc:
@@ -64,6 +65,15 @@ def main(argv: list[str] | None = None) -> None:
             pass
     finally:
         store.close()
+
+
+def _long_polls_cut_short(record: logging.LogRecord) -> bool:
+    """On stop, uvicorn logs the requests still open after the grace second as an ERROR; here they
+    are the long-polls of waiting runners and `--wait` clients, which simply ask the next host."""
+    if record.levelno >= logging.ERROR and "timeout graceful shutdown exceeded" in record.getMessage():
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.msg, record.args = "stopping: open long-polls (waiting runners and clients) cut short; they ask again", ()
+    return True
 
 
 def _manage_users(args: argparse.Namespace, store: Store) -> None:
