@@ -264,6 +264,8 @@ class Heartbeat(Message):
     wait: float = 0.0
     #: held tasks already being killed or already ended here: a kill order would change nothing
     ending: list[str] = []
+    #: the runner stops (its tasks keep running under the keeper): send nothing new until a runner is back
+    leaving: bool = False
 
 
 class TaskStarted(Message):

@@ -207,7 +207,7 @@ class Cluster(RunnerEvents):
         online = [
             Capacity(n.name, n.free_cores, n.total_cores)
             for n in self.nodes.values()
-            if n.state is NodeState.ONLINE
+            if n.state is NodeState.ONLINE and not n.leaving
         ]
         if not online:
             return []
@@ -239,7 +239,7 @@ class Cluster(RunnerEvents):
         head = self.tasks[next(iter(self.queue))]
         if not ahead.may_wait(head, self.short):
             return []
-        nodes = (n for n in self.nodes.values() if n.queues_ahead and n.state is NodeState.ONLINE)
+        nodes = (n for n in self.nodes.values() if n.queues_ahead and n.state is NodeState.ONLINE and not n.leaving)
         slots = ahead.open_slots(nodes, self.tasks, self.short, self.short.depth(head.batch_id, self.ahead_wait))
         room = {name: ahead.NODE_DEPTH - self.nodes[name].queued.total for _, name, _ in slots}
         picked: list[tuple[Task, str, int]] = []

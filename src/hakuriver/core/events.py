@@ -54,6 +54,8 @@ class NodeReport:
     queues_ahead: bool = False
     #: the runner's own ID ("" = not said)
     runner_id: str = ""
+    #: its runner is stopping: nothing new goes to the node until a runner heartbeats again
+    leaving: bool = False
 
 
 @dataclass(frozen=True)

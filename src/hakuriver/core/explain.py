@@ -21,9 +21,12 @@ def why_pending(c: Cluster, task_id: str) -> str:
         return f"waiting for dependency {dep} to complete{more}"
     if c.queue.is_parked(task_id) or (task.throttle and c.batch_running.get(task.batch_id, 0) >= task.throttle):
         return f"throttled: its batch already runs {task.throttle} tasks, the most its --array %{task.throttle} allows"
-    online = [n for n in c.nodes.values() if n.state is NodeState.ONLINE
+    online = [n for n in c.nodes.values() if n.state is NodeState.ONLINE and not n.leaving
               and (not task.target_node or n.name == task.target_node)]
     if task.target_node and not online:
+        node = c.nodes.get(task.target_node)
+        if node is not None and node.state is NodeState.ONLINE:
+            return f"the runner of node {task.target_node} stopped; it runs once a runner is back there"
         return f"node {task.target_node} is offline"
     if not online:
         return "no node is online"

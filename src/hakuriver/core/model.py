@@ -112,6 +112,8 @@ class Node:
     queues_ahead: bool = False
     #: the ID of the runner serving it (not stored: after a host restart, the first to heartbeat)
     runner_id: str = ""
+    #: its runner said it stops: no new task goes here until a runner heartbeats again (not stored)
+    leaving: bool = False
 
     @property
     def total_cores(self) -> int:

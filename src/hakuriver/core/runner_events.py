@@ -41,6 +41,11 @@ class RunnerEvents:
                 f"for {self.heartbeat_timeout:g}s")
         node.runner_id = report.runner_id or node.runner_id
         node.last_heartbeat = now
+        if node.leaving != report.leaving:
+            node.leaving = report.leaving
+            effects.append(NodeChanged(node))  # (placement changes: its cores are offered again, or not)
+            if report.leaving and node.state is NodeState.ONLINE:
+                effects += self._runner_leaving(node, held, now)
         node.queues_ahead = report.queues_ahead
         if node.cores.offered != tuple(sorted(set(report.core_ids))) or node.memory_bytes != report.memory_bytes:
             self._resize(node, report)
@@ -50,6 +55,21 @@ class RunnerEvents:
             node.state = NodeState.ONLINE
             effects.append(NodeChanged(node))
         effects += self._recover_lost(node, held, now, returning)
+        return effects
+
+    def _runner_leaving(self, node: Node, held: set[str], now: float) -> list[Effect]:
+        """Its runner stops, and its tasks run on under the keeper: what it never received is queued
+        again at once (killed, if a kill waits), rather than lost when the node goes silent."""
+        effects: list[Effect] = []
+        for task_id in sorted(node.task_ids, key=self.rank.__getitem__):
+            task = self.tasks[task_id]
+            if task.state is not TaskState.ASSIGNING or task.run_key in held:
+                continue
+            if task.kill_requested:
+                effects += self._finish(task, TaskState.KILLED, now, error="killed by user before it started")
+            else:
+                effects += self._queue_again_undelivered(
+                    task, now, f"the runner of {node.name} stopped before it received it: queued again")
         return effects
 
     def _resize(self, node: Node, report: NodeReport) -> None:

@@ -44,7 +44,7 @@ class Runners:
     async def heartbeat(self, hb: p.Heartbeat) -> p.Orders:
         """Record the heartbeat; answer with orders, holding the request open until some exist."""
         report = NodeReport(hb.node.name, tuple(hb.node.core_ids), hb.node.memory_bytes, hb.node.queues_ahead,
-                            hb.node.runner_id)
+                            hb.node.runner_id, hb.leaving)
         held = set(hb.held)
         effects = self.cluster.on_heartbeat(report, held, self.clock())
         if any(isinstance(e, NodeChanged) for e in effects):

@@ -240,6 +240,18 @@ class Agent:
         linger = LINGER_AHEAD if self.supervisor.waiting_count() else LINGER
         return max(retry, self._waiting_since + linger - now)
 
+    def leave(self) -> None:
+        """Tell the host this runner stops (its tasks run on under the keeper), so that nothing new
+        is sent here meanwhile and what it never received goes elsewhere. Best effort: a host that
+        cannot be told learns it at the heartbeat timeout."""
+        held, ending = self.held_and_ending()
+        node = self.node.replace(queues_ahead=self.supervisor.queues_ahead)
+        hb = p.Heartbeat(node=node, held=held, wait=0.0, ending=ending, leaving=True)
+        try:
+            self._connection().call("POST", p.RUNNER_HEARTBEAT, p.encode(hb), timeout=2.0)
+        except (HostUnreachable, ApiError, p.DecodeError, OSError) as exc:
+            log.info("could not tell the host that this runner stops: %s", exc)
+
     def run(self, taken_over: list[p.TaskStarted]) -> None:
         """Serve until stopped; `taken_over` are the running tasks an earlier runner process left."""
         for event in taken_over:

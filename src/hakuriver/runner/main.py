@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> None:
         agent.run(taken_over)
     except (KeyboardInterrupt, SystemExit):
         log.info("runner %s stopping; its tasks keep running under the keeper", node.name)
+        agent.leave()
     finally:
         lock.close()
 

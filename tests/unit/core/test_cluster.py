@@ -269,3 +269,24 @@ def test_a_second_runner_under_an_online_nodes_name_is_refused_until_the_node_go
     with pytest.raises(NodeTaken):
         c.on_heartbeat(NodeReport("a", (0, 1), runner_id="first"), {"t1"}, now=41.0)
     c.check_invariants()
+
+
+def test_a_leaving_runner_gets_nothing_new_and_what_it_never_received_goes_elsewhere():
+    c = cluster_with(a=2)
+    c.on_submit([task(1), task(2), task(3, node="a")])
+    c.schedule()
+    c.on_heartbeat(NodeReport("a", (0, 1)), set(), now=0.5)
+    c.on_started("a", Started("t1", 1.0))  # t1 runs there; t2 was assigned but never received
+    c.on_heartbeat(NodeReport("a", (0, 1), leaving=True), {"t1"}, now=2.0)
+    assert c.tasks["t1"].state is TaskState.RUNNING  # it runs on under the keeper
+    assert c.tasks["t2"].state is TaskState.PENDING and c.tasks["t2"].attempt == 2  # a new attempt, no retry used
+    assert not c.tasks["t2"].attempts[0].delivered
+    c.schedule()
+    assert c.tasks["t2"].state is TaskState.PENDING and "runner of node a stopped" in c.why_pending("t3")
+    c.on_heartbeat(NodeReport("b", (0,)), set(), now=3.0)
+    c.schedule()
+    assert (c.tasks["t2"].state, c.tasks["t2"].node) == (TaskState.ASSIGNING, "b")
+    c.on_heartbeat(NodeReport("a", (0, 1)), {"t1"}, now=4.0)  # a runner is back on a
+    c.schedule()
+    assert (c.tasks["t3"].state, c.tasks["t3"].node) == (TaskState.ASSIGNING, "a")
+    c.check_invariants()

@@ -281,14 +281,17 @@ class ClusterMachine(RuleBasedStateMachine):
         return TaskState.COMPLETED if all(s is TaskState.COMPLETED for s in states) else None
 
     # ---- helpers -------------------------------------------------------------------------
-    def heartbeat(self, name: str) -> None:
+    def heartbeat(self, name: str, leaving: bool = False) -> None:
         r = self.runners[name]
-        report = NodeReport(name, tuple(range(r.cores)), queues_ahead=r.ahead)
+        report = NodeReport(name, tuple(range(r.cores)), queues_ahead=r.ahead, leaving=leaving)
         node = self.cluster.nodes.get(name)
         was = node.state if node is not None else NodeState.OFFLINE
         self.apply(self.cluster.on_heartbeat(report, r.held(), self.now))
         node = self.cluster.nodes[name]
         assert node.state is NodeState.ONLINE and node.last_heartbeat == self.now
+        if leaving:  # nothing it never received stays assigned there
+            assert not [t for t in node.task_ids if self.cluster.tasks[t].state is TaskState.ASSIGNING
+                        and self.cluster.tasks[t].run_key not in r.held()], "an undelivered task left on a leaving node"
         for tid in self.cluster.lost.get(name, ()):  # the attempts the node still runs, on cores still free, are taken back
             task = self.cluster.tasks[tid]
             back = task.run_key in r.held() and set(task.core_ids) <= set(node.cores.free_ids())
@@ -322,7 +325,7 @@ class ClusterMachine(RuleBasedStateMachine):
         return tuple(c.tasks), tuple(c.queue), nodes, deps, dict(c.batches.left), dict(c.batch_running)
 
     def eligible(self, task: Task) -> list[Node]:
-        online = [n for n in self.cluster.nodes.values() if n.state is NodeState.ONLINE]
+        online = [n for n in self.cluster.nodes.values() if n.state is NodeState.ONLINE and not n.leaving]
         return [n for n in online if not task.target_node or n.name == task.target_node]
 
     def throttled(self, task: Task) -> bool:
@@ -407,6 +410,18 @@ class ClusterMachine(RuleBasedStateMachine):
         name = chosen(list(self.runners), i)
         self.runners[name].cores = n_cores
         self.heartbeat(name)
+
+    @precondition(lambda self: self.runners)
+    @rule(i=pick)
+    def runner_leaves(self, i: int) -> None:
+        """A runner says it stops (its processes run on, as under the keeper); the next heartbeat is a
+        runner back: until then nothing new may be placed on the node."""
+        name = chosen(list(self.runners), i)
+        self.heartbeat(name, leaving=True)
+        self.schedule()
+        node = self.cluster.nodes[name]
+        assert not [t for t in node.task_ids if self.cluster.tasks[t].state is TaskState.ASSIGNING
+                    and self.cluster.tasks[t].run_key not in self.runners[name].held()], f"placed on leaving {name}"
 
     @rule(name=st.sampled_from(NODES))
     def orders(self, name: str) -> None:
