@@ -63,13 +63,9 @@ class RunnerEvents:
         effects: list[Effect] = []
         for task_id in sorted(node.task_ids, key=self.rank.__getitem__):
             task = self.tasks[task_id]
-            if task.state is not TaskState.ASSIGNING or task.run_key in held:
-                continue
-            if task.kill_requested:
-                effects += self._finish(task, TaskState.KILLED, now, error="killed by user before it started")
-            else:
-                effects += self._queue_again_undelivered(
-                    task, now, f"the runner of {node.name} stopped before it received it: queued again")
+            if task.state is TaskState.ASSIGNING and task.run_key not in held:
+                effects += self._never_delivered(task, now, f"the runner of {node.name} stopped before it "
+                                                            "received it: queued again")
         return effects
 
     def _resize(self, node: Node, report: NodeReport) -> None:
@@ -105,12 +101,15 @@ class RunnerEvents:
 
     def _run_again(self, task: Task, node: Node, now: float) -> list[Effect]:
         """A new attempt for a lost one that never started (it does not count against --retries)."""
-        return self._queue_again_undelivered(task, now, f"{task.error}; it had not started there, and {node.name} "
-                                                        "came back without it: queued again")
+        return self._never_delivered(task, now, f"{task.error}; it had not started there, and {node.name} "
+                                                "came back without it: queued again")
 
-    def _queue_again_undelivered(self, task: Task, now: float, error: str) -> list[Effect]:
-        """The attempt never ran on its node: closed as not delivered (no retry used), and the task
-        queued again in its place as a new attempt, so anything still naming the old one is history."""
+    def _never_delivered(self, task: Task, now: float, error: str) -> list[Effect]:
+        """The attempt never ran on its node: killed, if a kill waits; else closed as not delivered
+        (no retry used), and the task queued again in its place as a new attempt, so anything still
+        naming the old one is history. (A lost task has no kill waiting: killing it ends it at once.)"""
+        if task.kill_requested:
+            return self._finish(task, TaskState.KILLED, now, error="killed by user before it started")
         if task.state is TaskState.LOST:
             self.lost.get(task.node, set()).discard(task.task_id)
             self.batches.lost_is_back(task)
@@ -139,8 +138,7 @@ class RunnerEvents:
                 if key not in ending:
                     orders.kill.append(key)
             elif task.kill_requested and task.state is TaskState.ASSIGNING:
-                # never delivered: nothing runs, so it is killed right here
-                effects += self._finish(task, TaskState.KILLED, now, error="killed by user before it started")
+                effects += self._never_delivered(task, now, "")  # nothing runs: it is killed right here
             elif task.state is TaskState.ASSIGNING and key not in held:
                 orders.launch.append(task)
         return orders, effects
@@ -204,11 +202,10 @@ class RunnerEvents:
         if task.state not in (TaskState.ASSIGNING, TaskState.RUNNING, TaskState.LOST):
             return []
         self.short.returned(task.batch_id)
-        if task.kill_requested:
-            return self._finish(task, TaskState.KILLED, now, error="killed by user before it started")
-        self.handed_back_total += 1
-        return self._queue_again_undelivered(task, now, f"queued ahead on {node_name}, it waited past its limit for a "
-                                                        "busy core and was handed back unrun: queued again")
+        if not task.kill_requested:  # (one with a kill waiting is killed, not handed back)
+            self.handed_back_total += 1
+        return self._never_delivered(task, now, f"queued ahead on {node_name}, it waited past its limit for a busy "
+                                                "core and was handed back unrun: queued again")
 
     def on_tick(self, now: float) -> list[Effect]:
         """Nodes silent for longer than the heartbeat timeout go offline; their tasks are lost."""
