@@ -360,6 +360,15 @@ def is_id_or_prefix(text: str) -> bool:
     return _UUID.match(text) is not None or _ID_PREFIX.match(text) is not None
 
 
+def parse_states(text: str) -> tuple[str, ...]:
+    """The states of a `state=` filter ("failed, killed"); ValueError names an unknown one."""
+    states = tuple(s.strip() for s in text.split(",") if s.strip())
+    unknown = next((s for s in states if s not in STATES), None)
+    if unknown is not None:
+        raise ValueError(f"unknown state {unknown!r} (states: {', '.join(STATES)})")
+    return states
+
+
 def name_problem(name: str) -> str | None:
     if not 1 <= len(name) <= 128 or not name.isprintable():
         return f"a name is 1 to 128 printable characters, got {name!r}"

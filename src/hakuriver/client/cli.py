@@ -80,12 +80,11 @@ def _after(text: str) -> list[str]:
 
 
 def _states(text: str) -> str:
-    """--state S[,S...]: known states only (checked here, so that a typo is a usage error), spaces allowed."""
-    states = [s.strip() for s in text.split(",") if s.strip()]
-    unknown = next((s for s in states if s not in p.STATES), None)
-    if unknown is not None:
-        raise argparse.ArgumentTypeError(f"--state: unknown state {unknown!r} (states: {', '.join(p.STATES)})")
-    return ",".join(states)
+    """--state S[,S...]: checked here too, so that a typo is a usage error."""
+    try:
+        return ",".join(p.parse_states(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--state: {exc}") from None
 
 
 def _name(text: str) -> str:

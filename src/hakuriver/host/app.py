@@ -49,15 +49,12 @@ def _int_param(request: Request, name: str, default: int, ceiling: int = 2**62) 
     return int(raw)
 
 
-_STATES = frozenset(s.value for s in TaskState)
-
-
 def _task_filter(request: Request, service: HostService) -> TaskFilter:
     q = request.query_params
-    states = tuple(s for s in q.get("state", "").split(",") if s)
-    unknown = [s for s in states if s not in _STATES]
-    if unknown:
-        raise BadRequest(f"unknown state {unknown[0]!r} (states: {', '.join(sorted(_STATES))})")
+    try:
+        states = p.parse_states(q.get("state", ""))
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
     batch = q.get("batch", "")
     if batch and not p.is_id_or_prefix(batch):
         raise BadRequest(f"malformed batch ID {batch!r}")
