@@ -13,7 +13,7 @@ from typing import Any
 
 from hakuriver import protocol as p
 from hakuriver.core.attempts import earlier_output
-from hakuriver.core.cluster import Finished, Orders, Started
+from hakuriver.core.cluster import Finished, NodeReport, Orders, Started
 from hakuriver.core.model import Attempt, Node, Task
 
 #: TaskSpec field -> Task field, where the names differ
@@ -59,6 +59,12 @@ def node_view(n: Node) -> p.NodeView:
         name=n.name, state=n.state.value, total_cores=n.total_cores, free_cores=n.free_cores,
         running_tasks=n.running_tasks, memory_bytes=n.memory_bytes, last_heartbeat=n.last_heartbeat,
     )
+
+
+def node_report(hb: p.Heartbeat) -> NodeReport:
+    n = hb.node
+    return NodeReport(name=n.name, core_ids=tuple(n.core_ids), memory_bytes=n.memory_bytes, queues_ahead=n.queues_ahead,
+                      runner_id=n.runner_id, leaving=hb.leaving)
 
 
 def started_event(s: p.TaskStarted) -> Started:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from hakuriver import protocol as p
 from hakuriver.core.attempts import note_late
-from hakuriver.core.cluster import Cluster, Effect, NodeChanged, NodeReport, TaskChanged
+from hakuriver.core.cluster import Cluster, Effect, NodeChanged, TaskChanged
 from hakuriver.core.cluster import Finished as FinishedEvent
 from hakuriver.core.cluster import Orders as CoreOrders
 from hakuriver.core.model import run_key, split_run_key
@@ -43,8 +43,7 @@ class Runners:
 
     async def heartbeat(self, hb: p.Heartbeat) -> p.Orders:
         """Record the heartbeat; answer with orders, holding the request open until some exist."""
-        report = NodeReport(hb.node.name, tuple(hb.node.core_ids), hb.node.memory_bytes, hb.node.queues_ahead,
-                            hb.node.runner_id, hb.leaving)
+        report = convert.node_report(hb)
         held = set(hb.held)
         effects = self.cluster.on_heartbeat(report, held, self.clock())
         if any(isinstance(e, NodeChanged) for e in effects):

@@ -147,9 +147,7 @@ class Agent:
         while not self.stop.is_set():
             self.supervisor.flush_forgets()
             self._sync_key(conn)
-            held, ending = self.held_and_ending()
-            node = self.node.replace(queues_ahead=self.supervisor.queues_ahead)
-            hb = p.Heartbeat(node=node, held=held, wait=self.interval, ending=ending)
+            hb = self._heartbeat(wait=self.interval)
             try:
                 # the host holds the request up to `wait`; an answer later than that means a dead link
                 raw = conn.call("POST", p.RUNNER_HEARTBEAT, p.encode(hb), timeout=2 * self.interval + 2)
@@ -240,15 +238,19 @@ class Agent:
         linger = LINGER_AHEAD if self.supervisor.waiting_count() else LINGER
         return max(retry, self._waiting_since + linger - now)
 
+    def _heartbeat(self, wait: float, leaving: bool = False) -> p.Heartbeat:
+        """What the runner holds now, and what it is: the long-poll's body, and the last one's."""
+        held, ending = self.held_and_ending()
+        node = self.node.replace(queues_ahead=self.supervisor.queues_ahead)
+        return p.Heartbeat(node=node, held=held, wait=wait, ending=ending, leaving=leaving)
+
     def leave(self) -> None:
         """Tell the host this runner stops (its tasks run on under the keeper), so that nothing new
         is sent here meanwhile and what it never received goes elsewhere. Best effort: a host that
         cannot be told learns it at the heartbeat timeout."""
-        held, ending = self.held_and_ending()
-        node = self.node.replace(queues_ahead=self.supervisor.queues_ahead)
-        hb = p.Heartbeat(node=node, held=held, wait=0.0, ending=ending, leaving=True)
         try:
-            self._connection().call("POST", p.RUNNER_HEARTBEAT, p.encode(hb), timeout=2.0)
+            self._connection().call("POST", p.RUNNER_HEARTBEAT, p.encode(self._heartbeat(wait=0.0, leaving=True)),
+                                    timeout=2.0)
         except (HostUnreachable, ApiError, p.DecodeError, OSError) as exc:
             log.info("could not tell the host that this runner stops: %s", exc)
 
