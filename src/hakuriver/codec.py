@@ -53,6 +53,14 @@ class Message:
             else:
                 raise TypeError(f"{cls.__name__}: missing field {name!r}")
 
+    @classmethod
+    def of(cls, values: dict[str, Any]) -> Any:
+        """The message whose fields are `values`, which must name every field and is then the
+        message's own: unchecked, for the hot paths that build one from a complete record."""
+        obj = cls.__new__(cls)
+        obj.__dict__ = values
+        return obj
+
     def replace(self, **changes: Any) -> Any:
         """A copy with some fields changed: bulk paths copy every field, including ones added later."""
         return type(self)(**{**{f: getattr(self, f) for f in self._fields}, **changes})
@@ -215,9 +223,15 @@ def _twin(tp: Any, structs: dict[type, Any]) -> Any:
     return tp
 
 
+#: msgspec.structs.astuple, set with the twins (a twin's field values, in order)
+_astuple: Any = None
+
+
 def _build_twins() -> _Twins:
+    global _astuple
     import msgspec
 
+    _astuple = msgspec.structs.astuple
     structs: dict[type, Any] = {}
     plans: dict[Any, tuple[type[Message], frozenset[str]]] = {}
     for cls in _messages():  # definition order: a message's parts come before it
@@ -243,9 +257,9 @@ def _from_struct(value: Any, plans: dict[Any, tuple[type[Message], frozenset[str
         cls, nested = plan
         obj = cls.__new__(cls)
         fields = obj.__dict__
-        for f in cls._fields:
-            v = getattr(value, f)
-            fields[f] = _from_struct(v, plans) if f in nested else v
+        fields.update(zip(cls._fields, _astuple(value)))  # (the twin's fields are the message's, in order)
+        for f in nested:
+            fields[f] = _from_struct(fields[f], plans)
         return obj
     if isinstance(value, list):
         return [_from_struct(v, plans) for v in value]

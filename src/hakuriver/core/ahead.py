@@ -100,13 +100,20 @@ def open_slots(nodes: Iterable[Node], tasks: Mapping[str, Task], batches: ShortB
     every task is a one-core task of a short batch: behind a long task a queued one would wait out
     its limit while other cores idle. A node whose queues are full costs O(1)."""
     slots = []
+    short: dict[str, bool] = {}  # batch -> is_short, for this call: a node's tasks are mostly of one batch
     for node in nodes:
         busy = len(node.cores.offered) - node.cores.free_count
         if node.queued.total >= min(depth * busy, NODE_DEPTH):
             continue
-        # (nor behind a task of several cores: only one-core tasks share a core, so each comes back alone)
-        long_cores = {core for task_id in node.task_ids
-                      if (task := tasks[task_id]).cores > 1 or not batches.is_short(task.batch_id) for core in task.core_ids}
+        long_cores = set()
+        for task_id in node.task_ids:
+            task = tasks[task_id]
+            is_short = short.get(task.batch_id)
+            if is_short is None:
+                is_short = short[task.batch_id] = batches.is_short(task.batch_id)
+            # (nor behind a task of several cores: only one-core tasks share a core, so each comes back alone)
+            if task.cores > 1 or not is_short:
+                long_cores.update(task.core_ids)
         slots += [(node.queued.behind(core), node.name, core)
                   for core in set(node.cores.offered).difference(node.cores.free_ids(), long_cores)
                   if node.queued.behind(core) < depth]

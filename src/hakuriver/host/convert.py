@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from operator import attrgetter
 from typing import Any
 
 from hakuriver import protocol as p
@@ -20,8 +21,12 @@ from hakuriver.core.model import Attempt, Node, Task
 _SPEC_TO_TASK = {"node": "target_node"}
 
 
+_SPEC_AS_TASK = tuple(_SPEC_TO_TASK.get(f, f) for f in p.TaskSpec._fields)
+_spec_values = attrgetter(*p.TaskSpec._fields)
+
+
 def task_from_spec(spec: p.TaskSpec, now: float, batch_id: str, owner: str) -> Task:
-    values = {_SPEC_TO_TASK.get(f, f): getattr(spec, f) for f in spec._fields}
+    values = dict(zip(_SPEC_AS_TASK, _spec_values(spec)))
     values["args"], values["env"], values["after"] = list(spec.args), dict(spec.env), list(spec.after)
     return Task(task_id=str(uuid.uuid4()), submitted_at=now, batch_id=batch_id, owner=owner, **values)
 
@@ -67,19 +72,30 @@ def node_report(hb: p.Heartbeat) -> NodeReport:
                       runner_id=n.runner_id, leaving=hb.leaving)
 
 
+_started_values = attrgetter(*p.TaskStarted._fields)
+_finished_values = attrgetter(*p.TaskFinished._fields)
+
+
 def started_event(s: p.TaskStarted) -> Started:
-    return Started(**{f: getattr(s, f) for f in s._fields})
+    return Started(**dict(zip(p.TaskStarted._fields, _started_values(s))))
 
 
 def finished_event(f: p.TaskFinished) -> Finished:
-    return Finished(**{name: getattr(f, name) for name in f._fields})
+    return Finished(**dict(zip(p.TaskFinished._fields, _finished_values(f))))
 
 
 def orders_message(orders: Orders) -> p.Orders:
     return p.Orders(launch=[launch_order(t, orders.wait_limit) for t in orders.launch], kill=orders.kill)
 
 
+#: the launch's fields that are the task's own (the rest: earlier_output and wait_limit)
+_LAUNCH_FROM_TASK = tuple(f for f in p.LaunchOrder._fields if f not in ("earlier_output", "wait_limit"))
+_launch_values = attrgetter(*_LAUNCH_FROM_TASK)
+
+
 def launch_order(t: Task, wait_limit: float | None = None) -> p.LaunchOrder:
-    values = {f: _view_value(getattr(t, f)) for f in p.LaunchOrder._fields if f not in ("earlier_output", "wait_limit")}
-    return p.LaunchOrder(**values, earlier_output=earlier_output(t) if t.attempts else 0, wait_limit=wait_limit)
+    values = dict(zip(_LAUNCH_FROM_TASK, map(_view_value, _launch_values(t))))
+    values["earlier_output"] = earlier_output(t) if t.attempts else 0
+    values["wait_limit"] = wait_limit
+    return p.LaunchOrder.of(values)
 

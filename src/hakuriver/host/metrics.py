@@ -63,12 +63,15 @@ class Metrics:
             self.dispatch_latency.observe(time.monotonic() - sent)
 
     def committed(self, tasks: dict[str, Task]) -> None:
+        counts: dict[str, int] = {}  # by final state: one increment each (a commit may hold thousands)
         for task in tasks.values():
-            if task.state.is_final and task.run_key not in self._counted:
-                self._counted[task.run_key] = None
-                self.finished.labels(task.state.value).inc()
-                if len(self._counted) > PENDING_DISPATCHES:
-                    del self._counted[next(iter(self._counted))]
+            if task.state.is_final and (key := task.run_key) not in self._counted:
+                self._counted[key] = None
+                counts[task.state.value] = counts.get(task.state.value, 0) + 1
+        while len(self._counted) > PENDING_DISPATCHES:
+            del self._counted[next(iter(self._counted))]
+        for state, n in counts.items():
+            self.finished.labels(state).inc(n)
 
     # ---- at scrape time ---------------------------------------------------------------------
     def sample(self) -> dict[str, Any]:
