@@ -36,7 +36,16 @@ class Message:
         cls._defaults = {name: cls.__dict__[name] for name in names if name in cls.__dict__}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """The first message of each class compiles the class its own __init__ (as dataclasses do,
+        but only for the classes a process builds, so that the client starts light), with the
+        same checks; this one serves the classes it cannot compile."""
         cls = type(self)
+        if "__init__" not in cls.__dict__:
+            init = _compiled_init(cls)
+            if init is not None:
+                cls.__init__ = init  # type: ignore[method-assign]
+                init(self, *args, **kwargs)
+                return
         if len(args) > len(cls._fields):
             raise TypeError(f"{cls.__name__} takes at most {len(cls._fields)} values")
         values = dict(zip(cls._fields, args))
@@ -70,6 +79,39 @@ class Message:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{f}={getattr(self, f)!r}' for f in self._fields)})"
+
+
+#: the default of a list or dict field in a compiled __init__: each instance gets its own copy
+_COPY = object()
+
+
+def _compiled_init(cls: type[Message]) -> Any:
+    """`cls.__init__` as Python code, or None when the fields do not make a signature (a field
+    without a default after one with a default, or a name that is not an identifier)."""
+    import keyword
+
+    params, body, names = [], [], {"_COPY": _COPY}
+    for i, name in enumerate(cls._fields):
+        if not name.isidentifier() or keyword.iskeyword(name) or name == "self":
+            return None
+        if name not in cls._defaults:
+            if params and "=" in params[-1]:
+                return None
+            params.append(name)
+            body.append(f"    self.{name} = {name}")
+            continue
+        default = names[f"_d{i}"] = cls._defaults[name]
+        if isinstance(default, (list, dict)):
+            params.append(f"{name}=_COPY")
+            body.append(f"    self.{name} = {type(default).__name__}(_d{i}) if {name} is _COPY else {name}")
+        else:
+            params.append(f"{name}=_d{i}")
+            body.append(f"    self.{name} = {name}")
+    source = f"def __init__(self, {', '.join(params)}):\n" + ("\n".join(body) or "    pass") + "\n"
+    exec(source, names)  # noqa: S102 - the source is built from the class's own field names
+    init = names["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    return init
 
 
 class DecodeError(ValueError):
