@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from hakuriver.core.model import Node, Task
 
 #: tasks queued behind each busy core, at most
-DEPTH = 32
+DEPTH = 64
 #: tasks queued on one node, at most (its keeper starts a few thousand a second, one at a time)
 NODE_DEPTH = 256
 #: seconds of a batch's work (as its recent tasks ran) queued behind each busy core

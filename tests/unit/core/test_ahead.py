@@ -30,8 +30,9 @@ def array(n: int, batch: str = "b", at: float = 0.0, first: int = 0) -> list[Tas
 
 
 def run_short(c: Cluster, task_id: str, at: float) -> None:
+    """The task runs for 5 ms: its batch's queues are DEPTH deep (QUEUED_WORK allows 100)."""
     c.on_started("n", Started(task_id, at))
-    c.on_finished("n", Finished(task_id, at + 0.01, exit_code=0, started_at=at))
+    c.on_finished("n", Finished(task_id, at + 0.005, exit_code=0, started_at=at))
 
 
 def warm_up(c: Cluster) -> None:
@@ -43,7 +44,7 @@ def warm_up(c: Cluster) -> None:
 
 def test_a_short_batch_is_queued_behind_busy_cores_up_to_the_depth_and_only_then():
     c = cluster()
-    c.on_submit(array(100))
+    c.on_submit(array(2 * ahead.DEPTH + 10))
     c.schedule()  # b0, b1 on the two cores; nothing is known of the batch yet: nothing queued ahead
     assert c.nodes["n"].queued.total == 0
     for i in range(2):
@@ -84,7 +85,7 @@ def test_a_deep_batch_behind_a_shallow_one_fills_the_cores_in_the_same_pass():
     c.on_submit(array(2, batch="x"))
     c.schedule()  # x0, x1 on the two cores
     short(c, "x", 0.01)
-    c.on_submit(array(3, batch="s", at=1.0) + array(80, batch="d", at=2.0))
+    c.on_submit(array(3, batch="s", at=1.0) + array(2 * ahead.DEPTH + 10, batch="d", at=2.0))
     short(c, "s", 0.2)  # two per core (0.5 s of work)
     short(c, "d", 0.001)  # DEPTH per core
     c.schedule()
