@@ -232,7 +232,22 @@ def main(argv: list[str] | None = None) -> None:
         # stdout closed early (e.g. piped into `head`): stop quietly, as other tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(EXIT_BROKEN_PIPE)
-    sys.exit(code)
+    _exit_now(code)
+
+
+def _exit_now(code: int) -> None:
+    """Exit without the interpreter's teardown, about 3 ms of every call: once its output is
+    flushed, a client holds nothing that needs one (no file open for writing, no thread, no
+    exit hook)."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader went away after the last write
+        code = EXIT_BROKEN_PIPE
+    try:
+        sys.stderr.flush()
+    except OSError:
+        pass
+    os._exit(code)
 
 
 def _token(token_file: str) -> tuple[str, str]:
