@@ -165,3 +165,36 @@ def test_a_malformed_duration_is_refused(text):
 def test_control_fields_are_checked_like_the_rest_of_a_spec(field, value, words):
     problem = p.spec_problem(p.TaskSpec(command="true", **{field: value}))
     assert problem is not None and words in problem
+
+
+@pytest.mark.parametrize("kind", MESSAGES, ids=lambda k: k.__name__)
+def test_every_message_compiles_its_constructor_with_the_same_rules(kind):
+    assert codec._compiled_init(kind) is not None  # none falls back to the slower generic one
+    required = [f for f in kind._fields if f not in kind._defaults]
+    values = {name: _sample(ftype) for name, ftype in codec._field_types(kind).items()}
+    first, second = kind(**{f: values[f] for f in required}), kind(**{f: values[f] for f in required})
+    assert "__init__" in kind.__dict__  # compiled on first use
+    for f, default in kind._defaults.items():
+        assert getattr(first, f) == default
+        if isinstance(default, (list, dict)):  # each message its own copy, never the class's
+            assert getattr(first, f) is not getattr(second, f) and getattr(first, f) is not default
+    assert kind(**values) == kind.of(dict(values)) == kind(*values.values())
+    with pytest.raises(TypeError):
+        kind(**values, not_a_field=1)
+    if required:
+        with pytest.raises(TypeError):
+            kind(**{f: values[f] for f in required[1:]})
+        with pytest.raises(TypeError):
+            kind(values[required[0]], **{required[0]: values[required[0]]})
+
+
+def test_a_message_whose_fields_make_no_signature_keeps_the_generic_constructor():
+    class Odd(codec.Message):  # a required field after one with a default: no def could say that
+        a: int = 1
+        b: list[int]
+
+    assert codec._compiled_init(Odd) is None
+    odd = Odd(b=[2])
+    assert (odd.a, odd.b) == (1, [2]) and "__init__" not in Odd.__dict__
+    with pytest.raises(TypeError):
+        Odd(a=3)
