@@ -37,7 +37,10 @@ It prints a table and a JSON document with:
      cost per placement grows from 100 to 1,000 nodes (benchmarks/bench_scale.py, which also runs alone);
   g. host on a long history: 1,000,000 finished + 10,000 active tasks written through the Store,
      then p50/p99 of --list (each filter) and status (full and short ID) requests to a host on
-     that database, and its RSS, next to the targets (benchmarks/bench_history.py says more).
+     that database, and its RSS, next to the targets (benchmarks/bench_history.py says more);
+  j. the host's own CPU per task, in-process: its service driven by four simulated runners that
+     queue ahead, 5,000 tasks, median of 3 (benchmarks/bench_host_cpu.py): a steady number for
+     the host's hot path, which the machine-wide rows are too noisy to show.
 Numbers are measured, never asserted: the tests only check that this runs and is well-formed.
 
 On some file systems (ext4 without a journal, as on the VM these numbers come from) the cost of
@@ -64,6 +67,7 @@ from pathlib import Path
 
 import bench_dashboards  # next to this file (the script's folder is on sys.path)
 import bench_history
+import bench_host_cpu
 import bench_hq
 import bench_scale
 from bench_cluster import (Cluster, Profile, contract_ceiling, emit, filesystem, keeper_of, percentile, profile, program,
@@ -225,9 +229,10 @@ def host_at_scale(root: Path, runners: int, queued: int, samples: int) -> dict:
 SIZES = {
     "full": {"ceiling": 1000, "warmup": 200, "bulk": [1000, 10000], "rounds": 3, "cli": 200, "latency": 20,
              "sim_runners": 100, "watchers": 100, "queued": 10000, "samples": 300, "history": (1_000_000, 10_000),
-             "history_samples": 200},
+             "history_samples": 200, "host_cpu": 5000},
     "quick": {"ceiling": 100, "warmup": 10, "bulk": [50], "rounds": 1, "cli": 16, "latency": 3, "sim_runners": 10,
-              "watchers": 5, "queued": 200, "samples": 20, "history": (2_000, 100), "history_samples": 20},
+              "watchers": 5, "queued": 200, "samples": 20, "history": (2_000, 100), "history_samples": 20,
+              "host_cpu": 200},
 }
 
 
@@ -253,6 +258,7 @@ def run(quick: bool, folder: str, prof: Profile, why: str, history_only: bool = 
         result["cluster_files"] = {"folder": tmp, "filesystem": filesystem(tmp)}
         if not history_only:
             cluster_sections(result, size, Path(tmp), prof)
+            result["host_cpu"] = bench_host_cpu.host_cpu(Path(tmp, "host-cpu"), size["host_cpu"], 3)
         result["history"] = bench_history.history(Path(tmp, "history"), *size["history"], size["history_samples"],
                                                   start_host=lambda root: Cluster(root, 0, 1))
         if not history_only:
@@ -290,6 +296,7 @@ def cluster_sections(result: dict, size: dict, tmp: Path, prof: Profile) -> None
 
 def table(r: dict) -> str:
     rows = cluster_rows(r) if "spawn_ceiling" in r else []
+    rows += bench_host_cpu.rows(r["host_cpu"]) if "host_cpu" in r else []
     rows += bench_history.rows(r["history"])
     rows += bench_scale.rows(r["scale"]) if "scale" in r else []
     width = max(len(k) for k, _ in rows)

@@ -28,12 +28,13 @@ def test_quick_benchmark_prints_a_table_and_well_formed_json(tmp_path):
     assert res.stdout.startswith("HakuRiver benchmark (quick)")
     data = json.loads(out.read_text())
     assert set(data) >= {"machine", "profile", "spawn_ceiling", "contract_ceiling", "bulk", "cli", "latency",
-                         "dashboards", "host_at_scale", "idle_rss_mb", "scale"}
+                         "dashboards", "host_at_scale", "idle_rss_mb", "scale", "host_cpu"}
     assert data["scale"]["nodes"] == 20 and len(data["scale"]["placement"]) == 2
     assert {"ratio_to_ceiling", "ratio_to_contract"} <= set(data["bulk"][0])
     assert {"one_request_median_ms", "cluster_share_ms"} <= set(data["latency"])
     assert data["bulk"][0]["tasks"] == 50 and data["cli"]["tasks"] == 16 and data["latency"]["runs"] == 3
     assert data["host_at_scale"]["simulated_runners"] == 10
+    assert data["host_cpu"]["tasks"] == 200 and len(data["host_cpu"]["us_per_task_rounds"]) == 3
     for key in ("submit", "status", "nodes"):
         assert data["host_at_scale"][f"{key}_p50_ms"] <= data["host_at_scale"][f"{key}_p99_ms"]
     # a difference of two medians may come out below zero at this size; it is still a number
