@@ -34,33 +34,11 @@ class Message:
         names = tuple(cls.__dict__.get("__annotations__", {}))
         cls._fields = names
         cls._defaults = {name: cls.__dict__[name] for name in names if name in cls.__dict__}
+        if "__init__" not in cls.__dict__:  # its own: never a parent's, compiled for other fields
+            cls.__init__ = _first_init  # type: ignore[method-assign]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        """The first message of each class compiles the class its own __init__ (as dataclasses do,
-        but only for the classes a process builds, so that the client starts light), with the
-        same checks; this one serves the classes it cannot compile."""
-        cls = type(self)
-        if "__init__" not in cls.__dict__:
-            init = _compiled_init(cls)
-            if init is not None:
-                cls.__init__ = init  # type: ignore[method-assign]
-                init(self, *args, **kwargs)
-                return
-        if len(args) > len(cls._fields):
-            raise TypeError(f"{cls.__name__} takes at most {len(cls._fields)} values")
-        values = dict(zip(cls._fields, args))
-        for name, value in kwargs.items():
-            if name not in cls._fields or name in values:
-                raise TypeError(f"{cls.__name__}: unexpected or repeated field {name!r}")
-            values[name] = value
-        for name in cls._fields:
-            if name in values:
-                setattr(self, name, values[name])
-            elif name in cls._defaults:
-                default = cls._defaults[name]
-                setattr(self, name, type(default)(default) if isinstance(default, (list, dict)) else default)
-            else:
-                raise TypeError(f"{cls.__name__}: missing field {name!r}")
+        _generic_init(self, *args, **kwargs)
 
     @classmethod
     def of(cls, values: dict[str, Any]) -> Any:
@@ -81,18 +59,49 @@ class Message:
         return f"{type(self).__name__}({', '.join(f'{f}={getattr(self, f)!r}' for f in self._fields)})"
 
 
+def _first_init(self: Message, *args: Any, **kwargs: Any) -> None:
+    """The first message of a class gives the class its own __init__, compiled from its fields
+    as dataclasses do (0.6 us a message instead of 5), with the same checks: only for the
+    classes a process builds, so the client starts light. A class whose fields make no
+    signature keeps the generic one."""
+    cls = type(self)
+    init = _compiled_init(cls) or _generic_init
+    cls.__init__ = init  # type: ignore[method-assign]
+    init(self, *args, **kwargs)
+
+
+def _generic_init(self: Message, *args: Any, **kwargs: Any) -> None:
+    cls = type(self)
+    if len(args) > len(cls._fields):
+        raise TypeError(f"{cls.__name__} takes at most {len(cls._fields)} values")
+    values = dict(zip(cls._fields, args))
+    for name, value in kwargs.items():
+        if name not in cls._fields or name in values:
+            raise TypeError(f"{cls.__name__}: unexpected or repeated field {name!r}")
+        values[name] = value
+    for name in cls._fields:
+        if name in values:
+            setattr(self, name, values[name])
+        elif name in cls._defaults:
+            default = cls._defaults[name]
+            setattr(self, name, type(default)(default) if isinstance(default, (list, dict)) else default)
+        else:
+            raise TypeError(f"{cls.__name__}: missing field {name!r}")
+
+
 #: the default of a list or dict field in a compiled __init__: each instance gets its own copy
 _COPY = object()
 
 
 def _compiled_init(cls: type[Message]) -> Any:
     """`cls.__init__` as Python code, or None when the fields do not make a signature (a field
-    without a default after one with a default, or a name that is not an identifier)."""
+    without a default after one with a default) or a name could clash with the code's own (a
+    keyword, or one that starts with "_")."""
     import keyword
 
     params, body, names = [], [], {"_COPY": _COPY}
     for i, name in enumerate(cls._fields):
-        if not name.isidentifier() or keyword.iskeyword(name) or name == "self":
+        if not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_") or name == "self":
             return None
         if name not in cls._defaults:
             if params and "=" in params[-1]:
@@ -102,8 +111,9 @@ def _compiled_init(cls: type[Message]) -> Any:
             continue
         default = names[f"_d{i}"] = cls._defaults[name]
         if isinstance(default, (list, dict)):
+            names[f"_t{i}"] = type(default)
             params.append(f"{name}=_COPY")
-            body.append(f"    self.{name} = {type(default).__name__}(_d{i}) if {name} is _COPY else {name}")
+            body.append(f"    self.{name} = _t{i}(_d{i}) if {name} is _COPY else {name}")
         else:
             params.append(f"{name}=_d{i}")
             body.append(f"    self.{name} = {name}")
