@@ -138,7 +138,7 @@ class CoreLines:
         del self._arrival[task_id]
         for core in _cores_of(spawn):
             line = self._lines[core]
-            line.remove(task_id)  # lines are short (the host queues a few spawns per core)
+            line.remove(task_id)  # usually its head; a line holds at most ahead.DEPTH spawns
             if not line:
                 del self._lines[core]
             self._freed.add(core)
