@@ -32,79 +32,90 @@ from hakuriver.host.store import Store
 NODES, CORES, RESULTS_PER_REPORT = 4, 2, 16
 
 
-async def _rounds(folder: Path, tasks: int, rounds: int) -> list[float]:
-    store = Store(str(folder / "host.db"))
-    service = HostService(Cluster(heartbeat_timeout=30, ahead_wait=5.0), store)
-    nodes = [p.NodeInfo(f"sim-{i}", list(range(CORES)), queues_ahead=True, runner_id=f"sim-{i}") for i in range(NODES)]
-    held: dict[str, dict[str, p.LaunchOrder]] = {n.name: {} for n in nodes}
-    clock = [1.0]
-    runner_side = [0.0]  # CPU seconds the simulated runners spent: not the host's
-    for n in nodes:
-        await service.heartbeat(p.Heartbeat(n))
+class _Simulation:
+    """The host's service and four simulated runners that queue ahead, on this event loop."""
 
-    def as_runner(build):  # noqa: ANN001, ANN202 - what a runner does, timed apart
+    def __init__(self, folder: Path) -> None:
+        self.store = Store(str(folder / "host.db"))
+        self.service = HostService(Cluster(heartbeat_timeout=30, ahead_wait=5.0), self.store)
+        self.nodes = [p.NodeInfo(f"sim-{i}", list(range(CORES)), queues_ahead=True, runner_id=f"sim-{i}")
+                      for i in range(NODES)]
+        self.held: dict[str, dict[str, p.LaunchOrder]] = {n.name: {} for n in self.nodes}
+        self.clock = 1.0
+        #: CPU seconds the simulated runners spent (building, encoding, decoding): not the host's
+        self.runner_side = 0.0
+
+    def as_runner(self, work):  # noqa: ANN001, ANN201 - what a runner does, timed apart
         start = time.thread_time()
         try:
-            return build()
+            return work()
         finally:
-            runner_side[0] += time.thread_time() - start
+            self.runner_side += time.thread_time() - start
 
-    async def take_orders(n: p.NodeInfo) -> None:
-        heartbeat = as_runner(lambda: p.Heartbeat(n, held=list(held[n.name]), wait=0))
-        sent = p.encode(await service.heartbeat(heartbeat))
-        as_runner(lambda: held[n.name].update((o.task_id, o) for o in p.decode(sent, p.Orders).launch))
+    async def join(self) -> None:
+        for n in self.nodes:
+            await self.service.heartbeat(p.Heartbeat(n))
 
-    async def report(n: p.NodeInfo) -> int:
-        mine, t = held[n.name], clock[0]
+    async def take_orders(self, n: p.NodeInfo) -> None:
+        mine = self.held[n.name]
+        heartbeat = self.as_runner(lambda: p.Heartbeat(n, held=list(mine), wait=0))
+        sent = p.encode(await self.service.heartbeat(heartbeat))
+        self.as_runner(lambda: mine.update((o.task_id, o) for o in p.decode(sent, p.Orders).launch))
 
-        def build() -> tuple[bytes, int]:
-            done = [p.TaskFinished(k, t + 0.001, exit_code=0, started_at=t, stdout_path=f"/out/{k}.out",
-                                   stderr_path=f"/out/{k}.err", cpu_user_seconds=0.0005, cpu_system_seconds=0.0003,
-                                   max_rss_bytes=1 << 20) for k in list(mine)[:RESULTS_PER_REPORT]]
-            for f in done:
-                del mine[f.task_id]
-            return p.encode(p.Report(n.name, finished=done, held=list(mine))), len(done)
+    def _results(self, n: p.NodeInfo) -> tuple[bytes, int]:
+        mine, t = self.held[n.name], self.clock
+        done = [p.TaskFinished(k, t + 0.001, exit_code=0, started_at=t, stdout_path=f"/out/{k}.out",
+                               stderr_path=f"/out/{k}.err", cpu_user_seconds=0.0005, cpu_system_seconds=0.0003,
+                               max_rss_bytes=1 << 20) for k in list(mine)[:RESULTS_PER_REPORT]]
+        for f in done:
+            del mine[f.task_id]
+        return p.encode(p.Report(n.name, finished=done, held=list(mine))), len(done)
 
-        body, count = as_runner(build)
-        clock[0] += 0.002
-        answer = p.encode(service.report(p.decode(body, p.Report)))
-        await service.settled()
+    def _take(self, n: p.NodeInfo, ack: bytes) -> None:
+        orders = p.decode(ack, p.Ack).orders
+        if orders is not None:
+            self.held[n.name].update((o.task_id, o) for o in orders.launch)
 
-        def take(ack: bytes) -> None:
-            orders = p.decode(ack, p.Ack).orders
-            if orders is not None:
-                mine.update((o.task_id, o) for o in orders.launch)
-
-        as_runner(lambda: take(answer))
+    async def report(self, n: p.NodeInfo) -> int:
+        body, count = self.as_runner(lambda: self._results(n))
+        self.clock += 0.002
+        answer = p.encode(self.service.report(p.decode(body, p.Report)))
+        await self.service.settled()
+        self.as_runner(lambda: self._take(n, answer))
         return count
 
-    async def one_batch(size: int) -> None:
-        specs = as_runner(lambda: [p.TaskSpec("/bin/true", env={"HAKURIVER_ARRAY_INDEX": str(i)}) for i in range(size)])
-        await service.submit(specs, batch=True)
+    async def batch(self, size: int) -> None:
+        specs = self.as_runner(lambda: [p.TaskSpec("/bin/true", env={"HAKURIVER_ARRAY_INDEX": str(i)})
+                                        for i in range(size)])
+        await self.service.submit(specs, batch=True)
         await asyncio.sleep(0)  # the planning pass runs at the end of the loop iteration
-        for n in nodes:
-            await take_orders(n)
+        for n in self.nodes:
+            await self.take_orders(n)
         done = 0
         while done < size:
-            reported = [await report(n) for n in nodes]
+            reported = [await self.report(n) for n in self.nodes]
             done += sum(reported)
             await asyncio.sleep(0)
             if not any(reported):  # nothing held anywhere: what the host placed since goes out on heartbeats
-                for n in nodes:
-                    await take_orders(n)
-        await service.settled()
+                for n in self.nodes:
+                    await self.take_orders(n)
+        await self.service.settled()
 
+
+async def _rounds(folder: Path, tasks: int, rounds: int) -> list[float]:
+    sim = _Simulation(folder)
     try:
-        await one_batch(min(500, tasks))  # warm-up: imports, first messages, the batch found short
+        await sim.join()
+        await sim.batch(min(500, tasks))  # warm-up: imports, first messages, the batch found short
         seconds = []
         for _ in range(rounds):
             gc.collect()
-            start, runner_side[0] = time.thread_time(), 0.0
-            await one_batch(tasks)
-            seconds.append(time.thread_time() - start - runner_side[0])
+            start, sim.runner_side = time.thread_time(), 0.0
+            await sim.batch(tasks)
+            seconds.append(time.thread_time() - start - sim.runner_side)
         return seconds
     finally:
-        store.close()
+        sim.store.close()
 
 
 def host_cpu(folder: Path, tasks: int, rounds: int) -> dict:
