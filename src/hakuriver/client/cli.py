@@ -234,8 +234,7 @@ def main(argv: list[str] | None = None) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(EXIT_BROKEN_PIPE)
     except OSError as exc:  # e.g. stdout on a full disk: one line, not a traceback
-        writing = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)
-        fail(PROG, f"cannot write the output: {exc.strerror}" if writing else str(exc), 1)
+        fail(PROG, _output_error(exc) if exc.errno in _WRITE_ERRORS else str(exc), 1)
     sys.exit(code)
 
 
@@ -270,7 +269,7 @@ def _flushed(code: int) -> int:
         return EXIT_BROKEN_PIPE
     except OSError as exc:  # a full disk, an I/O error: the output is not all there
         if code == 0:  # (else the error is said already)
-            print(f"{PROG}: error: cannot write the output: {exc.strerror or exc}", file=sys.stderr)
+            print(f"{PROG}: error: {_output_error(exc)}", file=sys.stderr)
             code = 1
     try:
         if sys.stderr is not None:
@@ -278,6 +277,14 @@ def _flushed(code: int) -> int:
     except OSError:
         pass
     return code
+
+
+#: what writing the output may fail with (a full disk, a quota, an I/O error)
+_WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)
+
+
+def _output_error(exc: OSError) -> str:
+    return f"cannot write the output: {exc.strerror or exc}"
 
 
 def _token(token_file: str) -> tuple[str, str]:
