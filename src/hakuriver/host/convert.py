@@ -8,7 +8,7 @@ spec's `node` is the task's `target_node`) are spelled out.
 from __future__ import annotations
 
 import dataclasses
-import uuid
+import os
 from collections.abc import Callable
 from operator import attrgetter
 from typing import Any
@@ -32,10 +32,28 @@ def _reader(fields: tuple[str, ...], keys: tuple[str, ...] | None = None) -> Cal
 _spec_as_task = _reader(p.TaskSpec._fields, tuple(_SPEC_TO_TASK.get(f, f) for f in p.TaskSpec._fields))
 
 
-def task_from_spec(spec: p.TaskSpec, now: float, batch_id: str, owner: str) -> Task:
+def tasks_from_specs(specs: list[p.TaskSpec], now: float, batch_id: str, owner: str) -> list[Task]:
+    """New tasks, one per spec, each with a new ID."""
+    return [task_from_spec(spec, task_id, now, batch_id, owner) for spec, task_id in zip(specs, new_ids(len(specs)))]
+
+
+def task_from_spec(spec: p.TaskSpec, task_id: str, now: float, batch_id: str, owner: str) -> Task:
     values = _spec_as_task(spec)
     values["args"], values["env"], values["after"] = list(spec.args), dict(spec.env), list(spec.after)
-    return Task(task_id=str(uuid.uuid4()), submitted_at=now, batch_id=batch_id, owner=owner, **values)
+    return Task(task_id=task_id, submitted_at=now, batch_id=batch_id, owner=owner, **values)
+
+
+def new_ids(n: int) -> list[str]:
+    """`n` random (version 4) UUIDs, as `str(uuid.uuid4())` writes them, from one read of the OS's
+    random source: four times faster than uuid4 each, which was a sixth of a big submission's cost."""
+    raw = bytearray(os.urandom(16 * n))
+    ids = []
+    for i in range(0, 16 * n, 16):
+        raw[i + 6] = raw[i + 6] & 0x0F | 0x40  # version 4
+        raw[i + 8] = raw[i + 8] & 0x3F | 0x80  # the RFC 4122 variant
+        h = raw[i:i + 16].hex()
+        ids.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+    return ids
 
 
 def spec_of(t: Task) -> p.TaskSpec:

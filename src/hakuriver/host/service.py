@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 
 from hakuriver import protocol as p
@@ -117,8 +116,8 @@ class HostService:
         if any(spec.after for spec in specs):
             specs, outcomes = await self._dependencies(specs)
         now = self.clock()
-        batch_id = str(uuid.uuid4()) if batch or len(specs) > 1 else ""
-        tasks = [convert.task_from_spec(spec, now, batch_id, owner) for spec in specs]
+        batch_id = convert.new_ids(1)[0] if batch or len(specs) > 1 else ""
+        tasks = convert.tasks_from_specs(specs, now, batch_id, owner)
         if self.default_time_limit is not None:
             for task in tasks:
                 if task.time_limit is None:
