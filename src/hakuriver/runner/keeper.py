@@ -66,8 +66,9 @@ class Keeper:
 
     def __init__(self, state_dir: str) -> None:
         self.state_dir = state_dir
-        #: the environment tasks start from: the runner's (Hello), until then the keeper's own
-        self.env: dict[str, str] = dict(os.environ)
+        #: what tasks get of the runner's environment (Hello; until then the keeper's own), for a
+        #: task of the keeper's user [False] and of another user [True]: made once, not per task
+        self._base_env = self._bases(dict(os.environ))
         #: started and not yet reaped (or, when killed, not yet gone with its whole tree)
         self.pids: dict[str, int] = {}
         #: the scratch folders of those tasks
@@ -139,7 +140,11 @@ class Keeper:
         elif isinstance(msg, Kill):
             self._kill(msg)
         elif isinstance(msg, Hello):
-            self.env = msg.env
+            self._base_env = self._bases(msg.env)
+
+    @staticmethod
+    def _bases(runner_env: dict[str, str]) -> dict[bool, dict[str, str]]:
+        return {other: base_env(runner_env, other) for other in (False, True)}
 
     def _spawn(self, msg: Spawn) -> None:
         key = msg.task_id
@@ -155,7 +160,7 @@ class Keeper:
             return Exit(msg.task_id, time.time(), not_started=True, error=fds)
         out_fd, err_fd = fds
         try:
-            pid = self._starter.start(msg, base_env(self.env, msg.user) | msg.env, out_fd, err_fd)
+            pid = self._starter.start(msg, self._base_env[msg.user is not None] | msg.env, out_fd, err_fd)
         except OSError as exc:
             problem = f"could not start {msg.argv[0]}: {exc.strerror or exc}"
             with contextlib.suppress(OSError):
