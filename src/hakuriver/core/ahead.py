@@ -27,11 +27,6 @@ from hakuriver.core.model import Node, Task
 
 #: tasks queued behind each busy core, at most
 DEPTH = 64
-#: tasks one scheduling pass queues behind a core that had none queued, at most: the first orders
-#: of a batch that just showed itself short reach its nodes after a small commit and start at
-#: once, while the passes of the next reports deepen the queues (one pass of DEPTH per core
-#: delayed them ~10 ms). A core with tasks queued is filled to the depth in one pass.
-STEP = 8
 #: tasks queued on one node, at most (its keeper starts a few thousand a second, one at a time)
 NODE_DEPTH = 256
 #: seconds of a batch's work (as its recent tasks ran) queued behind each busy core

@@ -243,8 +243,6 @@ class Cluster(RunnerEvents):
         slots = ahead.open_slots(nodes, self.tasks, self.short, self.short.depth(head.batch_id, self.ahead_wait))
         room = {name: ahead.NODE_DEPTH - self.nodes[name].queued.total for _, name, _ in slots}
         picked: list[tuple[Task, str, int]] = []
-        # a core with nothing queued yet gets STEP in this pass, and the next passes fill it
-        first_fill = {(name, core) for queued, name, core in slots if queued == 0}
         for task_id in self.queue:  # in queue order, until one may not wait or finds no room
             task = self.tasks[task_id]
             if not ahead.may_wait(task, self.short):
@@ -257,8 +255,7 @@ class Cluster(RunnerEvents):
             queued, name, core = heapq.heappop(slots)
             picked.append((task, name, core))
             room[name] -= 1
-            # (a deeper batch behind this one may still use it)
-            if queued + 1 < (ahead.STEP if (name, core) in first_fill else ahead.DEPTH):
+            if queued + 1 < ahead.DEPTH:  # (a deeper batch behind this one may still use it)
                 heapq.heappush(slots, (queued + 1, name, core))
         effects: list[Effect] = []
         for task, name, core in picked:
