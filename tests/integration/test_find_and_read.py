@@ -110,6 +110,19 @@ def test_json_on_every_read_and_submission(cluster):
     assert killed["task_id"] == sleeper and "kill" in killed["message"]
 
 
+def test_kill_of_a_batch_with_json_says_whether_its_tasks_have_ended(cluster):
+    """A batch has no one state: "running" while its running tasks end (as a task's is, after --kill),
+    "killed" once none is left (its queued tasks end at once)."""
+    running = _json(cluster.client("--json", "--array", "1-2", "--", "sleep", "30"))["batch_id"]
+    waiting = _json(cluster.client("--json", "--after", running, "--array", "1-2", "--", "true"))["batch_id"]
+    assert _json(cluster.client("--kill", waiting, "--json"))["state"] == "killed"
+    wait_until(lambda: _json(cluster.client("--status", running, "--json"))["counts"].get("running") == 2, 30,
+               "both running")
+    reply = _json(cluster.client("--kill", running, "--json"))
+    assert (reply["task_id"], reply["state"]) == (running, "running") and "2 unfinished tasks" in reply["message"]
+    assert _wait_batch(cluster, running)["counts"] == {"killed": 2}
+
+
 @pytest.fixture
 def far_client(cluster, tmp_path):
     """A client whose config points at another shared folder: it can only read logs through the host."""

@@ -180,9 +180,9 @@ class _Api:
 
     async def kill_batch(self, request: Request) -> Response:
         batch_id = self._batch_id(request)
-        _, message = self.service.kill_batch(batch_id)
+        state, message = self.service.kill_batch(batch_id)
         await self.service.settled()
-        return json_response(p.KillReply(task_id=batch_id, state="", message=message))
+        return json_response(p.KillReply(task_id=batch_id, state=state, message=message))
 
     async def retry_task(self, request: Request) -> Response:
         return await self._retry(request, _id(request))

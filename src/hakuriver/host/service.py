@@ -231,7 +231,9 @@ class HostService:
         await self.waiters.batch_done(batch_id, timeout)
         return await self.batch_view(batch_id)
 
-    def kill_batch(self, batch_id: str) -> tuple[int, str]:
+    def kill_batch(self, batch_id: str) -> tuple[str, str]:
+        """The batch's state after the request ("killed" once every task has ended, else "running"
+        while its running tasks end, as a task's is), and a message saying what was asked."""
         if not self.waiters.is_open(batch_id) and not self.store.batch_ids_with_prefix(batch_id, 1):
             raise NotFound("batch", batch_id)
         ids = self.waiters.unfinished(batch_id)
@@ -242,7 +244,9 @@ class HostService:
         self._apply(effects)
         if not ids:
             raise KillRefused(f"every task of batch {batch_id} has already finished; nothing to kill")
-        return len(ids), f"kill requested for {len(ids)} unfinished tasks of batch {batch_id}"
+        ending = any((t := self.cluster.tasks.get(task_id)) is not None and not t.state.is_final for task_id in ids)
+        state = TaskState.RUNNING.value if ending else TaskState.KILLED.value
+        return state, f"kill requested for {len(ids)} unfinished tasks of batch {batch_id}"
 
     async def wait_task(self, task_id: str, timeout: float) -> Task:
         """The task once it is final, or as it is when `timeout` runs out."""
