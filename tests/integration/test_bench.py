@@ -44,3 +44,16 @@ def test_quick_benchmark_prints_a_table_and_well_formed_json(tmp_path):
     bad = [v for v in values if not (math.isfinite(v) and v >= 0)]
     assert values and not bad, (bad, json.dumps(data)[:3000])
     assert all(b["per_second"] > 0 for b in data["bulk"]) and data["spawn_ceiling"]["per_second"] > 0
+
+
+def test_the_side_by_side_comparison_runs_and_reports_every_pair(tmp_path):
+    """benchmarks/ab_bulk.py with the same build on both sides, tiny: its pairs and its summary are there."""
+    src = Path(__file__).resolve().parents[2] / "src"
+    res = subprocess.run([sys.executable, str(BENCH.parent / "ab_bulk.py"), str(src), str(src), "--pairs", "2",
+                          "--tasks", "20", "--dir", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert res.stdout.startswith("20-task batches, 2 pairs: A median ")
+    data = json.loads(res.stdout[res.stdout.index("{"):])
+    assert [len(data["per_second"][k]) for k in ("A", "B")] == [2, 2]
+    assert all(math.isfinite(v) and v > 0 for k in ("A", "B") for v in data["per_second"][k])
+    assert set(data["b_over_a"]) == {"median", "mean", "stdev"}
