@@ -38,3 +38,29 @@ def test_a_kill_reaches_the_heartbeat_waiting_since_before_its_launch(tmp_path):
 
     orders, second = asyncio.run(scenario())
     assert (orders.kill, orders.launch) == ([second], [])
+
+
+def test_a_batch_kill_in_the_loop_iteration_that_ends_one_of_its_tasks_kills_the_rest(tmp_path):
+    """The waiters learn of an end once it is committed; a batch kill made before that commit must
+    neither fail on the task that just ended nor lose the kills of the others."""
+    async def scenario() -> tuple[str, str, p.BatchView]:
+        store = Store(str(tmp_path / "h.db"))
+        service = HostService(Cluster(heartbeat_timeout=30), store)
+        try:
+            await service.heartbeat(p.Heartbeat(NODE))
+            ids, batch_id = await service.submit([p.TaskSpec("true") for _ in range(3)], batch=True)
+            await asyncio.sleep(0.05)
+            assert [o.task_id for o in (await service.heartbeat(p.Heartbeat(NODE))).launch] == [ids[0]]
+            service.report(p.Report("a", finished=[p.TaskFinished(ids[0], 1.0, exit_code=0, started_at=0.5)], held=[]))
+            # same iteration: the finish is not committed yet, and the freed core's next task is on its way
+            state, message = service.kill_batch(batch_id)
+            await service.settled()
+            await service.heartbeat(p.Heartbeat(NODE))  # holds nothing: the launch it was sent never arrived
+            await service.settled()
+            return state, message, await service.batch_view(batch_id)
+        finally:
+            store.close()
+
+    state, message, view = asyncio.run(scenario())
+    assert state == "running" and "2 unfinished tasks" in message  # one was on its way to the node
+    assert view.done and view.counts == {"completed": 1, "killed": 2}

@@ -233,14 +233,17 @@ class HostService:
 
     def kill_batch(self, batch_id: str) -> tuple[str, str]:
         """The batch's state after the request ("killed" once every task has ended, else "running"
-        while its running tasks end, as a task's is), and a message saying what was asked."""
+        while any of them is still being ended, started or not), and a message saying what was asked."""
         if not self.waiters.is_open(batch_id) and not self.store.batch_ids_with_prefix(batch_id, 1):
             raise NotFound("batch", batch_id)
-        ids = self.waiters.unfinished(batch_id)
+        # the batch's tasks the cluster still holds: the waiters learn of an end only once it is
+        # committed, and one that ended since (its commit still to come) has nothing left to kill
+        ids = [task_id for task_id in self.waiters.unfinished(batch_id) if task_id in self.cluster.tasks]
         ids += [t.task_id for t in self.cluster.tasks.values() if t.batch_id == batch_id and t.state.is_final]
         effects: list[Effect] = []
         for task_id in ids:
-            effects += self.cluster.on_kill(task_id, self.clock())
+            if task_id in self.cluster.tasks:  # (a kill before it may have ended it, as a dependent)
+                effects += self.cluster.on_kill(task_id, self.clock())
         self._apply(effects)
         if not ids:
             raise KillRefused(f"every task of batch {batch_id} has already finished; nothing to kill")
