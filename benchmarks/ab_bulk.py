@@ -14,6 +14,8 @@ HEAD~1` gives one at /tmp/old/src); each cluster's processes, and its client, fi
 PYTHONPATH. Runners on loopback, numactl as bench.py's profile finds it, each cluster's files
 in --dir (default /dev/shm). Two builds that are the same code come out within about 1% of
 each other with 30 pairs of 1,000 tasks on a 2-CPU VM (standard deviation of a pair 3-4%).
+This script itself, and the check that a cluster's runners are online, use the hakuriver
+installed with it: builds whose API differs from it cannot be compared this way.
 """
 
 from __future__ import annotations
@@ -58,12 +60,22 @@ def compare(builds: dict[str, str], folder: str, pairs: int, tasks: int, warmup:
                          "stdev": statistics.stdev(ratios) if pairs > 1 else 0.0}}
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("a", metavar="A_SRC", help="folder holding build A's hakuriver package")
     parser.add_argument("b", metavar="B_SRC", help="folder holding build B's hakuriver package")
-    parser.add_argument("--pairs", type=int, default=30)
-    parser.add_argument("--tasks", type=int, default=1000)
+    parser.add_argument("--pairs", type=_at_least_one, default=30, help="batches on each build (default 30)")
+    parser.add_argument("--tasks", type=_at_least_one, default=1000, help="tasks per batch (default 1000)")
     parser.add_argument("--dir", default="/dev/shm", help="where the two clusters' files go (default /dev/shm)")
     args = parser.parse_args()
     for src in (args.a, args.b):

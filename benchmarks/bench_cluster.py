@@ -189,11 +189,15 @@ class Cluster:
         self.lab = None
         bind = {"host_bind_ip": "0.0.0.0"} if prof.netns else {}
         self.config = self._config("client", {"network": bind})
-        self.host = self._start("host", self.config)
-        wait_for(self._up, 20, "the host")
-        self.runners = [self._start_runner(i + 1, cores) for i in range(runners)]
-        client = self.api()
-        wait_for(lambda: sum(n.state == "online" for n in client.nodes()) == runners, 30, "runners online")
+        try:
+            self.host = self._start("host", self.config)
+            wait_for(self._up, 20, "the host")
+            self.runners = [self._start_runner(i + 1, cores) for i in range(runners)]
+            client = self.api()
+            wait_for(lambda: sum(n.state == "online" for n in client.nodes()) == runners, 30, "runners online")
+        except BaseException:  # what did start does not outlive a start-up that failed
+            self.stop()
+            raise
 
     def _start_runner(self, i: int, cores: int) -> subprocess.Popen:
         tmp = self.root / f"tmp-r{i}"

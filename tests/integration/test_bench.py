@@ -57,3 +57,7 @@ def test_the_side_by_side_comparison_runs_and_reports_every_pair(tmp_path):
     assert [len(data["per_second"][k]) for k in ("A", "B")] == [2, 2]
     assert all(math.isfinite(v) and v > 0 for k in ("A", "B") for v in data["per_second"][k])
     assert set(data["b_over_a"]) == {"median", "mean", "stdev"}
+    wrong = subprocess.run([sys.executable, str(BENCH.parent / "ab_bulk.py"), str(src), str(tmp_path)],
+                           capture_output=True, text=True, timeout=60)
+    assert wrong.returncode == 1 and wrong.stderr.strip().splitlines() == [
+        f"ab_bulk: {tmp_path} holds no hakuriver package (give the folder that holds it, e.g. src)"]

@@ -166,7 +166,9 @@ async def _serve(config: Config, store: Store, sock: socket.socket, cluster_key:
         )
     )
     # what start-up made (modules, the app, the restored records) stays for the host's life: kept
-    # out of the collector's full passes, which otherwise walk all of it every few batches (~12 ms)
+    # out of the collector's full passes, which otherwise walk all of it every few batches (~12 ms);
+    # start-up's own garbage is collected first, or it would stay too
+    gc.collect()
     gc.freeze()
     watcher = asyncio.create_task(service.watch_heartbeats(config.timing.cleanup_check_interval))
     service.request_schedule()

@@ -37,7 +37,8 @@ _WITHHELD = frozenset({"HAKURIVER_TOKEN"})
 
 def base_env(runner_env: dict[str, str], other_user: bool) -> dict[str, str]:
     """What a task gets of the runner's environment, before its own variables: all of it (but a
-    token) when it runs as the runner's user; for another user, only locale, PATH and time zone."""
+    token) when it runs as the runner's user; for another user, only PATH, locale, time zone and
+    terminal type (_PASSED, LC_*)."""
     if not other_user:
         return {k: v for k, v in runner_env.items() if k not in _WITHHELD}
     return {k: v for k, v in runner_env.items() if k in _PASSED or k.startswith("LC_")}
