@@ -213,6 +213,8 @@ class NodeView(Message):
     running_tasks: int
     memory_bytes: int
     last_heartbeat: float
+    #: its runner said it stops: no new task is placed there (its running ones go on under the keeper)
+    leaving: bool = False
 
 
 class TaskBrief(Message):

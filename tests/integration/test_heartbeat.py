@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 
 
@@ -40,6 +41,9 @@ def test_a_runner_that_stops_is_sent_nothing_new_and_its_task_runs_on(fresh_clus
     c.wait_state(on_small, "running")
     c.runners["small"].stop()
     assert "could not tell the host" not in (c.root / "runner-small.log").read_text()
+    listed = {n["name"]: n for n in json.loads(c.client("--list-nodes", "--json").stdout)}
+    assert listed["small"]["leaving"] and not listed["big"]["leaving"]  # (online until its heartbeats time out)
+    assert any(line.split()[:2] == ["small", "leaving"] for line in c.client("--list-nodes").stdout.splitlines())
     for _ in range(3):  # at once: without being told, the host would send them to small until it gave it up
         res = c.client("--wait", "--", "true", timeout=15)
         assert res.returncode == 0 and " on big " in res.stdout, res.stdout + res.stderr

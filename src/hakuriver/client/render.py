@@ -51,8 +51,8 @@ def node_table(nodes: list[p.NodeView], now: float) -> str:
         return "No nodes have registered yet. Start hakuriver.runner on a compute node."
     headers = ("NODE", "STATE", "CORES", "FREE", "RUNNING", "MEMORY", "LAST HEARTBEAT")
     rows = [
-        (n.name, n.state, str(n.total_cores), str(n.free_cores), str(n.running_tasks), _bytes(n.memory_bytes) if n.memory_bytes else "-",
-         _ago(n.last_heartbeat, now))
+        (n.name, "leaving" if n.leaving else n.state, str(n.total_cores), str(n.free_cores), str(n.running_tasks),
+         _bytes(n.memory_bytes) if n.memory_bytes else "-", _ago(n.last_heartbeat, now))
         for n in nodes
     ]
     return _table(headers, rows)

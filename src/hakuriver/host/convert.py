@@ -17,6 +17,7 @@ from hakuriver import protocol as p
 from hakuriver.core.attempts import earlier_output
 from hakuriver.core.cluster import Finished, NodeReport, Orders, Started
 from hakuriver.core.model import Attempt, Node, Task
+from hakuriver.core.states import NodeState
 
 #: TaskSpec field -> Task field, where the names differ
 _SPEC_TO_TASK = {"node": "target_node"}
@@ -88,6 +89,7 @@ def node_view(n: Node) -> p.NodeView:
     return p.NodeView(
         name=n.name, state=n.state.value, total_cores=n.total_cores, free_cores=n.free_cores,
         running_tasks=n.running_tasks, memory_bytes=n.memory_bytes, last_heartbeat=n.last_heartbeat,
+        leaving=n.leaving and n.state is NodeState.ONLINE,
     )
 
 

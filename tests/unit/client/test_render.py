@@ -15,11 +15,13 @@ def view(**kw) -> p.TaskView:  # noqa: ANN003
 
 
 def test_node_table():
-    nodes = [p.NodeView("a", "online", 4, 1, 2, 2**31, 95.0), p.NodeView("bb", "offline", 2, 2, 0, 0, 0.0)]
+    nodes = [p.NodeView("a", "online", 4, 1, 2, 2**31, 95.0), p.NodeView("bb", "offline", 2, 2, 0, 0, 0.0),
+             p.NodeView("c", "online", 2, 0, 2, 0, 99.0, leaving=True)]
     assert render.node_table(nodes, now=100.0) == (
         "NODE  STATE    CORES  FREE  RUNNING  MEMORY   LAST HEARTBEAT\n"
         "a     online   4      1     2        2.0 GiB  5.0s ago\n"
-        "bb    offline  2      2     0        -        never"
+        "bb    offline  2      2     0        -        never\n"
+        "c     leaving  2      0     2        -        1.0s ago"
     )
 
 
