@@ -454,3 +454,16 @@ def test_phone_width_scrolls_nothing_sideways(admin, cluster):
     finally:
         driver.set_window_size(*DESKTOP)
         kill(cluster, task_id)
+
+
+def test_a_node_whose_runner_stops_shows_as_leaving(admin, cluster):
+    """Last in this file: it leaves a node behind that goes offline."""
+    driver = admin
+    goto(driver, "#/cluster", "cluster")
+    cluster.start_runner("leaver", 1)
+    cluster.wait_online("leaver")
+    badge = '[data-node="leaver"] [data-field="state"]'
+    until(driver, lambda d: [b.text for b in css(d, badge)] == ["online"], "the new node online")
+    cluster.runners["leaver"].stop()  # a clean stop: the runner tells the host it leaves
+    until(driver, lambda d: [b.text for b in css(d, badge)] == ["leaving"], "the node leaving")
+    assert "node-leaving" in css(driver, badge)[0].get_attribute("class")

@@ -10,7 +10,7 @@ open dashboards cost one encoding and 100 socket writes per tick.
 A page that follows one task (`?task=ID`) also gets its record when it changes and the new
 bytes of its stdout and stderr, read on a worker thread.
 
-    event: cluster   {"now", "nodes": [{..., "cores": [{"id", "task_id"}]}], "queue_length", "cores_total",
+    event: cluster   {"now", "nodes": [{NodeView's fields, "cores": [{"id", "task_id"}]}], "queue_length", "cores_total",
                       "cores_used", "nodes_online", "finished_last_hour", "throughput": [[minute, finished]]}
     event: tasks     {"changed": [{"task_id", "state", "batch_id", "node", "name", "owner"}], "truncated"}
     event: task      a TaskView          (with ?task=ID)
@@ -31,6 +31,7 @@ from hakuriver import protocol as p
 from hakuriver.core.cluster import Cluster
 from hakuriver.core.model import Task
 from hakuriver.core.states import NodeState, TaskState
+from hakuriver.host.convert import node_view
 
 #: seconds: the fastest a change reaches the pages
 TICK = 0.25
@@ -173,9 +174,8 @@ class Live:
                         holder[core] = (task_id, task.name)
         cores = [{"id": c, "task_id": holder.get(c, ("", ""))[0] or None, "name": holder.get(c, ("", ""))[1]}
                  for c in node.cores.all]
-        return {"name": node.name, "state": node.state.value, "memory_bytes": node.memory_bytes,
-                "last_heartbeat": node.last_heartbeat, "total_cores": node.total_cores, "free_cores": node.free_cores,
-                "running_tasks": node.running_tasks, "cores": cores}
+        view = node_view(node)  # what /api/nodes says of it, and its cores
+        return {**{name: getattr(view, name) for name in p.NodeView._fields}, "cores": cores}
 
 
 class _LogFollower:

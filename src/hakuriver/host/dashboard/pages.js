@@ -132,8 +132,9 @@ function nodeCard(name) {
 function fillNodeCard(card, node, now) {
   const field = (name) => card.querySelector(`[data-field="${name}"]`);
   const badge = field("state");
-  badge.className = `badge node-${node.state}`;
-  badge.textContent = node.state;
+  const shown = node.leaving ? "leaving" : node.state; // its runner said it stops: nothing new goes there
+  badge.className = `badge node-${shown}`;
+  badge.textContent = shown;
   card.classList.toggle("offline", node.state !== "online");
   field("cores").textContent =
     `${node.total_cores - node.free_cores}/${node.total_cores} cores busy · ${plural(node.running_tasks, "task")}`;
