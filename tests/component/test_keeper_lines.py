@@ -176,3 +176,21 @@ def test_a_spawn_naming_no_cores_starts_at_once_as_from_an_earlier_runner(keeper
     assert not keeper.has(Exit, "a")
     gate.touch()
     keeper.exit("a")
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs at least 2 CPUs to pin to one")
+def test_the_keeper_goes_back_to_all_its_cpus_once_nothing_waits_to_start(keeper):
+    """It stays on a task's CPU while spawns wait behind it (the next start is often there), but
+    not once none waits: an idle keeper pinned to a busy core would answer its runner late."""
+    everything = os.sched_getaffinity(0)
+    cpu = min(everything)
+    (proc,) = keepers_below(keeper.state_dir)
+    gate = keeper.gated("a", [0], cpus=[cpu])
+    keeper.began("a")
+    keeper.spawn("b", [TRUE], [0], cpus=[cpu])  # waits for core 0, then starts from the keeper pinned there
+    gate.touch()
+    keeper.exit("b")
+    deadline = time.monotonic() + 10
+    while os.sched_getaffinity(proc.pid) != everything and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert os.sched_getaffinity(proc.pid) == everything

@@ -113,6 +113,8 @@ class Keeper:
                 # (a runner that connected just now is served first, not left with a closed socket)
                 log.info("no runner and no task left: keeper exits")
                 return
+            if not self.lines:  # nothing waits to start: not pinned to a core that may be busy
+                self._starter.unpin()
             for key, mask in self.sel.select(timeout=min(self._expire_due(), self._withdraw_due())):
                 key.data(mask)
 
