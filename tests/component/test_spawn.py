@@ -47,6 +47,8 @@ def _run(starter: Starter, tmp_path: Path, name: str, cpus: list[int] | None) ->
 
 
 def _on_a_thread(work) -> None:  # noqa: ANN001
+    """Run `work` on a thread of its own; the process's working folder is put back afterwards (the
+    Starter enters a task's folder to start it there, as the keeper process does)."""
     failure: list[BaseException] = []
 
     def body() -> None:
@@ -56,8 +58,12 @@ def _on_a_thread(work) -> None:  # noqa: ANN001
             failure.append(exc)
 
     thread = threading.Thread(target=body)
-    thread.start()
-    thread.join(30)
+    cwd = os.getcwd()
+    try:
+        thread.start()
+        thread.join(30)
+    finally:
+        os.chdir(cwd)  # later tests submit from it: it must stay a folder other users can enter
     assert not thread.is_alive()
     if failure:
         raise failure[0]
@@ -78,5 +84,7 @@ def test_each_task_sees_exactly_its_cpus_and_the_keeper_goes_back_to_all_of_its_
         starter.unpin()
         assert os.sched_getaffinity(0) == everything
 
+    before = os.getcwd()
     _on_a_thread(work)
     assert os.sched_getaffinity(0) == everything  # the test's own thread was never pinned
+    assert os.getcwd() == before
