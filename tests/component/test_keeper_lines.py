@@ -178,19 +178,29 @@ def test_a_spawn_naming_no_cores_starts_at_once_as_from_an_earlier_runner(keeper
     keeper.exit("a")
 
 
+def _until_mask(pid: int, cpus: set[int]) -> None:
+    deadline = time.monotonic() + 10
+    while os.sched_getaffinity(pid) != cpus and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert os.sched_getaffinity(pid) == cpus
+
+
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs at least 2 CPUs to pin to one")
-def test_the_keeper_goes_back_to_all_its_cpus_once_nothing_waits_to_start(keeper):
-    """It stays on a task's CPU while spawns wait behind it (the next start is often there), but
-    not once none waits: an idle keeper pinned to a busy core would answer its runner late."""
+def test_the_keeper_leaves_the_cpu_of_its_last_start_when_no_start_follows_soon(keeper):
+    """It may stay on a task's CPU while spawns wait (the next start is often there), but not
+    for long, nor once none waits: a keeper pinned to a busy core would answer its runner late."""
     everything = os.sched_getaffinity(0)
     cpu = min(everything)
     (proc,) = keepers_below(keeper.state_dir)
-    gate = keeper.gated("a", [0], cpus=[cpu])
+    gate = keeper.tmp_path / "a.gate"
+    keeper.gates.append(gate)
+    a, b = (Spawn(t, argv[0], argv, {}, str(keeper.tmp_path), keeper.out(t), str(keeper.tmp_path / f"{t}.err"),
+                  str(keeper.tmp_path / f"{t}.scratch"), cpus=[cpu], cores=[0])
+            for t, argv in (("a", [SH, "-c", f"while [ ! -e {gate} ]; do sleep 0.02; done"]), ("b", [TRUE])))
+    keeper.link.send([a, b])  # "a" starts on `cpu`; "b" waits behind it, for as long as "a" runs
     keeper.began("a")
-    keeper.spawn("b", [TRUE], [0], cpus=[cpu])  # waits for core 0, then starts from the keeper pinned there
+    _until_mask(proc.pid, everything)  # while "b" still waits
+    assert not keeper.has(Began, "b")
     gate.touch()
     keeper.exit("b")
-    deadline = time.monotonic() + 10
-    while os.sched_getaffinity(proc.pid) != everything and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert os.sched_getaffinity(proc.pid) == everything
+    _until_mask(proc.pid, everything)  # and after its own start, once nothing waits

@@ -50,6 +50,8 @@ log = logging.getLogger("hakuriver.keeper")
 LOCK_NAME = "keeper.lock"
 #: seconds the keeper stays with no runner connected and no task left (a restarting runner comes back sooner)
 IDLE_EXIT = 5.0
+#: seconds the keeper stays on the CPU of its last start while spawns wait (the next start is often there)
+PIN_HOLD = 0.05
 
 
 def _limit_reached(limit: float) -> str:
@@ -61,8 +63,8 @@ def _limit_reached(limit: float) -> str:
 # ---- the keeper process --------------------------------------------------------------------
 class Keeper:
     """One thread does everything (the runner's connection, starting tasks, reaping them), so
-    the keeper's state needs no lock; only a kill runs on a thread of its own, and posts its
-    result back to the loop."""
+    the keeper's state needs no lock; only a kill (posting its result back to the loop) and the
+    removal of a scratch folder left full run on threads of their own."""
 
     def __init__(self, state_dir: str) -> None:
         self.state_dir = state_dir
@@ -113,9 +115,7 @@ class Keeper:
                 # (a runner that connected just now is served first, not left with a closed socket)
                 log.info("no runner and no task left: keeper exits")
                 return
-            if not self.lines:  # nothing waits to start: not pinned to a core that may be busy
-                self._starter.unpin()
-            for key, mask in self.sel.select(timeout=min(self._expire_due(), self._withdraw_due())):
+            for key, mask in self.sel.select(timeout=min(self._expire_due(), self._withdraw_due(), self._unpin_due())):
                 key.data(mask)
 
     def _greeting(self) -> list[msgspec.Struct]:
@@ -204,8 +204,7 @@ class Keeper:
             log.info("task %s reached its time limit of %gs", task_id, limit)
             self.killing.add(task_id)
             ended = Exit(task_id, 0.0, timed_out=True, error=_limit_reached(limit))
-            threading.Thread(target=self._kill_tree, args=(task_id, pid, grace, ended), name=f"limit-{task_id[:8]}",
-                             daemon=True).start()
+            self._thread(self._kill_tree, (task_id, pid, grace, ended), f"limit-{task_id[:8]}")
         return min(1.0, self._deadlines[0][0] - now) if self._deadlines else 1.0
 
     def _withdraw_due(self) -> float:
@@ -218,6 +217,22 @@ class Keeper:
         deadline = self.lines.next_deadline()
         return 1.0 if deadline is None else min(1.0, max(0.0, deadline - time.monotonic()))
 
+    def _unpin_due(self) -> float:
+        """Leave the CPU of the last start once no spawn waits to start, or once no start came for
+        PIN_HOLD seconds (a spawn waiting behind a long task); seconds until that is due (at most 1)."""
+        pinned = self._starter.pinned_for(time.monotonic())
+        if pinned is None:
+            return 1.0
+        if not self.lines or pinned >= PIN_HOLD:
+            self._starter.unpin()
+            return 1.0
+        return PIN_HOLD - pinned
+
+    def _thread(self, target, args: tuple, name: str = "") -> None:  # noqa: ANN001
+        """Run `target` on a thread of its own, started with all the keeper's CPUs (a thread inherits its creator's mask)."""
+        self._starter.unpin()
+        threading.Thread(target=target, args=args, name=name or None, daemon=True).start()
+
     def _remove_scratch(self, task_id: str) -> None:
         folder = self._scratch.pop(task_id, None)
         if folder is None:
@@ -227,7 +242,7 @@ class Keeper:
         except FileNotFoundError:
             pass
         except OSError:  # left files behind: removed off the loop, which must not wait on a big tree
-            threading.Thread(target=shutil.rmtree, args=(folder,), kwargs={"ignore_errors": True}, daemon=True).start()
+            self._thread(shutil.rmtree, (folder, True))
 
     def _kill(self, msg: Kill) -> None:
         if msg.task_id in self.killing or msg.task_id in self.exits:
@@ -239,8 +254,7 @@ class Keeper:
             return
         self.killing.add(msg.task_id)
         ended = Exit(msg.task_id, 0.0, killed=True, error="killed by user")
-        threading.Thread(target=self._kill_tree, args=(msg.task_id, pid, msg.grace, ended),
-                         name=f"kill-{msg.task_id[:8]}", daemon=True).start()
+        self._thread(self._kill_tree, (msg.task_id, pid, msg.grace, ended), f"kill-{msg.task_id[:8]}")
 
     def _kill_tree(self, task_id: str, pid: int, grace: float, ended: Exit) -> None:
         """End the task's whole tree; `ended` is its exit, timed when the tree is gone."""

@@ -8,10 +8,12 @@ in C (`_posixsubprocess`), so no Python code runs in the child of this multi-thr
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
 import subprocess
+import time
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -85,8 +87,8 @@ class Starter:
     def __init__(self) -> None:
         self._cwd = ""
         self._cpus = os.sched_getaffinity(0)
-        #: the CPUs the keeper's thread is pinned to now (tasks started from it inherit them)
-        self._mask = self._cpus
+        #: when the last start pinned the keeper's thread to fewer CPUs than its own (monotonic); None if not pinned
+        self._pinned_at: float | None = None
         self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         #: children started through Popen, by pid, until the keeper reaps them (see `reaped`)
         self._popens: dict[int, subprocess.Popen] = {}
@@ -100,21 +102,29 @@ class Starter:
         going back at once: tasks queued ahead start one after another, often on the CPU of the
         one before. Measured on a 2-CPU machine (1,000-task batches, 4 nodes): 0.7 mask changes
         per start instead of 2, a fifth fewer migrations of the keeper, and batches about 1.5%
-        faster (benchmarks/ab_bulk.py)."""
+        faster (benchmarks/ab_bulk.py). The mask is read, not remembered: the kernel resets it
+        when a cpuset changes or a CPU goes offline."""
         want = self._cpus if msg.cpus is None else set(msg.cpus)
-        if want != self._mask:
+        if os.sched_getaffinity(0) != want:
             os.sched_setaffinity(0, want)
-            self._mask = want
+        self._pinned_at = None if want == self._cpus else time.monotonic()
         if msg.user is None:
             return self._posix_spawn(msg, env, out_fd, err_fd)
         return self._popen(msg, msg.user, env, out_fd, err_fd)
 
+    def pinned_for(self, now: float) -> float | None:
+        """Seconds since the start that pinned the keeper to fewer CPUs than its own; None if it is not."""
+        return None if self._pinned_at is None else now - self._pinned_at
+
     def unpin(self) -> None:
-        """Back to all the keeper's CPUs: when it has nothing to start, it must not wait for a
-        busy one to answer its runner or reap a task."""
-        if self._mask != self._cpus:
+        """Back to all the keeper's CPUs (a no-op if it is there): the CPU of its last start is
+        usually busy with that task, which must not slow the keeper's answers to its runner, nor
+        the threads it starts (they inherit its mask)."""
+        if self._pinned_at is None:
+            return
+        self._pinned_at = None
+        with contextlib.suppress(OSError):  # its CPUs changed under it (a cpuset): the next start sets the mask anyway
             os.sched_setaffinity(0, self._cpus)
-            self._mask = self._cpus
 
     def _posix_spawn(self, msg: Spawn, env: dict[str, str], out_fd: int, err_fd: int) -> int:
         """posix_spawn has no "change directory" action in Python either: the keeper changes its
