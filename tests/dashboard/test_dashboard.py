@@ -138,6 +138,12 @@ def until(driver: WebDriver, cond: Callable[[WebDriver], Any], what: str, timeou
         raise AssertionError(f"timed out after {timeout}s waiting for {what} (page at {driver.current_url})") from None
 
 
+def read(driver: WebDriver, get: Callable[[WebDriver], Any], what: str) -> Any:
+    """What `get` reads from the page, read again if the page re-rendered under it (a live page
+    may replace an element between finding it and reading it)."""
+    return until(driver, lambda d: (get(d),), what)[0]
+
+
 def by_id(driver: WebDriver, element_id: str) -> WebElement:
     return driver.find_element(By.ID, element_id)
 
@@ -340,13 +346,15 @@ def test_a_batch_shows_its_progress_and_problems_and_retries_the_failed(admin, c
 
     goto(driver, f"#/batch/{batch_id}", "batch")
     until(driver, lambda d: css(d, '#batch-counts li[data-state="failed"]'), "the batch's counts")
-    counts = {li.get_attribute("data-state"): li.text.split()[-1] for li in css(driver, "#batch-counts li[data-state]")}
+    counts = read(driver, lambda d: {li.get_attribute("data-state"): li.text.split()[-1]
+                                     for li in css(d, "#batch-counts li[data-state]")}, "the batch's counts")
     assert counts == {"completed": "2", "failed": "2"}
-    assert css(driver, "#batch-counts li.total")[0].text == "4 of 4 finished"
-    segments = [(seg.get_attribute("data-state"), seg.value_of_css_property("width"))
-                for seg in css(driver, "#batch-bar .seg")]
+    assert read(driver, lambda d: css(d, "#batch-counts li.total")[0].text, "the total") == "4 of 4 finished"
+    segments = read(driver, lambda d: [(seg.get_attribute("data-state"), seg.value_of_css_property("width"))
+                                       for seg in css(d, "#batch-bar .seg")], "the bar")
     assert [state for state, _ in segments] == ["completed", "failed"] and segments[0][1] == segments[1][1]
-    problems = {row.get_attribute("data-task") for row in css(driver, "#batch-problems tr[data-task]")}
+    problems = read(driver, lambda d: {row.get_attribute("data-task") for row in css(d, "#batch-problems tr[data-task]")},
+                    "the problem rows")
     assert problems == {row["task_id"] for row in failed}
     assert shown(driver, "retry-failed") and shown(driver, "kill-batch")
     screenshot(driver, "dashboard-batch.png")
@@ -374,7 +382,8 @@ def test_another_user_sees_no_kill_or_retry_buttons_on_the_admins_work(admin, cl
 
         goto(driver, f"#/task/{task_id}", "task")
         until(driver, lambda d: by_id(d, "task-state").get_attribute("data-state") == "running", "a running badge")
-        assert css(driver, '#task-record [data-field="owner"]')[0].text == admin_name(cluster)
+        owner = read(driver, lambda d: css(d, '#task-record [data-field="owner"]')[0].text, "the task's owner")
+        assert owner == admin_name(cluster)
         assert not shown(driver, "kill-task")
 
         goto(driver, f"#/batch/{batch_id}", "batch")
@@ -466,4 +475,4 @@ def test_a_node_whose_runner_stops_shows_as_leaving(admin, cluster):
     until(driver, lambda d: [b.text for b in css(d, badge)] == ["online"], "the new node online")
     cluster.runners["leaver"].stop()  # a clean stop: the runner tells the host it leaves
     until(driver, lambda d: [b.text for b in css(d, badge)] == ["leaving"], "the node leaving")
-    assert "node-leaving" in css(driver, badge)[0].get_attribute("class")
+    assert "node-leaving" in read(driver, lambda d: css(d, badge)[0].get_attribute("class"), "the badge's class")
