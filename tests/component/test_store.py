@@ -48,3 +48,36 @@ def test_changes_update_only_what_can_change_and_keep_submission_order(tmp_path)
     assert again.args == ["0"] and again.env == {"I": "0"}
     # same submission instant: the batch still lists in submission order after the update
     assert [t.task_id for t in store.batch_tasks("b")] == ["t0", "t1", "t2"]
+
+
+def test_new_tasks_written_without_their_later_columns_read_back_the_same(tmp_path):
+    """A submission whose tasks hold the defaults in every column that only a task's later life
+    changes writes only the other columns; the schema's defaults must then be the model's."""
+    path = str(tmp_path / "h.db")
+    store = Store(path)
+    tasks = [Task(f"t{i}", "echo", [str(i)], {"I": str(i)}, 1, 5.0, cwd="/w", batch_id="b", name=f"n{i}",
+                  owner="ann", time_limit=9.5, retries=2, after=["x"], throttle=3) for i in range(3)]
+    store.insert(tasks)
+    store.close()
+    reopened = Store(path)
+    assert [reopened.get_task(t.task_id) for t in tasks] == tasks
+    lean = reopened._new_rows.lean_columns
+    assert {"task_id", "state", "command", "time_limit", "after"} <= set(lean)
+    assert not {"node", "core_ids", "exit_code", "attempt", "attempts", "unix_user"} & set(lean)
+
+
+def test_a_submission_with_a_task_past_its_defaults_writes_every_column_in_order(tmp_path):
+    store = Store(str(tmp_path / "h.db"))
+    tasks = [Task(f"t{i}", "true", [], {}, 1, 5.0, batch_id="b") for i in range(3)]
+    tasks[1].attempt, tasks[1].unix_user, tasks[1].kill_requested = 2, "bob", True
+    store.insert(tasks)
+    assert [store.get_task(t.task_id) for t in tasks] == tasks
+    assert [t.task_id for t in store.batch_tasks("b")] == ["t0", "t1", "t2"]
+
+
+def test_a_column_whose_schema_default_differs_from_the_model_is_always_written():
+    from hakuriver.host.rows import NewRows
+
+    assert "attempt" not in NewRows({"attempt": 1}).lean_columns
+    assert "attempt" in NewRows({"attempt": 0}).lean_columns  # a schema default the model does not share
+    assert "attempt" in NewRows({}).lean_columns  # no default at all

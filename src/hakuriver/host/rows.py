@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from operator import attrgetter
 from typing import Any
 
@@ -103,6 +103,49 @@ def task_row(t: Task) -> list[Any]:
 
 def change_row(t: Task) -> list[Any]:
     return _converted(_change_values(t), _CHANGE_TO_DB)
+
+
+def _values(names: list[str]) -> Callable[[Any], tuple[Any, ...]]:
+    """obj -> the tuple of these attributes (attrgetter gives a bare value for one name)."""
+    if len(names) > 1:
+        return attrgetter(*names)
+    return lambda obj: tuple(getattr(obj, name) for name in names)
+
+
+def _fresh(name: str) -> Any:
+    """What a new `Task` holds in field `name` (its default)."""
+    f = next(f for f in fields(Task) if f.name == name)
+    return f.default_factory() if f.default_factory is not MISSING else f.default
+
+
+class NewRows:
+    """Rows for new tasks: all of TASK_COLUMNS, or, when each task holds the schema's own default
+    in every column that only its later life changes (the common case), the other columns only.
+
+    Which columns those are is read from the migrated schema (`defaults`: column -> its DEFAULT's
+    value, for each column that has one), so a column added later counts only once the schema
+    and the model agree on its default. Fewer values to convert and bind make a 1,000-task insert
+    about a third faster, and that insert is on the way from a submission to its first start.
+    """
+
+    def __init__(self, defaults: dict[str, Any]) -> None:
+        late = [c for c in CHANGING if c.name in defaults and c.to_db(_fresh(c.name)) == defaults[c.name]]
+        self._late_values = _values([c.name for c in late])
+        self._fresh_values = tuple(_fresh(c.name) for c in late)
+        lean = [c for c in TASK_COLUMNS if c not in late]
+        #: the columns of a lean row, in its order
+        self.lean_columns = [c.name for c in lean]
+        self._lean_values = _values(self.lean_columns)
+        self._lean_to_db = [(i, c.to_db) for i, c in enumerate(lean) if c.to_db is not _same]
+
+    def lean(self, tasks: list[Task]) -> list[list[Any]] | None:
+        """The tasks' rows in `lean_columns` order; None if a task holds other than the default in
+        a column left out (then each needs its full `task_row`)."""
+        late, fresh = self._late_values, self._fresh_values
+        if any(late(t) != fresh for t in tasks):
+            return None
+        values, to_db = self._lean_values, self._lean_to_db
+        return [_converted(values(t), to_db) for t in tasks]
 
 
 def task_from_row(r: tuple[Any, ...]) -> Task:

@@ -20,11 +20,17 @@ from typing import Any, NamedTuple
 from hakuriver.core.model import Node, Task
 from hakuriver.core.states import PROBLEM_STATES, TaskState
 from hakuriver.host.migrations import MIGRATIONS
-from hakuriver.host.rows import (CHANGING, NODE_COLUMNS, TASK_COLUMNS, change_row, node_from_row, node_row,
+from hakuriver.host.rows import (CHANGING, NODE_COLUMNS, TASK_COLUMNS, NewRows, change_row, node_from_row, node_row,
                                  task_from_row, task_row)
 
 _ALL = ", ".join(c.name for c in TASK_COLUMNS)
-_INSERT_TASK = f"INSERT INTO tasks ({_ALL}) VALUES ({', '.join('?' * len(TASK_COLUMNS))})"
+
+
+def _insert(columns: list[str]) -> str:
+    return f"INSERT INTO tasks ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+
+
+_INSERT_TASK = _insert([c.name for c in TASK_COLUMNS])
 _UPDATE_TASK = f"UPDATE tasks SET {', '.join(f'{c.name} = ?' for c in CHANGING)} WHERE task_id = ?"
 _SELECT = f"SELECT {_ALL} FROM tasks"
 _GET_TASK = f"{_SELECT} WHERE task_id = ?"
@@ -124,6 +130,7 @@ class Store:
             # NORMAL in WAL mode: a commit survives a crash of the host process (the WAL is in
             # the OS before COMMIT returns); only a power loss can drop the latest commits.
             self._db.execute("PRAGMA synchronous=NORMAL")
+            self._new_rows = NewRows(_column_defaults(self._db, "tasks"))
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open database {path}: {exc} (check [database] db_file)") from None
 
@@ -138,7 +145,12 @@ class Store:
     # ---- writes ----------------------------------------------------------------------------
     def insert(self, tasks: Iterable[Task]) -> None:
         """Write new tasks in one transaction; returns once committed."""
-        self._write([(_INSERT_TASK, [task_row(t) for t in tasks])])
+        tasks = list(tasks)
+        lean = self._new_rows.lean(tasks)
+        if lean is None:
+            self._write([(_INSERT_TASK, [task_row(t) for t in tasks])])
+        else:
+            self._write([(_insert(self._new_rows.lean_columns), lean)])
 
     def save(self, changed: Iterable[Task] = (), nodes: Iterable[Node] = ()) -> None:
         """Write changes to known tasks, and nodes, in one transaction; returns once committed."""
@@ -290,6 +302,17 @@ class Store:
         db = self.reader()
         counts = dict(db.execute(_BATCH_COUNTS, (batch_id,)).fetchall())
         return counts, db.execute(_BATCH_PROBLEMS, (batch_id, problems)).fetchall()
+
+
+def _column_defaults(db: sqlite3.Connection, table: str) -> dict[str, Any]:
+    """Each column of `table` that has a default (NULL for a column that may be NULL), with its value."""
+    defaults = {}
+    for _cid, name, _type, notnull, default, _pk in db.execute(f"PRAGMA table_info({table})").fetchall():
+        if default is not None:
+            defaults[name] = db.execute(f"SELECT {default}").fetchone()[0]  # our own schema's text
+        elif not notnull:
+            defaults[name] = None
+    return defaults
 
 
 def migrate(db: sqlite3.Connection, path: str) -> None:
