@@ -34,13 +34,26 @@ _spec_as_task = _reader(p.TaskSpec._fields, tuple(_SPEC_TO_TASK.get(f, f) for f 
 
 
 def tasks_from_specs(specs: list[p.TaskSpec], now: float, batch_id: str, owner: str) -> list[Task]:
-    """New tasks, one per spec, each with a new ID."""
-    return [task_from_spec(spec, task_id, now, batch_id, owner) for spec, task_id in zip(specs, new_ids(len(specs)))]
+    """New tasks, one per spec, each with a new ID.
+
+    Equal strings of one submission become one object: each spec was decoded on its own, so the
+    tasks of an array held a copy each of the same command, folder, arguments and variable
+    names (a seventh of a queued task's memory)."""
+    once: dict[str, str] = {}
+    return [task_from_spec(spec, task_id, now, batch_id, owner, once)
+            for spec, task_id in zip(specs, new_ids(len(specs)))]
 
 
-def task_from_spec(spec: p.TaskSpec, task_id: str, now: float, batch_id: str, owner: str) -> Task:
+def task_from_spec(spec: p.TaskSpec, task_id: str, now: float, batch_id: str, owner: str,
+                   once: dict[str, str] | None = None) -> Task:
+    """A new task from its spec; its command, folder, arguments and variable names are the
+    strings in `once` where equal ones are there already (and are added to it)."""
+    share = (once if once is not None else {}).setdefault
     values = _spec_as_task(spec)
-    values["args"], values["env"], values["after"] = list(spec.args), dict(spec.env), list(spec.after)
+    values["command"], values["cwd"] = share(spec.command, spec.command), share(spec.cwd, spec.cwd)
+    values["args"] = [share(a, a) for a in spec.args] if spec.args else []
+    values["env"] = {share(k, k): v for k, v in spec.env.items()} if spec.env else {}
+    values["after"] = list(spec.after)
     return Task(task_id=task_id, submitted_at=now, batch_id=batch_id, owner=owner, **values)
 
 
