@@ -37,23 +37,22 @@ def tasks_from_specs(specs: list[p.TaskSpec], now: float, batch_id: str, owner: 
     """New tasks, one per spec, each with a new ID.
 
     Equal strings of one submission become one object: each spec was decoded on its own, so the
-    tasks of an array held a copy each of the same command, folder, arguments and variable
-    names (a seventh of a queued task's memory)."""
+    tasks of an array held a copy each of the same command, folder and arguments (a seventh of
+    a queued task's memory). (msgspec already shares the names of their variables.)"""
     once: dict[str, str] = {}
     return [task_from_spec(spec, task_id, now, batch_id, owner, once)
             for spec, task_id in zip(specs, new_ids(len(specs)))]
 
 
 def task_from_spec(spec: p.TaskSpec, task_id: str, now: float, batch_id: str, owner: str,
-                   once: dict[str, str] | None = None) -> Task:
-    """A new task from its spec; its command, folder, arguments and variable names are the
-    strings in `once` where equal ones are there already (and are added to it)."""
-    share = (once if once is not None else {}).setdefault
+                   once: dict[str, str]) -> Task:
+    """A new task from its spec; its command, folder and arguments are the strings in `once`
+    where equal ones are there already (and are added to it)."""
+    share = once.setdefault
     values = _spec_as_task(spec)
     values["command"], values["cwd"] = share(spec.command, spec.command), share(spec.cwd, spec.cwd)
     values["args"] = [share(a, a) for a in spec.args] if spec.args else []
-    values["env"] = {share(k, k): v for k, v in spec.env.items()} if spec.env else {}
-    values["after"] = list(spec.after)
+    values["env"], values["after"] = dict(spec.env), list(spec.after)
     return Task(task_id=task_id, submitted_at=now, batch_id=batch_id, owner=owner, **values)
 
 

@@ -113,9 +113,13 @@ def _values(names: list[str]) -> Callable[[Any], tuple[Any, ...]]:
 
 
 def _fresh(name: str) -> Any:
-    """What a new `Task` holds in field `name` (its default)."""
+    """What a new `Task` holds in field `name` (its default; MISSING if it has none)."""
     f = next(f for f in fields(Task) if f.name == name)
     return f.default_factory() if f.default_factory is not MISSING else f.default
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    return type(a) is type(b) and a == b  # (1 == 1.0 == True: SQLite would store another type)
 
 
 class NewRows:
@@ -129,7 +133,8 @@ class NewRows:
     """
 
     def __init__(self, defaults: dict[str, Any]) -> None:
-        late = [c for c in CHANGING if c.name in defaults and c.to_db(_fresh(c.name)) == defaults[c.name]]
+        late = [c for c in CHANGING if c.name in defaults and _fresh(c.name) is not MISSING
+                and _same_value(c.to_db(_fresh(c.name)), defaults[c.name])]
         self._late_values = _values([c.name for c in late])
         self._fresh_values = tuple(_fresh(c.name) for c in late)
         lean = [c for c in TASK_COLUMNS if c not in late]

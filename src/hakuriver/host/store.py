@@ -2,10 +2,12 @@
 
 The only module that imports sqlite3. It decides nothing: no state transitions, no scheduling.
 Each task column is named once, in `TASK_COLUMNS` (rows.py, with the row <-> `Task` mapping);
-every statement is derived from that list by name. The schema grows only by appending to
-`MIGRATIONS` (`PRAGMA user_version` counts those applied). WAL mode with one transaction per
-batch of changes keeps writes cheap; reads for big queries run on other threads, each with its
-own connection (`reader`), so the host's event loop never waits on them.
+every statement is derived from that list by name. New tasks that still hold the schema's
+defaults are inserted naming only the other columns (`rows.NewRows`, from `PRAGMA table_info`
+read at open). The schema grows only by appending to `MIGRATIONS` (`PRAGMA user_version`
+counts those applied). WAL mode with one transaction per batch of changes keeps writes cheap;
+reads for big queries run on other threads, each with its own connection (`reader`), so the
+host's event loop never waits on them.
 """
 
 from __future__ import annotations
@@ -131,6 +133,7 @@ class Store:
             # the OS before COMMIT returns); only a power loss can drop the latest commits.
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._new_rows = NewRows(_column_defaults(self._db, "tasks"))
+            self._insert_lean = _insert(self._new_rows.lean_columns)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open database {path}: {exc} (check [database] db_file)") from None
 
@@ -150,7 +153,7 @@ class Store:
         if lean is None:
             self._write([(_INSERT_TASK, [task_row(t) for t in tasks])])
         else:
-            self._write([(_insert(self._new_rows.lean_columns), lean)])
+            self._write([(self._insert_lean, lean)])
 
     def save(self, changed: Iterable[Task] = (), nodes: Iterable[Node] = ()) -> None:
         """Write changes to known tasks, and nodes, in one transaction; returns once committed."""
@@ -305,13 +308,20 @@ class Store:
 
 
 def _column_defaults(db: sqlite3.Connection, table: str) -> dict[str, Any]:
-    """Each column of `table` that has a default (NULL for a column that may be NULL), with its value."""
+    """The value an insert that leaves a column out stores there, for each column of `table`
+    (outside its primary key) that has one: its DEFAULT, or NULL for a column that may be NULL."""
     defaults = {}
-    for _cid, name, _type, notnull, default, _pk in db.execute(f"PRAGMA table_info({table})").fetchall():
-        if default is not None:
+    for _cid, name, _type, notnull, default, pk in db.execute(f"PRAGMA table_info({table})").fetchall():
+        if pk:
+            continue
+        if default is None:
+            if not notnull:
+                defaults[name] = None
+            continue
+        try:
             defaults[name] = db.execute(f"SELECT {default}").fetchone()[0]  # our own schema's text
-        elif not notnull:
-            defaults[name] = None
+        except sqlite3.Error:
+            pass  # then the column is always written
     return defaults
 
 
