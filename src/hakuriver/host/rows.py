@@ -133,10 +133,11 @@ class NewRows:
     """
 
     def __init__(self, defaults: dict[str, Any]) -> None:
-        late = [c for c in CHANGING if c.name in defaults and _fresh(c.name) is not MISSING
-                and _same_value(c.to_db(_fresh(c.name)), defaults[c.name])]
+        fresh = {c.name: _fresh(c.name) for c in CHANGING}
+        late = [c for c in CHANGING if c.name in defaults and fresh[c.name] is not MISSING
+                and _same_value(c.to_db(fresh[c.name]), defaults[c.name])]
         self._late_values = _values([c.name for c in late])
-        self._fresh_values = tuple(_fresh(c.name) for c in late)
+        self._fresh_values = tuple(fresh[c.name] for c in late)
         lean = [c for c in TASK_COLUMNS if c not in late]
         #: the columns of a lean row, in its order
         self.lean_columns = [c.name for c in lean]
