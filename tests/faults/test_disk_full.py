@@ -206,6 +206,8 @@ def test_nothing_uncommitted_reaches_the_runner_so_a_host_crash_on_a_full_disk_l
     filler = fill(db_disk)
     gate.touch()
     wait_until(lambda: report_refused(cluster), 15, "the runner's report to be refused while the disk is full")
+    # the two tasks see the gate up to 0.05 s apart: the first refused report may carry one result only
+    wait_until(lambda: {ok, bad} <= undelivered(), 5, "both results in the runner's journal")
     # the runner retries its report (0.1 s, 0.2 s, 0.4 s, ... apart) and the host its commit (every
     # 1 s): for that long, nothing may be acknowledged and the freed cores may take no new task
     deadline = time.monotonic() + 2.0
