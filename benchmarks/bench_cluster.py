@@ -8,7 +8,7 @@ namespace with its own hostname and address (tests/netlab.py, the fault tests' l
 the host over a bridge. `--tmpfs` puts the files on /dev/shm; `--loopback` keeps every runner on
 127.0.0.1.
 
-Ceilings, both by as many threads as there are CPUs, best of 3 rounds:
+Ceilings, both by as many threads as there are CPUs, the best of their rounds:
   spawn ceiling: spawn /bin/true and reap it;
   contract ceiling: what every task costs by contract, with nothing of HakuRiver's: make a
   scratch folder, create its stdout and stderr files, spawn /bin/true onto them, reap it,
@@ -111,20 +111,21 @@ def _threads_round(n: int, one: Callable[[int, int], None]) -> float:
 def _best_of(n: int, rounds: int, one: Callable[[int, int], None]) -> dict:
     """The best of `rounds` rounds: a ceiling is what the machine can do, and the best round is
     the one least disturbed by anything else running (the hardest number to compare against)."""
-    times = [_threads_round(n, one) for _ in range(rounds)]
-    return {"tasks": n, "threads": os.cpu_count() or 1, "rounds": rounds, "seconds": min(times),
-            "per_second": n / min(times), "per_second_rounds": [n / t for t in times]}
+    return best_of(n, [n / _threads_round(n, one) for _ in range(rounds)])
 
 
-def spawn_ceiling(n: int, rounds: int = 3) -> dict:
-    def spawn_reap(_thread: int, _i: int) -> None:
-        os.waitpid(os.posix_spawn("/bin/true", ["/bin/true"], os.environ), 0)
+def best_of(n: int, rates: list[float]) -> dict:
+    """A ceiling from the rates of its rounds of `n` tasks: the best one."""
+    return {"tasks": n, "threads": os.cpu_count() or 1, "rounds": len(rates), "seconds": n / max(rates),
+            "per_second": max(rates), "per_second_rounds": rates}
 
-    return _best_of(n, rounds, spawn_reap)
+
+def _spawn_reap(_thread: int, _i: int) -> None:
+    os.waitpid(os.posix_spawn("/bin/true", ["/bin/true"], os.environ), 0)
 
 
-def contract_ceiling(folder: Path, n: int, rounds: int = 3) -> dict:
-    """Per task what the contract asks, on `folder`'s file system: scratch folder, two output files, spawn, reap."""
+def _contract_task(folder: Path) -> Callable[[int, int], None]:
+    """One task as the contract asks, in `folder`: scratch folder, two output files, spawn, reap."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
     counter = iter(range(10**12))
 
@@ -143,10 +144,31 @@ def contract_ceiling(folder: Path, n: int, rounds: int = 3) -> dict:
         os.waitpid(pid, 0)
         os.rmdir(scratch)
 
+    return one_task
+
+
+def spawn_ceiling(n: int, rounds: int = 3) -> dict:
+    return _best_of(n, rounds, _spawn_reap)
+
+
+def contract_ceiling(folder: Path, n: int, rounds: int = 3) -> dict:
+    """Per task what the contract asks, on `folder`'s file system: scratch folder, two output files, spawn, reap."""
     folder.mkdir(parents=True, exist_ok=True)
-    result = _best_of(n, rounds, one_task)
+    result = _best_of(n, rounds, _contract_task(folder))
     shutil.rmtree(folder, ignore_errors=True)
     return result
+
+
+def ceilings_round(folder: Path, n: int) -> tuple[float, float]:
+    """One round of each ceiling, `n` tasks each: (spawn, contract) per second. The contract's
+    files go in `folder`, removed after (not timed)."""
+    spawn = n / _threads_round(n, _spawn_reap)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        contract = n / _threads_round(n, _contract_task(folder))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return spawn, contract
 
 
 # ---- a local cluster -------------------------------------------------------------------------

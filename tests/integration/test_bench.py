@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench.py"
 
 
@@ -30,7 +32,18 @@ def test_quick_benchmark_prints_a_table_and_well_formed_json(tmp_path):
     assert set(data) >= {"machine", "profile", "spawn_ceiling", "contract_ceiling", "bulk", "cli", "latency",
                          "dashboards", "host_at_scale", "idle_rss_mb", "scale", "host_cpu"}
     assert data["scale"]["nodes"] == 20 and len(data["scale"]["placement"]) == 2
-    assert {"ratio_to_ceiling", "ratio_to_contract"} <= set(data["bulk"][0])
+    bulk = data["bulk"][0]
+    assert {"ratio_to_ceiling", "ratio_to_contract", "ratio_to_contract_of_run"} <= set(bulk)
+    # each bulk round comes right after a round of each ceiling; its ratios are to the best of those
+    beside = bulk["ceilings_beside"]
+    assert len(beside["contract_per_second_rounds"]) == len(bulk["per_second_rounds"]) == bulk["rounds"]
+    assert bulk["ratio_to_contract"] == pytest.approx(bulk["per_second"] / beside["contract_per_second"])
+    assert bulk["ratio_to_ceiling"] == pytest.approx(bulk["per_second"] / beside["spawn_per_second"])
+    # the run's ceilings are the best of every round: the 3 before the cluster and those beside the batches
+    run_contract = data["contract_ceiling"]
+    assert run_contract["rounds"] == 3 + bulk["rounds"]
+    assert run_contract["per_second"] == max(run_contract["per_second_rounds"]) >= beside["contract_per_second"]
+    assert bulk["ratio_to_contract_of_run"] == pytest.approx(bulk["per_second"] / run_contract["per_second"])
     assert {"one_request_median_ms", "cluster_share_ms"} <= set(data["latency"])
     assert data["bulk"][0]["tasks"] == 50 and data["cli"]["tasks"] == 16 and data["latency"]["runs"] == 3
     assert data["host_at_scale"]["simulated_runners"] == 10
