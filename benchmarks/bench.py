@@ -21,7 +21,7 @@ It prints a table and a JSON document with:
      rounds: 3 before the cluster starts, and one right before each bulk round;
   b. bulk throughput: one `--array` submission of one-core /bin/true tasks (1,000 and 10,000),
      from the first submit (the host's submitted_at) until `--wait` returns with all final
-     (after one uncounted 200-task warm-up batch on the fresh cluster), best of 3, as a share of
+     (after one uncounted 200-task warm-up batch on the fresh cluster), best of 5, as a share of
      the best ceiling rounds measured beside it (each round right before a batch: the VM's
      speed drifts from minute to minute), and of the run's best; and HyperQueue on the same
      tasks, side by side, when it is installed (`pip install '.[bench]'`; benchmarks/bench_hq.py);
@@ -245,7 +245,7 @@ def host_at_scale(root: Path, runners: int, queued: int, samples: int) -> dict:
 
 # ---- the run ---------------------------------------------------------------------------------
 SIZES = {
-    "full": {"ceiling": 1000, "warmup": 200, "bulk": [1000, 10000], "rounds": 3, "cli": 200, "latency": 20,
+    "full": {"ceiling": 1000, "warmup": 200, "bulk": [1000, 10000], "rounds": 5, "cli": 200, "latency": 20,
              "sim_runners": 100, "watchers": 100, "queued": 10000, "samples": 300, "history": (1_000_000, 10_000),
              "history_samples": 200, "host_cpu": 5000},
     "quick": {"ceiling": 100, "warmup": 10, "bulk": [50], "rounds": 1, "cli": 16, "latency": 3, "sim_runners": 10,
