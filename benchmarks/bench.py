@@ -18,7 +18,8 @@ It prints a table and a JSON document with:
   a. spawn ceiling: /bin/true spawned and reaped by as many threads as there are cores;
      contract ceiling: the same, plus what every task must do by contract (a scratch folder, its
      two output files), on the file system of the cluster's files. Each is the best of all its
-     rounds: 3 before the cluster starts, and one right before each bulk round;
+     rounds: 3 before the cluster starts, and one right before each bulk round. Every ceiling,
+     bulk and HyperQueue round starts after a `sync`, with nothing left to write back;
   b. bulk throughput: one `--array` submission of one-core /bin/true tasks (1,000 and 10,000),
      from the first submit (the host's submitted_at) until `--wait` returns with all final
      (after one uncounted 200-task warm-up batch on the fresh cluster), best of 5, as a share of
@@ -74,8 +75,8 @@ import bench_history
 import bench_host_cpu
 import bench_hq
 import bench_scale
-from bench_cluster import (Cluster, Profile, best_of, ceilings_round, contract_ceiling, emit, filesystem, keeper_of,
-                           percentile, profile, program, rss_mb, spawn_ceiling, wait_for)
+from bench_cluster import (Cluster, Profile, best_of, ceilings, ceilings_round, emit, filesystem, keeper_of, percentile,
+                           profile, program, rss_mb, wait_for)
 import psutil
 
 from hakuriver import protocol as p
@@ -99,6 +100,7 @@ def bulk(cluster: Cluster, n: int, rounds: int, beside: Callable[[], tuple[float
         s, c = beside()
         spawn.append(s)
         contract.append(c)
+        os.sync()  # as the ceiling round did: nothing of it left to write back
         runs.append(bulk_round(cluster, n))
     best = min(runs, key=lambda r: r["seconds"])
     rate = n / best["seconds"]
@@ -288,8 +290,7 @@ def run(quick: bool, folder: str, prof: Profile, why: str, history_only: bool = 
 def cluster_sections(result: dict, size: dict, tmp: Path, prof: Profile) -> None:
     """Sections a. to f., h."""
     cores = os.cpu_count() or 1
-    result["spawn_ceiling"] = spawn_ceiling(size["ceiling"])
-    result["contract_ceiling"] = contract_ceiling(Path(tmp, "contract"), size["ceiling"])
+    result["spawn_ceiling"], result["contract_ceiling"] = ceilings(Path(tmp, "contract"), size["ceiling"], 3)
     cluster = Cluster(Path(tmp, "cluster"), RUNNERS, cores, prof)
     try:
         time.sleep(1.0)  # let start-up settle before measuring idle memory

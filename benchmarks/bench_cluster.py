@@ -108,12 +108,6 @@ def _threads_round(n: int, one: Callable[[int, int], None]) -> float:
     return time.perf_counter() - start
 
 
-def _best_of(n: int, rounds: int, one: Callable[[int, int], None]) -> dict:
-    """The best of `rounds` rounds: a ceiling is what the machine can do, and the best round is
-    the one least disturbed by anything else running (the hardest number to compare against)."""
-    return best_of(n, [n / _threads_round(n, one) for _ in range(rounds)])
-
-
 def best_of(n: int, rates: list[float]) -> dict:
     """A ceiling from the rates of its rounds of `n` tasks: the best one."""
     return {"tasks": n, "threads": os.cpu_count() or 1, "rounds": len(rates), "seconds": n / max(rates),
@@ -147,21 +141,17 @@ def _contract_task(folder: Path) -> Callable[[int, int], None]:
     return one_task
 
 
-def spawn_ceiling(n: int, rounds: int = 3) -> dict:
-    return _best_of(n, rounds, _spawn_reap)
-
-
-def contract_ceiling(folder: Path, n: int, rounds: int = 3) -> dict:
-    """Per task what the contract asks, on `folder`'s file system: scratch folder, two output files, spawn, reap."""
-    folder.mkdir(parents=True, exist_ok=True)
-    result = _best_of(n, rounds, _contract_task(folder))
-    shutil.rmtree(folder, ignore_errors=True)
-    return result
+def ceilings(folder: Path, n: int, rounds: int) -> tuple[dict, dict]:
+    """Both ceilings, the best of `rounds` rounds of `n` tasks each: (spawn, contract)."""
+    spawn, contract = zip(*(ceilings_round(folder, n) for _ in range(rounds)))
+    return best_of(n, list(spawn)), best_of(n, list(contract))
 
 
 def ceilings_round(folder: Path, n: int) -> tuple[float, float]:
-    """One round of each ceiling, `n` tasks each: (spawn, contract) per second. The contract's
-    files go in `folder`, removed after (not timed)."""
+    """One round of each ceiling, `n` tasks each: (spawn, contract) per second. It starts with
+    nothing left to write back (`sync`: what ran before must not slow it; a bulk round starts so
+    too); the contract's files go in `folder`, removed after (neither is timed)."""
+    os.sync()
     spawn = n / _threads_round(n, _spawn_reap)
     folder.mkdir(parents=True, exist_ok=True)
     try:
