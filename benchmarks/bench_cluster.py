@@ -109,7 +109,9 @@ def _threads_round(n: int, one: Callable[[int, int], None]) -> float:
 
 
 def best_of(n: int, rates: list[float]) -> dict:
-    """A ceiling from the rates of its rounds of `n` tasks: the best one."""
+    """A ceiling from the rates of its rounds of `n` tasks: the best one, since a ceiling is what
+    the machine can do, and the best round is the one least disturbed by anything else running
+    (the hardest number to compare against)."""
     return {"tasks": n, "threads": os.cpu_count() or 1, "rounds": len(rates), "seconds": n / max(rates),
             "per_second": max(rates), "per_second_rounds": rates}
 
